@@ -1,0 +1,123 @@
+//! Addresses entities by id. The first message to an id starts its actor (which recovers from the store); a
+//! message that finds the mailbox closed (passivated or killed actor) was never delivered and is re-sent to a fresh
+//! actor. Every call has a deadline.
+
+use std::time::Duration;
+
+use ractor::rpc::CallResult;
+use ractor::{Actor, ActorRef, ActorStatus, RpcReplyPort};
+use tokio::time::Instant;
+
+use super::entity::{EntityError, EntityMsg};
+use super::supervisor::{EnsureError, EntitySupervisor, LiveMap, SupervisorMsg};
+use super::{Entity, EntityContext, RestartPolicy};
+
+pub struct EntityRouter<A: Entity> {
+    supervisor: ActorRef<SupervisorMsg<A>>,
+    live: LiveMap<A>,
+    call_timeout: Duration,
+}
+
+impl<A: Entity> Clone for EntityRouter<A> {
+    fn clone(&self) -> Self {
+        Self { supervisor: self.supervisor.clone(), live: self.live.clone(), call_timeout: self.call_timeout }
+    }
+}
+
+type Reply<A> = Result<A, EntityError<<A as crate::domain::Aggregate>::Error>>;
+
+impl<A: Entity> EntityRouter<A> {
+    pub async fn start(ctx: std::sync::Arc<EntityContext>, policy: RestartPolicy, call_timeout: Duration) -> Result<Self, ractor::SpawnErr> {
+        let live = LiveMap::<A>::default();
+        let (supervisor, _) = Actor::spawn(None, EntitySupervisor::<A>::new(ctx, live.clone(), policy), ()).await?;
+        Ok(Self { supervisor, live, call_timeout })
+    }
+
+    /// Runs a command on the entity and returns its state after the command was persisted.
+    pub async fn execute(&self, id: &str, command: A::Command) -> Reply<A> {
+        self.call(id, |reply| EntityMsg::Execute(command.clone(), reply)).await?
+    }
+
+    /// The entity's current state (a default state if it was never written).
+    pub async fn get(&self, id: &str) -> Result<A, EntityError<A::Error>> {
+        self.call(id, EntityMsg::Get).await
+    }
+
+    /// Number of entity actors currently running on this node.
+    pub fn live_count(&self) -> usize {
+        self.live.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.supervisor.get_status() == ActorStatus::Running
+    }
+
+    fn local(&self, id: &str) -> Option<ActorRef<EntityMsg<A>>> {
+        self.live.read().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
+    }
+
+    /// Kills the entity's actor outright, as a crash would (fault-injection tests).
+    #[cfg(feature = "fault-injection")]
+    pub fn kill(&self, id: &str) -> bool {
+        self.local(id).map(|a| a.kill()).is_some()
+    }
+
+    /// Makes the entity's actor panic inside its message handler (fault-injection tests).
+    #[cfg(feature = "fault-injection")]
+    pub fn panic(&self, id: &str) -> bool {
+        self.local(id).is_some_and(|a| a.cast(EntityMsg::Panic).is_ok())
+    }
+
+    async fn call<R: Send + 'static>(&self, id: &str, make: impl Fn(RpcReplyPort<R>) -> EntityMsg<A>) -> Result<R, EntityError<A::Error>> {
+        let deadline = Instant::now() + self.call_timeout;
+        let mut backoff = Duration::from_millis(1);
+        loop {
+            let actor = match self.local(id).filter(|a| a.get_status() == ActorStatus::Running) {
+                Some(actor) => Some(actor),
+                None => self.ensure(id, deadline).await?,
+            };
+            if let Some(actor) = actor {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                match actor.call(&make, Some(remaining)).await {
+                    Ok(CallResult::Success(reply)) => return Ok(reply),
+                    Ok(CallResult::Timeout) => return Err(EntityError::Unavailable(format!("{} {id} did not answer in time", A::KIND))),
+                    Ok(CallResult::SenderError) => {
+                        return Err(EntityError::Unavailable(format!("{} {id} stopped while handling the request", A::KIND)))
+                    }
+                    // Not delivered: the actor was draining or gone. Safe to send again to its successor.
+                    Err(_) => {}
+                }
+            }
+            if Instant::now() + backoff >= deadline {
+                return Err(EntityError::Unavailable(format!("{} {id} is restarting", A::KIND)));
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    /// Asks the supervisor for a running actor; `None` means "busy, retry".
+    async fn ensure(&self, id: &str, deadline: Instant) -> Result<Option<ActorRef<EntityMsg<A>>>, EntityError<A::Error>> {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let unavailable = |why: String| EntityError::Unavailable(format!("{} {id}: {why}", A::KIND));
+        match self.supervisor.call(|r| SupervisorMsg::Ensure(id.to_string(), r), Some(remaining)).await {
+            Ok(CallResult::Success(Ok(actor))) => Ok(Some(actor)),
+            Ok(CallResult::Success(Err(EnsureError::Busy))) => Ok(None),
+            Ok(CallResult::Success(Err(EnsureError::StartFailed(e)))) => Err(unavailable(e)),
+            Ok(CallResult::Timeout) => Err(unavailable("start timed out".into())),
+            Ok(CallResult::SenderError) | Err(_) => Err(unavailable("supervisor stopped".into())),
+        }
+    }
+
+    /// Stops restarting, drains every entity (queued commands are still served), then stops the supervisor.
+    pub async fn shutdown(&self, timeout: Duration) {
+        let _ = self.supervisor.cast(SupervisorMsg::StopRestarting);
+        let children: Vec<_> = self.live.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        let mut drains = tokio::task::JoinSet::new();
+        for child in children {
+            drains.spawn(async move { child.drain_and_wait(Some(timeout)).await });
+        }
+        while drains.join_next().await.is_some() {}
+        let _ = self.supervisor.stop_and_wait(Some("shutdown".into()), Some(timeout)).await;
+    }
+}

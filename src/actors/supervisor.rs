@@ -1,0 +1,154 @@
+//! Supervises every entity actor of one kind: starts them on demand (one per id), forgets them when they
+//! passivate or are killed, and restarts crashed ones with exponential backoff up to a restart limit.
+
+use std::collections::{HashMap, VecDeque};
+use std::marker::PhantomData;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, ActorStatus, RpcReplyPort, SupervisionEvent};
+
+use super::entity::{EntityActor, EntityMsg};
+use super::{Entity, EntityContext, RestartPolicy};
+
+/// Live entity actors by id, shared read-only with the router for its fast path.
+pub type LiveMap<A> = Arc<RwLock<HashMap<String, ActorRef<EntityMsg<A>>>>>;
+
+pub enum SupervisorMsg<A: Entity> {
+    /// Returns the running actor for an id, starting (and recovering) it if needed.
+    Ensure(String, RpcReplyPort<Result<ActorRef<EntityMsg<A>>, EnsureError>>),
+    /// Scheduled restart of a crashed entity.
+    Restart(String),
+    /// Shutdown has begun: stop restarting crashed entities.
+    StopRestarting,
+}
+
+#[derive(Debug, Clone)]
+pub enum EnsureError {
+    /// The previous actor for this id is still stopping; try again shortly.
+    Busy,
+    /// Recovery failed (for instance the store is unreachable).
+    StartFailed(String),
+}
+
+pub struct EntitySupervisor<A: Entity> {
+    ctx: Arc<EntityContext>,
+    live: LiveMap<A>,
+    policy: RestartPolicy,
+    _kind: PhantomData<fn() -> A>,
+}
+
+impl<A: Entity> EntitySupervisor<A> {
+    pub fn new(ctx: Arc<EntityContext>, live: LiveMap<A>, policy: RestartPolicy) -> Self {
+        Self { ctx, live, policy, _kind: PhantomData }
+    }
+}
+
+#[derive(Default)]
+pub struct SupervisorState {
+    ids: HashMap<ActorId, String>,
+    failures: HashMap<String, VecDeque<Instant>>,
+    stopping: bool,
+}
+
+fn is_serving(status: ActorStatus) -> bool {
+    matches!(status, ActorStatus::Starting | ActorStatus::Running | ActorStatus::Upgrading)
+}
+
+impl<A: Entity> EntitySupervisor<A> {
+    fn live_write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, ActorRef<EntityMsg<A>>>> {
+        self.live.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    async fn ensure(&self, myself: &ActorRef<SupervisorMsg<A>>, id: &str, state: &mut SupervisorState) -> Result<ActorRef<EntityMsg<A>>, EnsureError> {
+        let existing = self.live.read().unwrap_or_else(|p| p.into_inner()).get(id).cloned();
+        if let Some(actor) = existing {
+            return if is_serving(actor.get_status()) { Ok(actor) } else { Err(EnsureError::Busy) };
+        }
+        let (actor, _) = Actor::spawn_linked(None, EntityActor::<A>::new(self.ctx.clone()), id.to_string(), myself.get_cell())
+            .await
+            .map_err(|e| {
+                tracing::warn!(kind = A::KIND, id, error = %e, "entity failed to start");
+                EnsureError::StartFailed(e.to_string())
+            })?;
+        state.ids.insert(actor.get_id(), id.to_string());
+        self.live_write().insert(id.to_string(), actor.clone());
+        Ok(actor)
+    }
+
+    fn forget(&self, cell: &ActorCell, state: &mut SupervisorState) -> Option<String> {
+        let id = state.ids.remove(&cell.get_id())?;
+        let mut live = self.live_write();
+        if live.get(&id).is_some_and(|a| a.get_id() == cell.get_id()) {
+            live.remove(&id);
+        }
+        Some(id)
+    }
+
+    /// Records a failure and returns the backoff before the next restart, or `None` past the restart limit.
+    fn next_restart(&self, id: &str, state: &mut SupervisorState) -> Option<Duration> {
+        let now = Instant::now();
+        let failures = state.failures.entry(id.to_string()).or_default();
+        while failures.front().is_some_and(|t| now.duration_since(*t) > self.policy.window) {
+            failures.pop_front();
+        }
+        failures.push_back(now);
+        let n = failures.len() as u32;
+        (n <= self.policy.max_restarts).then(|| Duration::from_millis(20u64 << (n - 1).min(8)))
+    }
+}
+
+impl<A: Entity> Actor for EntitySupervisor<A> {
+    type Msg = SupervisorMsg<A>;
+    type State = SupervisorState;
+    type Arguments = ();
+
+    async fn pre_start(&self, _myself: ActorRef<Self::Msg>, _args: ()) -> Result<Self::State, ActorProcessingErr> {
+        Ok(SupervisorState::default())
+    }
+
+    async fn handle(&self, myself: ActorRef<Self::Msg>, msg: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SupervisorMsg::Ensure(id, reply) => {
+                let result = self.ensure(&myself, &id, state).await;
+                let _ = reply.send(result);
+            }
+            SupervisorMsg::Restart(id) => {
+                if !state.stopping && !self.live.read().unwrap_or_else(|p| p.into_inner()).contains_key(&id) {
+                    if self.ensure(&myself, &id, state).await.is_ok() {
+                        tracing::info!(kind = A::KIND, %id, "entity restarted after failure");
+                    }
+                }
+            }
+            SupervisorMsg::StopRestarting => state.stopping = true,
+        }
+        Ok(())
+    }
+
+    // ractor's default stops the supervisor when any child exits; here a child exiting is routine (passivation)
+    // or a failure to recover from, never a reason to take the other entities down.
+    async fn handle_supervisor_evt(&self, myself: ActorRef<Self::Msg>, event: SupervisionEvent, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        match event {
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                if let Some(id) = self.forget(&cell, state) {
+                    tracing::debug!(kind = A::KIND, %id, reason = reason.as_deref().unwrap_or("stopped"), "entity stopped");
+                }
+            }
+            SupervisionEvent::ActorFailed(cell, error) => {
+                let Some(id) = self.forget(&cell, state) else { return Ok(()) };
+                tracing::warn!(kind = A::KIND, %id, %error, "entity actor failed");
+                if state.stopping {
+                    return Ok(());
+                }
+                match self.next_restart(&id, state) {
+                    Some(backoff) => {
+                        myself.send_after(backoff, move || SupervisorMsg::Restart(id));
+                    }
+                    None => tracing::error!(kind = A::KIND, %id, "restart limit reached; entity starts again on its next message"),
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}

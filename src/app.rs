@@ -1,0 +1,217 @@
+//! Wiring and lifecycle: builds the store, the entity runtime, the services and the HTTP app; runs until the
+//! shutdown signal, then stops intake, drains every entity actor and flushes the outbox.
+
+use std::future::Future;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, watch, Notify};
+use tokio::task::JoinHandle;
+
+use crate::actors::{EntityContext, EntityRouter, RestartPolicy};
+use crate::auth::password::PasswordHasher;
+use crate::auth::tokens::{random_token, TokenKeys};
+use crate::auth::AuthService;
+use crate::bridge::outbox::OutboxRelay;
+use crate::bridge::{EventBus, InProcessBus};
+use crate::cache::InProcessCache;
+use crate::carts::Carts;
+use crate::catalog::Catalog;
+use crate::config::Config;
+use crate::domain::cart::Cart;
+use crate::domain::product::ProductState;
+use crate::http::{self, AppState};
+use crate::ratelimit::RateLimiter;
+use crate::store::embedded::EmbeddedStore;
+use crate::store::EventRecord;
+
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    bus: Arc<dyn EventBus>,
+    stop_background: watch::Sender<bool>,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl Application {
+    /// Binds `http.addr` and builds everything.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(config.http.addr)
+            .await
+            .with_context(|| format!("cannot listen on http.addr = {}", config.http.addr))?;
+        Self::with_listener(config, listener).await
+    }
+
+    /// Builds everything around an already bound listener (tests bind port 0).
+    pub async fn with_listener(config: Config, listener: TcpListener) -> anyhow::Result<Self> {
+        let data_dir = config.store.data_dir.clone();
+        let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&data_dir))
+            .await?
+            .with_context(|| format!("cannot open the store in store.data_dir = {}", config.store.data_dir.display()))?;
+        let store = Arc::new(store);
+        let secret = jwt_secret(&config)?;
+
+        let committed = Arc::new(Notify::new());
+        let ctx = Arc::new(EntityContext {
+            store: store.clone(),
+            committed: committed.clone(),
+            snapshot_every: config.store.snapshot_every,
+            idle_timeout: Duration::from_secs(config.actors.idle_timeout_secs),
+        });
+        let policy = RestartPolicy {
+            max_restarts: config.actors.max_restarts,
+            window: Duration::from_secs(config.actors.restart_window_secs),
+        };
+        let products = EntityRouter::<ProductState>::start(ctx.clone(), policy, config.call_timeout()).await?;
+        let carts = EntityRouter::<Cart>::start(ctx, policy, config.call_timeout()).await?;
+        let cache = Arc::new(InProcessCache::new(Duration::from_secs(config.cache.product_ttl_secs), config.cache.product_capacity));
+        let catalog = Catalog::new(products, store.clone(), cache);
+        let carts = Carts::new(carts, catalog.clone());
+
+        let bus: Arc<dyn EventBus> = Arc::new(InProcessBus::new(4096));
+        let (stop_background, stop) = watch::channel(false);
+        let background = vec![
+            OutboxRelay::new(store.clone(), bus.clone(), committed).spawn(stop.clone()),
+            spawn_cache_invalidation(bus.subscribe(), catalog.clone(), stop),
+        ];
+
+        let (memory, iterations) = (config.auth.argon2_memory_kib, config.auth.argon2_iterations);
+        let hasher = tokio::task::spawn_blocking(move || PasswordHasher::new(memory, iterations))
+            .await?
+            .context("auth.argon2_memory_kib / auth.argon2_iterations")?;
+        let auth = Arc::new(AuthService::new(
+            store.clone(),
+            store.clone(),
+            TokenKeys::new(&secret),
+            hasher,
+            config.auth.access_token_ttl_secs,
+            config.auth.refresh_token_ttl_secs,
+        ));
+        if let Some(admin) = &config.auth.bootstrap_admin {
+            if auth.ensure_admin(&admin.email, &admin.password).await.context("creating auth.bootstrap_admin")? {
+                tracing::info!(email = %admin.email, "bootstrap admin account created");
+            }
+        }
+
+        let state = AppState {
+            auth,
+            catalog,
+            carts,
+            auth_limiter: Arc::new(RateLimiter::new(config.http.auth_rate_limit_per_minute)),
+            events: store,
+            cookie_secure: config.auth.cookie_secure,
+            http: Arc::new(config.http.clone()),
+        };
+        Ok(Self { listener, state, bus, stop_background, background })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    pub fn bus(&self) -> Arc<dyn EventBus> {
+        self.bus.clone()
+    }
+
+    /// Serves until `shutdown` completes, then stops gracefully: in-flight requests finish, no new ones are
+    /// accepted, entity actors drain their mailboxes, and the outbox is flushed to the bus.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let addr = self.listener.local_addr()?;
+        tracing::info!(%addr, "commercex listening");
+        let products = self.state.catalog.router().clone();
+        let carts = self.state.carts.router().clone();
+        let app = http::app(self.state).into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await.context("http server")?;
+        tracing::info!("http intake stopped; draining entity actors");
+        products.shutdown(DRAIN_TIMEOUT).await;
+        carts.shutdown(DRAIN_TIMEOUT).await;
+        let _ = self.stop_background.send(true);
+        for task in self.background {
+            let _ = task.await;
+        }
+        tracing::info!("shutdown complete");
+        Ok(())
+    }
+}
+
+/// Drops cached products when their events arrive, including events committed by other nodes once the bus spans
+/// several nodes.
+fn spawn_cache_invalidation(mut events: broadcast::Receiver<EventRecord>, catalog: Catalog, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                event = events.recv() => match event {
+                    Ok(e) => {
+                        if let Some(id) = e.stream.strip_prefix("product:") {
+                            catalog.invalidate(id).await;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => tracing::warn!(missed = n, "cache invalidation lagged"),
+                    Err(broadcast::error::RecvError::Closed) => break,
+                },
+                _ = stop.changed() => break,
+            }
+        }
+    })
+}
+
+/// The configured secret, or one generated once per data directory and kept in `jwt-secret` there.
+fn jwt_secret(config: &Config) -> anyhow::Result<Vec<u8>> {
+    if !config.auth.jwt_secret.is_empty() {
+        return Ok(config.auth.jwt_secret.as_bytes().to_vec());
+    }
+    let path = config.store.data_dir.join("jwt-secret");
+    if let Ok(existing) = std::fs::read_to_string(&path) {
+        let secret = existing.trim();
+        if secret.len() >= 32 {
+            return Ok(secret.as_bytes().to_vec());
+        }
+    }
+    let secret = random_token();
+    write_private(&path, &secret).with_context(|| format!("cannot write {}", path.display()))?;
+    tracing::warn!(path = %path.display(), "auth.jwt_secret is not set: generated a random secret for this data directory");
+    Ok(secret.into_bytes())
+}
+
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    file.write_all(contents.as_bytes())?;
+    file.sync_all()
+}
+
+/// Completes on ctrl-c or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("ctrl-c received"),
+        _ = terminate => tracing::info!("SIGTERM received"),
+    }
+}

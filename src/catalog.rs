@@ -1,0 +1,84 @@
+//! The catalog service: product writes go to the product's actor; reads go through the read-aside cache to the
+//! catalog read model, which the store updates in the same commit as the product's events.
+
+use std::sync::Arc;
+
+use crate::actors::{EntityError, EntityRouter};
+use crate::cache::ProductCache;
+use crate::domain::product::{Product, ProductCommand, ProductDetails, ProductError, ProductState};
+use crate::store::{CatalogStore, Page, ProductQuery, StoreError};
+
+pub type CatalogError = EntityError<ProductError>;
+
+impl From<StoreError> for CatalogError {
+    fn from(e: StoreError) -> Self {
+        EntityError::Unavailable(e.to_string())
+    }
+}
+
+#[derive(Clone)]
+pub struct Catalog {
+    products: EntityRouter<ProductState>,
+    store: Arc<dyn CatalogStore>,
+    cache: Arc<dyn ProductCache>,
+}
+
+fn live(state: ProductState) -> Result<Product, CatalogError> {
+    state.0.ok_or(EntityError::Rejected(ProductError::NotFound))
+}
+
+impl Catalog {
+    pub fn new(products: EntityRouter<ProductState>, store: Arc<dyn CatalogStore>, cache: Arc<dyn ProductCache>) -> Self {
+        Self { products, store, cache }
+    }
+
+    pub fn router(&self) -> &EntityRouter<ProductState> {
+        &self.products
+    }
+
+    pub async fn create(&self, details: ProductDetails, initial_stock: i64) -> Result<Product, CatalogError> {
+        let id = uuid::Uuid::now_v7().to_string();
+        self.write(&id, ProductCommand::Create { details, initial_stock }).await
+    }
+
+    pub async fn update(&self, id: &str, expected_version: u64, details: ProductDetails) -> Result<Product, CatalogError> {
+        self.write(id, ProductCommand::Update { expected_version, details }).await
+    }
+
+    pub async fn delete(&self, id: &str, expected_version: Option<u64>) -> Result<(), CatalogError> {
+        self.write(id, ProductCommand::Delete { expected_version }).await.map(drop)
+    }
+
+    pub async fn adjust_stock(&self, id: &str, delta: i64, reason: String) -> Result<Product, CatalogError> {
+        self.write(id, ProductCommand::AdjustStock { delta, reason }).await
+    }
+
+    async fn write(&self, id: &str, command: ProductCommand) -> Result<Product, CatalogError> {
+        let result = self.products.execute(id, command).await;
+        // Invalidate whatever the outcome: an interrupted command may still have been committed.
+        self.cache.invalidate(id).await;
+        live(result?)
+    }
+
+    /// A purchasable (not deleted) product.
+    pub async fn get(&self, id: &str) -> Result<Product, CatalogError> {
+        if let Some(p) = self.cache.get(id).await {
+            return Ok(p);
+        }
+        match self.store.product(id).await? {
+            Some(p) if !p.deleted => {
+                self.cache.put(&p).await;
+                Ok(p)
+            }
+            _ => Err(EntityError::Rejected(ProductError::NotFound)),
+        }
+    }
+
+    pub async fn list(&self, query: &ProductQuery) -> Result<Page<Product>, CatalogError> {
+        Ok(self.store.list_products(query).await?)
+    }
+
+    pub async fn invalidate(&self, id: &str) {
+        self.cache.invalidate(id).await;
+    }
+}

@@ -1,0 +1,388 @@
+//! Configuration: defaults in code, an optional TOML file, then `COMMERCEX__SECTION__KEY` environment overrides.
+//!
+//! Every key is documented in the root `config.toml`. A bad or unknown value fails at start-up with the key named.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+const ENV_PREFIX: &str = "COMMERCEX__";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub http: HttpConfig,
+    pub auth: AuthConfig,
+    pub store: StoreConfig,
+    pub actors: ActorsConfig,
+    pub cache: CacheConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub addr: SocketAddr,
+    pub body_limit_bytes: usize,
+    pub request_timeout_ms: u64,
+    /// Origins allowed by CORS; empty disables CORS, `["*"]` allows any origin.
+    pub cors_allowed_origins: Vec<String>,
+    /// Requests per minute per client address on signup/signin/refresh.
+    pub auth_rate_limit_per_minute: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// HMAC secret for access tokens; empty means "generate one per data directory".
+    pub jwt_secret: String,
+    pub access_token_ttl_secs: u64,
+    pub refresh_token_ttl_secs: u64,
+    /// Mark auth cookies `Secure` (set this when serving over HTTPS).
+    pub cookie_secure: bool,
+    pub argon2_memory_kib: u32,
+    pub argon2_iterations: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bootstrap_admin: Option<BootstrapAdmin>,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootstrapAdmin {
+    pub email: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for BootstrapAdmin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BootstrapAdmin")
+            .field("email", &self.email)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    pub data_dir: PathBuf,
+    /// Write a snapshot of an entity every this many events.
+    pub snapshot_every: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ActorsConfig {
+    pub idle_timeout_secs: u64,
+    pub call_timeout_ms: u64,
+    pub max_restarts: u32,
+    pub restart_window_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    pub product_ttl_secs: u64,
+    pub product_capacity: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: String,
+    /// A `tracing` filter such as `info` or `commercex=debug,tower_http=info`; `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            http: HttpConfig::default(),
+            auth: AuthConfig::default(),
+            store: StoreConfig::default(),
+            actors: ActorsConfig::default(),
+            cache: CacheConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            addr: SocketAddr::from(([0, 0, 0, 0], 8000)),
+            body_limit_bytes: 64 * 1024,
+            request_timeout_ms: 10_000,
+            cors_allowed_origins: Vec::new(),
+            auth_rate_limit_per_minute: 30,
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            jwt_secret: String::new(),
+            access_token_ttl_secs: 15 * 60,
+            refresh_token_ttl_secs: 7 * 24 * 3600,
+            cookie_secure: false,
+            argon2_memory_kib: 19 * 1024,
+            argon2_iterations: 2,
+            bootstrap_admin: None,
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self { data_dir: PathBuf::from("./data"), snapshot_every: 100 }
+    }
+}
+
+impl Default for ActorsConfig {
+    fn default() -> Self {
+        Self { idle_timeout_secs: 300, call_timeout_ms: 5_000, max_restarts: 5, restart_window_secs: 60 }
+    }
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self { product_ttl_secs: 60, product_capacity: 10_000 }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: "text".into(), level: "info".into() }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("config key `{key}`: {message}")]
+    Key { key: String, message: String },
+    #[error("{0}")]
+    Usage(String),
+}
+
+fn key_error(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Key { key: key.into(), message: message.into() }
+}
+
+/// `commercex [--config FILE]`.
+pub fn path_from_args(mut args: impl Iterator<Item = String>) -> Result<Option<PathBuf>, ConfigError> {
+    let mut path = None;
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--config" | "-c" => {
+                let value = args.next().ok_or_else(|| ConfigError::Usage("--config needs a file path".into()))?;
+                path = Some(PathBuf::from(value));
+            }
+            other => match other.strip_prefix("--config=") {
+                Some(value) => path = Some(PathBuf::from(value)),
+                None => return Err(ConfigError::Usage(format!("unknown argument `{other}`; usage: commercex [--config FILE]"))),
+            },
+        }
+    }
+    Ok(path)
+}
+
+impl Config {
+    /// Loads `path` (or `./config.toml` when it exists), then applies the process environment.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let file = match path {
+            Some(p) => Some(read_file(p)?),
+            None => {
+                let default = Path::new("config.toml");
+                default.exists().then(|| read_file(default)).transpose()?
+            }
+        };
+        Self::from_sources(file, std::env::vars())
+    }
+
+    /// Builds a config from an optional parsed file and `COMMERCEX__*` variables; used by tests too.
+    pub fn from_sources(
+        file: Option<toml::Table>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let defaults = toml::Table::try_from(Config::default()).map_err(|e| key_error("<defaults>", e.to_string()))?;
+        let mut merged = defaults.clone();
+        if let Some(file) = file {
+            merge(&mut merged, file);
+        }
+        for (name, raw) in env {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else { continue };
+            let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+            set_from_env(&mut merged, &defaults, &path, &raw)?;
+        }
+        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(merged)).map_err(|e| {
+            let key = e.path().to_string();
+            key_error(key, e.into_inner().to_string())
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("http.body_limit_bytes", self.http.body_limit_bytes as u64),
+            ("http.request_timeout_ms", self.http.request_timeout_ms),
+            ("http.auth_rate_limit_per_minute", u64::from(self.http.auth_rate_limit_per_minute)),
+            ("auth.access_token_ttl_secs", self.auth.access_token_ttl_secs),
+            ("auth.refresh_token_ttl_secs", self.auth.refresh_token_ttl_secs),
+            ("auth.argon2_memory_kib", u64::from(self.auth.argon2_memory_kib)),
+            ("auth.argon2_iterations", u64::from(self.auth.argon2_iterations)),
+            ("store.snapshot_every", self.store.snapshot_every),
+            ("actors.idle_timeout_secs", self.actors.idle_timeout_secs),
+            ("actors.call_timeout_ms", self.actors.call_timeout_ms),
+            ("actors.restart_window_secs", self.actors.restart_window_secs),
+            ("cache.product_capacity", self.cache.product_capacity as u64),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(key_error(key, "must be greater than zero"));
+            }
+        }
+        if !self.auth.jwt_secret.is_empty() && self.auth.jwt_secret.len() < 32 {
+            return Err(key_error("auth.jwt_secret", "must be at least 32 characters (or empty to generate one)"));
+        }
+        if self.auth.refresh_token_ttl_secs <= self.auth.access_token_ttl_secs {
+            return Err(key_error("auth.refresh_token_ttl_secs", "must be longer than auth.access_token_ttl_secs"));
+        }
+        if self.store.data_dir.as_os_str().is_empty() {
+            return Err(key_error("store.data_dir", "must not be empty"));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return Err(key_error("log.level", format!("`{}` is not a valid log filter", self.log.level)));
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return Err(key_error("log.format", "must be `text` or `json`"));
+        }
+        if let Some(admin) = &self.auth.bootstrap_admin {
+            crate::domain::user::normalize_email(&admin.email)
+                .map_err(|e| key_error("auth.bootstrap_admin.email", e.to_string()))?;
+            crate::domain::user::check_password(&admin.password, &admin.email)
+                .map_err(|e| key_error("auth.bootstrap_admin.password", e.to_string()))?;
+        }
+        for origin in &self.http.cors_allowed_origins {
+            if origin != "*" && origin.parse::<axum::http::HeaderValue>().is_err() {
+                return Err(key_error("http.cors_allowed_origins", format!("`{origin}` is not a valid origin")));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn call_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.actors.call_timeout_ms)
+    }
+}
+
+fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+    text.parse::<toml::Table>().map_err(|e| ConfigError::Syntax { path: path.into(), message: e.to_string() })
+}
+
+fn merge(base: &mut toml::Table, overlay: toml::Table) {
+    for (key, value) in overlay {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+/// Sets `path` from an environment string, typed like the default at that key (so `COMMERCEX__HTTP__ADDR=...`
+/// stays a string and `..._TTL_SECS=60` becomes an integer).
+fn set_from_env(target: &mut toml::Table, defaults: &toml::Table, path: &[String], raw: &str) -> Result<(), ConfigError> {
+    let dotted = path.join(".");
+    let (last, parents) = path.split_last().ok_or_else(|| key_error(&dotted, "empty key"))?;
+    let mut table = target;
+    let mut default_table = Some(defaults);
+    for part in parents {
+        default_table = default_table.and_then(|t| t.get(part)).and_then(|v| v.as_table());
+        table = table
+            .entry(part.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .ok_or_else(|| key_error(&dotted, "is not a section"))?;
+    }
+    let template = default_table.and_then(|t| t.get(last));
+    let value = match template {
+        Some(toml::Value::Integer(_)) => {
+            toml::Value::Integer(raw.trim().parse().map_err(|_| key_error(&dotted, format!("`{raw}` is not an integer")))?)
+        }
+        Some(toml::Value::Boolean(_)) => {
+            toml::Value::Boolean(raw.trim().parse().map_err(|_| key_error(&dotted, format!("`{raw}` is not true/false")))?)
+        }
+        Some(toml::Value::Array(_)) => {
+            let items = raw.split(',').map(str::trim).filter(|s| !s.is_empty());
+            toml::Value::Array(items.map(|s| toml::Value::String(s.to_string())).collect())
+        }
+        _ => toml::Value::String(raw.to_string()),
+    };
+    table.insert(last.clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::from_sources(None, env(&[])).unwrap();
+        assert_eq!(c.http.addr.to_string(), "0.0.0.0:8000");
+        assert_eq!(c.store.data_dir, PathBuf::from("./data"));
+        assert!(c.auth.jwt_secret.is_empty());
+    }
+
+    #[test]
+    fn env_overrides_file_with_types_of_the_default() {
+        let file: toml::Table = "[http]\naddr = \"127.0.0.1:9000\"\n[actors]\nidle_timeout_secs = 10".parse().unwrap();
+        let c = Config::from_sources(
+            Some(file),
+            env(&[("COMMERCEX__HTTP__ADDR", "127.0.0.1:18080"), ("COMMERCEX__ACTORS__CALL_TIMEOUT_MS", "250")]),
+        )
+        .unwrap();
+        assert_eq!(c.http.addr.to_string(), "127.0.0.1:18080");
+        assert_eq!(c.actors.idle_timeout_secs, 10);
+        assert_eq!(c.actors.call_timeout_ms, 250);
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let err = Config::from_sources(None, env(&[("COMMERCEX__HTTP__ADDR", "not-an-addr")])).unwrap_err();
+        assert!(err.to_string().contains("http.addr"), "{err}");
+        let err = Config::from_sources(None, env(&[("COMMERCEX__ACTORS__IDLE_TIMEOUT_SECS", "soon")])).unwrap_err();
+        assert!(err.to_string().contains("actors.idle_timeout_secs"), "{err}");
+        let file: toml::Table = "[http]\nadress = \"x\"".parse().unwrap();
+        let err = Config::from_sources(Some(file), env(&[])).unwrap_err();
+        assert!(err.to_string().contains("adress"), "{err}");
+        let err = Config::from_sources(None, env(&[("COMMERCEX__AUTH__JWT_SECRET", "short")])).unwrap_err();
+        assert!(err.to_string().contains("auth.jwt_secret"), "{err}");
+        let file: toml::Table = "[auth.bootstrap_admin]\nemail = \"root@example.com\"\npassword = \"x\"".parse().unwrap();
+        let err = Config::from_sources(Some(file), env(&[])).unwrap_err();
+        assert!(err.to_string().contains("auth.bootstrap_admin.password"), "{err}");
+    }
+
+    #[test]
+    fn cli_arguments() {
+        let args = |v: &[&str]| path_from_args(v.iter().map(|s| s.to_string()));
+        assert_eq!(args(&[]).unwrap(), None);
+        assert_eq!(args(&["--config", "x.toml"]).unwrap(), Some(PathBuf::from("x.toml")));
+        assert!(args(&["--config"]).is_err());
+        assert!(args(&["--bogus"]).is_err());
+    }
+}

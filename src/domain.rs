@@ -1,0 +1,40 @@
+//! Pure domain rules: entities, the commands they accept, the events they emit and how events change state.
+//!
+//! Nothing here performs I/O or knows about actors, HTTP or storage; every rule is unit- and property-tested.
+
+pub mod cart;
+pub mod product;
+pub mod user;
+
+use std::fmt::Debug;
+
+use serde::{de::DeserializeOwned, Serialize};
+
+pub type Timestamp = chrono::DateTime<chrono::Utc>;
+
+/// An event-sourced entity: `decide` validates a command against the current state and returns the events that
+/// record its effect; `apply` folds an event into the state. `apply` never fails: events are facts.
+pub trait Aggregate: Clone + Default + Debug + Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// Stream prefix, also the actor kind (`product`, `cart`).
+    const KIND: &'static str;
+    type Command: Clone + Debug + Send + Sync + 'static;
+    type Event: Clone + Debug + Serialize + DeserializeOwned + Send + Sync + 'static;
+    type Error: std::error::Error + Clone + Send + Sync + 'static;
+
+    fn decide(&self, id: &str, command: &Self::Command, now: Timestamp) -> Result<Vec<Self::Event>, Self::Error>;
+    fn apply(&mut self, event: &Self::Event);
+    /// The public name of an event, e.g. `product.created`.
+    fn event_type(event: &Self::Event) -> &'static str;
+}
+
+/// Checks a required free-text field: trimmed, non-empty, at most `max` characters.
+pub(crate) fn required_text(value: &str, max: usize) -> Result<String, String> {
+    let v = value.trim();
+    if v.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if v.chars().count() > max {
+        return Err(format!("must be at most {max} characters"));
+    }
+    Ok(v.to_string())
+}

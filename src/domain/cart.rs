@@ -1,0 +1,301 @@
+//! Shopping carts: one per user, lines of product + quantity. Prices are never stored in the cart; they are read
+//! from the catalog when the cart is shown, and snapshotted only at checkout.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Aggregate, Timestamp};
+
+pub const MAX_LINE_QUANTITY: u32 = 999;
+pub const MAX_LINES: usize = 100;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CartLine {
+    pub product_id: String,
+    pub quantity: u32,
+    pub added_at: Timestamp,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cart {
+    pub lines: Vec<CartLine>,
+    /// Currency of the lines in the cart; a cart holds one currency at a time.
+    pub currency: Option<String>,
+    pub updated_at: Option<Timestamp>,
+}
+
+/// What the cart needs to know about a product to accept it, looked up by the caller at command time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProductAvailability {
+    pub available: i64,
+    pub currency: String,
+}
+
+#[derive(Debug, Clone)]
+pub enum CartCommand {
+    /// Adds `quantity` to the line (creating it if needed).
+    AddItem { product_id: String, quantity: i64, product: ProductAvailability },
+    /// Sets the line's quantity.
+    SetQuantity { product_id: String, quantity: i64, product: ProductAvailability },
+    RemoveItem { product_id: String },
+    Clear,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum CartEvent {
+    LineSet { product_id: String, quantity: u32, currency: String, at: Timestamp },
+    LineRemoved { product_id: String, at: Timestamp },
+    Cleared { at: Timestamp },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CartError {
+    #[error("quantity must be between 1 and {MAX_LINE_QUANTITY}")]
+    InvalidQuantity,
+    #[error("only {available} in stock, the cart would hold {requested}")]
+    InsufficientStock { available: i64, requested: i64 },
+    #[error("the cart holds {cart} items; this product is priced in {product}")]
+    CurrencyMismatch { cart: String, product: String },
+    #[error("the cart already has {MAX_LINES} different products")]
+    CartFull,
+    #[error("this product is not in the cart")]
+    LineNotFound,
+}
+
+impl Cart {
+    pub fn line(&self, product_id: &str) -> Option<&CartLine> {
+        self.lines.iter().find(|l| l.product_id == product_id)
+    }
+
+    pub fn item_count(&self) -> u64 {
+        self.lines.iter().map(|l| u64::from(l.quantity)).sum()
+    }
+
+    fn set_line(&self, product_id: &str, quantity: i64, product: &ProductAvailability, now: Timestamp) -> Result<Vec<CartEvent>, CartError> {
+        if !(1..=i64::from(MAX_LINE_QUANTITY)).contains(&quantity) {
+            return Err(CartError::InvalidQuantity);
+        }
+        if quantity > product.available {
+            return Err(CartError::InsufficientStock { available: product.available.max(0), requested: quantity });
+        }
+        let others = self.lines.iter().filter(|l| l.product_id != product_id).count();
+        if let Some(currency) = &self.currency {
+            if others > 0 && currency != &product.currency {
+                return Err(CartError::CurrencyMismatch { cart: currency.clone(), product: product.currency.clone() });
+            }
+        }
+        if self.line(product_id).is_none() && self.lines.len() >= MAX_LINES {
+            return Err(CartError::CartFull);
+        }
+        let quantity = u32::try_from(quantity).map_err(|_| CartError::InvalidQuantity)?;
+        Ok(vec![CartEvent::LineSet { product_id: product_id.to_string(), quantity, currency: product.currency.clone(), at: now }])
+    }
+}
+
+/// Parses a client-supplied quantity (rejecting zero, negatives and absurd values) before any lookup.
+pub fn check_quantity(quantity: i64) -> Result<i64, CartError> {
+    if (1..=i64::from(MAX_LINE_QUANTITY)).contains(&quantity) {
+        Ok(quantity)
+    } else {
+        Err(CartError::InvalidQuantity)
+    }
+}
+
+impl Aggregate for Cart {
+    const KIND: &'static str = "cart";
+    type Command = CartCommand;
+    type Event = CartEvent;
+    type Error = CartError;
+
+    fn decide(&self, _user_id: &str, command: &CartCommand, now: Timestamp) -> Result<Vec<CartEvent>, CartError> {
+        match command {
+            CartCommand::AddItem { product_id, quantity, product } => {
+                check_quantity(*quantity)?;
+                let existing = self.line(product_id).map_or(0, |l| i64::from(l.quantity));
+                self.set_line(product_id, existing + quantity, product, now)
+            }
+            CartCommand::SetQuantity { product_id, quantity, product } => {
+                if self.line(product_id).is_none() {
+                    return Err(CartError::LineNotFound);
+                }
+                self.set_line(product_id, *quantity, product, now)
+            }
+            CartCommand::RemoveItem { product_id } => match self.line(product_id) {
+                Some(_) => Ok(vec![CartEvent::LineRemoved { product_id: product_id.clone(), at: now }]),
+                None => Err(CartError::LineNotFound),
+            },
+            CartCommand::Clear if self.lines.is_empty() => Ok(vec![]),
+            CartCommand::Clear => Ok(vec![CartEvent::Cleared { at: now }]),
+        }
+    }
+
+    fn apply(&mut self, event: &CartEvent) {
+        match event {
+            CartEvent::LineSet { product_id, quantity, currency, at } => {
+                match self.lines.iter_mut().find(|l| &l.product_id == product_id) {
+                    Some(line) => line.quantity = *quantity,
+                    None => self.lines.push(CartLine { product_id: product_id.clone(), quantity: *quantity, added_at: *at }),
+                }
+                self.currency = Some(currency.clone());
+                self.updated_at = Some(*at);
+            }
+            CartEvent::LineRemoved { product_id, at } => {
+                self.lines.retain(|l| &l.product_id != product_id);
+                if self.lines.is_empty() {
+                    self.currency = None;
+                }
+                self.updated_at = Some(*at);
+            }
+            CartEvent::Cleared { at } => {
+                self.lines.clear();
+                self.currency = None;
+                self.updated_at = Some(*at);
+            }
+        }
+    }
+
+    fn event_type(event: &CartEvent) -> &'static str {
+        match event {
+            CartEvent::LineSet { .. } => "cart.line_set",
+            CartEvent::LineRemoved { .. } => "cart.line_removed",
+            CartEvent::Cleared { .. } => "cart.cleared",
+        }
+    }
+}
+
+/// A priced cart line, as shown to the user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PricedLine {
+    pub product_id: String,
+    pub title: Option<String>,
+    pub unit_price: Option<i64>,
+    pub quantity: u32,
+    pub line_total: i64,
+    /// False when the product was deleted or no longer has this quantity in stock.
+    pub available: bool,
+}
+
+/// Totals computed by the server from current catalog prices; unavailable lines are shown but not counted.
+pub fn price_lines(lines: Vec<PricedLine>) -> (Vec<PricedLine>, i64, u64) {
+    let subtotal = lines.iter().filter(|l| l.available).map(|l| l.line_total).sum();
+    let items = lines.iter().filter(|l| l.available).map(|l| u64::from(l.quantity)).sum();
+    (lines, subtotal, items)
+}
+
+pub fn priced_line(line: &CartLine, product: Option<(&str, i64, i64)>) -> PricedLine {
+    match product {
+        Some((title, price, available)) => PricedLine {
+            product_id: line.product_id.clone(),
+            title: Some(title.to_string()),
+            unit_price: Some(price),
+            quantity: line.quantity,
+            line_total: price * i64::from(line.quantity),
+            available: available >= i64::from(line.quantity),
+        },
+        None => PricedLine {
+            product_id: line.product_id.clone(),
+            title: None,
+            unit_price: None,
+            quantity: line.quantity,
+            line_total: 0,
+            available: false,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn usd(available: i64) -> ProductAvailability {
+        ProductAvailability { available, currency: "USD".into() }
+    }
+
+    fn run(cart: &mut Cart, cmd: CartCommand) -> Result<(), CartError> {
+        for e in cart.decide("u", &cmd, chrono::Utc::now())? {
+            cart.apply(&e);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn adding_twice_accumulates_up_to_stock() {
+        let mut c = Cart::default();
+        run(&mut c, CartCommand::AddItem { product_id: "a".into(), quantity: 2, product: usd(5) }).unwrap();
+        run(&mut c, CartCommand::AddItem { product_id: "a".into(), quantity: 3, product: usd(5) }).unwrap();
+        assert_eq!(c.line("a").unwrap().quantity, 5);
+        let err = run(&mut c, CartCommand::AddItem { product_id: "a".into(), quantity: 1, product: usd(5) });
+        assert_eq!(err, Err(CartError::InsufficientStock { available: 5, requested: 6 }));
+    }
+
+    #[test]
+    fn bad_quantities_and_currencies_are_refused() {
+        let mut c = Cart::default();
+        for q in [0, -1, 1000, i64::MAX] {
+            assert_eq!(run(&mut c, CartCommand::AddItem { product_id: "a".into(), quantity: q, product: usd(10_000) }), Err(CartError::InvalidQuantity));
+        }
+        run(&mut c, CartCommand::AddItem { product_id: "a".into(), quantity: 1, product: usd(1) }).unwrap();
+        let eur = ProductAvailability { available: 3, currency: "EUR".into() };
+        assert!(matches!(run(&mut c, CartCommand::AddItem { product_id: "b".into(), quantity: 1, product: eur }), Err(CartError::CurrencyMismatch { .. })));
+        assert_eq!(run(&mut c, CartCommand::RemoveItem { product_id: "zz".into() }), Err(CartError::LineNotFound));
+        assert_eq!(run(&mut c, CartCommand::SetQuantity { product_id: "zz".into(), quantity: 1, product: usd(1) }), Err(CartError::LineNotFound));
+    }
+
+    #[test]
+    fn totals_skip_unavailable_lines() {
+        let now = chrono::Utc::now();
+        let line = |id: &str, q| CartLine { product_id: id.into(), quantity: q, added_at: now };
+        let lines = vec![
+            priced_line(&line("a", 2), Some(("A", 150, 10))),
+            priced_line(&line("b", 1), None),
+            priced_line(&line("c", 4), Some(("C", 100, 3))),
+        ];
+        let (lines, subtotal, items) = price_lines(lines);
+        assert_eq!(subtotal, 300);
+        assert_eq!(items, 2);
+        assert!(!lines[1].available && !lines[2].available);
+    }
+
+    proptest! {
+        /// Any sequence of cart operations keeps every line within 1..=MAX and within the stock it was checked
+        /// against, with no duplicate lines; the total equals the sum of price * quantity.
+        #[test]
+        fn cart_invariants(ops in proptest::collection::vec((0u8..4, 0usize..4, -3i64..1200, 0i64..1000), 0..80),
+                           prices in proptest::collection::vec(0i64..100_000, 4)) {
+            let ids = ["a", "b", "c", "d"];
+            let mut c = Cart::default();
+            for (op, idx, qty, stock) in ops {
+                let id = ids[idx].to_string();
+                let cmd = match op {
+                    0 => CartCommand::AddItem { product_id: id, quantity: qty, product: usd(stock) },
+                    1 => CartCommand::SetQuantity { product_id: id, quantity: qty, product: usd(stock) },
+                    2 => CartCommand::RemoveItem { product_id: id },
+                    _ => CartCommand::Clear,
+                };
+                let before = c.clone();
+                if run(&mut c, cmd).is_err() {
+                    prop_assert_eq!(&c, &before);
+                }
+                let mut seen = std::collections::HashSet::new();
+                for l in &c.lines {
+                    prop_assert!(l.quantity >= 1 && l.quantity <= MAX_LINE_QUANTITY);
+                    prop_assert!(seen.insert(l.product_id.clone()));
+                }
+            }
+            let priced: Vec<_> = c.lines.iter().map(|l| {
+                let i = ids.iter().position(|x| *x == l.product_id).unwrap();
+                priced_line(l, Some(("t", prices[i], i64::MAX)))
+            }).collect();
+            let expected: i64 = c.lines.iter().map(|l| {
+                let i = ids.iter().position(|x| *x == l.product_id).unwrap();
+                prices[i] * i64::from(l.quantity)
+            }).sum();
+            let (_, subtotal, items) = price_lines(priced);
+            prop_assert_eq!(subtotal, expected);
+            prop_assert_eq!(items, c.item_count());
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! The REST facade: one router per resource, assembled by [`app`] with the cross-cutting layers (request ids,
+//! tracing, panic catching, security headers, CORS, body limit, request deadline).
+
+mod admin;
+mod cart;
+pub mod error;
+pub mod extract;
+mod health;
+mod products;
+mod users;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::trace::TraceLayer;
+
+pub use error::ApiError;
+
+use crate::auth::AuthService;
+use crate::carts::Carts;
+use crate::catalog::Catalog;
+use crate::config::HttpConfig;
+use crate::ratelimit::RateLimiter;
+use crate::store::EventStore;
+
+/// Everything a handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub auth: Arc<AuthService>,
+    pub catalog: Catalog,
+    pub carts: Carts,
+    pub auth_limiter: Arc<RateLimiter>,
+    pub events: Arc<dyn EventStore>,
+    pub cookie_secure: bool,
+    pub http: Arc<HttpConfig>,
+}
+
+pub fn app(state: AppState) -> Router {
+    let http = state.http.clone();
+    let cors = (!http.cors_allowed_origins.is_empty()).then(|| cors_layer(&http.cors_allowed_origins));
+    let request_id = HeaderName::from_static("x-request-id");
+    let layers = ServiceBuilder::new()
+        .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
+            tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id, user_id = tracing::field::Empty)
+        }))
+        .layer(PropagateRequestIdLayer::new(request_id))
+        .layer(CatchPanicLayer::custom(|_: Box<dyn std::any::Any + Send>| ApiError::internal("handler panicked").into_response()))
+        .layer(SetResponseHeaderLayer::if_not_present(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")))
+        .layer(SetResponseHeaderLayer::if_not_present(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")))
+        .layer(SetResponseHeaderLayer::if_not_present(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
+        .option_layer(cors)
+        .layer(DefaultBodyLimit::max(http.body_limit_bytes))
+        .layer(middleware::from_fn_with_state(Duration::from_millis(http.request_timeout_ms), deadline));
+
+    Router::new()
+        .merge(health::router())
+        .merge(users::router(state.clone()))
+        .merge(admin::router())
+        .merge(products::router())
+        .merge(cart::router())
+        .fallback(|| async { ApiError::not_found("not_found", "no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
+        })
+        .layer(layers)
+        .with_state(state)
+}
+
+fn cors_layer(origins: &[String]) -> CorsLayer {
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| o.parse().ok()))
+    };
+    let layer = CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, HeaderName::from_static("idempotency-key")]);
+    if origins.iter().any(|o| o == "*") {
+        layer
+    } else {
+        layer.allow_credentials(true)
+    }
+}
+
+/// Answers 503 when a request runs past its deadline.
+async fn deadline(State(limit): State<Duration>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::unavailable("request deadline exceeded").into_response(),
+    }
+}
+
+/// Per-client limit on the authentication endpoints, keyed by the peer address.
+async fn auth_rate_limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    if let Some(ip) = peer {
+        if let Err(wait) = state.auth_limiter.check(ip) {
+            let mut err = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many attempts; slow down");
+            err.retry_after_secs = Some(wait.as_secs().max(1));
+            return err.into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// Common pagination parameters: `page` from 1, `limit` 1..=100 (default 20).
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pagination {
+    pub page: Option<u32>,
+    pub limit: Option<u32>,
+}
+
+pub fn page_and_limit(page: Option<u32>, limit: Option<u32>) -> Result<(u32, u32), ApiError> {
+    let page = page.unwrap_or(1);
+    let limit = limit.unwrap_or(20);
+    if page == 0 {
+        return Err(ApiError::bad_request("invalid_query", "`page` starts at 1"));
+    }
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::bad_request("invalid_query", "`limit` must be between 1 and 100"));
+    }
+    Ok((page, limit))
+}
+
+/// A page of results with its position in the whole listing.
+pub fn page_json<T: serde::Serialize>(page: crate::store::Page<T>) -> serde_json::Value {
+    let total_pages = page.total.div_ceil(u64::from(page.limit.max(1)));
+    serde_json::json!({
+        "items": page.items,
+        "page": page.page,
+        "limit": page.limit,
+        "total": page.total,
+        "totalPages": total_pages,
+    })
+}

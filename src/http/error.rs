@@ -1,0 +1,155 @@
+//! The one error shape of the API: `{"error": {"code": "<stable_snake_case>", "message": "..."}}`.
+//! Infrastructure details never reach the client; they are logged once, inside the request's span.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::auth::AuthError;
+use crate::carts::CartServiceError;
+use crate::catalog::CatalogError;
+use crate::domain::cart::CartError;
+use crate::domain::product::ProductError;
+use crate::domain::user::UserError;
+use crate::store::StoreError;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    /// Logged, never sent.
+    pub internal: Option<String>,
+    pub retry_after_secs: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into(), internal: None, retry_after_secs: None }
+    }
+
+    pub fn unavailable(detail: impl Into<String>) -> Self {
+        Self {
+            internal: Some(detail.into()),
+            retry_after_secs: Some(1),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", "the service is temporarily unavailable; retry shortly")
+        }
+    }
+
+    pub fn internal(detail: impl Into<String>) -> Self {
+        Self { internal: Some(detail.into()), ..Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "internal error") }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn validation(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", message)
+    }
+
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, code, message)
+    }
+
+    pub fn forbidden() -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", "you are not allowed to do this")
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let Some(detail) = &self.internal {
+            if self.status.is_server_error() {
+                tracing::error!(code = self.code, status = self.status.as_u16(), detail = %detail, "request failed");
+            }
+        }
+        let body = json!({ "error": { "code": self.code, "message": self.message } });
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(secs) = self.retry_after_secs {
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ApiError::unavailable(e.to_string())
+    }
+}
+
+impl From<UserError> for ApiError {
+    fn from(e: UserError) -> Self {
+        let code = match e {
+            UserError::InvalidEmail => "invalid_email",
+            UserError::WeakPassword(_) => "weak_password",
+            UserError::Invalid { .. } => "validation_failed",
+        };
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, e.to_string())
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        use StatusCode as S;
+        let (status, code) = match &e {
+            AuthError::Invalid(u) => return u.clone().into(),
+            AuthError::EmailTaken => (S::CONFLICT, "email_taken"),
+            AuthError::InvalidCredentials => (S::UNAUTHORIZED, "invalid_credentials"),
+            AuthError::MissingToken => (S::UNAUTHORIZED, "unauthenticated"),
+            AuthError::InvalidToken => (S::UNAUTHORIZED, "invalid_token"),
+            AuthError::TokenExpired => (S::UNAUTHORIZED, "token_expired"),
+            AuthError::TokenRevoked => (S::UNAUTHORIZED, "token_revoked"),
+            AuthError::RefreshReused => (S::UNAUTHORIZED, "refresh_token_reused"),
+            AuthError::AccountBlocked => (S::FORBIDDEN, "account_blocked"),
+            AuthError::UserNotFound => (S::NOT_FOUND, "user_not_found"),
+            AuthError::CannotBlockSelf => (S::UNPROCESSABLE_ENTITY, "cannot_block_self"),
+            AuthError::Store(s) => return s.clone().into(),
+            AuthError::Hashing(detail) => return ApiError::internal(detail.clone()),
+        };
+        let mut err = ApiError::new(status, code, e.to_string());
+        if status == S::UNAUTHORIZED {
+            err.internal = None;
+        }
+        err
+    }
+}
+
+impl From<CatalogError> for ApiError {
+    fn from(e: CatalogError) -> Self {
+        use StatusCode as S;
+        let product = match e {
+            CatalogError::Unavailable(why) => return ApiError::unavailable(why),
+            CatalogError::Rejected(p) => p,
+        };
+        let (status, code) = match &product {
+            ProductError::NotFound => (S::NOT_FOUND, "product_not_found"),
+            ProductError::AlreadyExists => (S::CONFLICT, "product_exists"),
+            ProductError::Invalid { .. } => (S::UNPROCESSABLE_ENTITY, "validation_failed"),
+            ProductError::VersionConflict { .. } => (S::CONFLICT, "version_conflict"),
+            ProductError::InsufficientStock { .. } => (S::CONFLICT, "insufficient_stock"),
+        };
+        ApiError::new(status, code, product.to_string())
+    }
+}
+
+impl From<CartServiceError> for ApiError {
+    fn from(e: CartServiceError) -> Self {
+        use StatusCode as S;
+        let (status, code) = match &e {
+            CartServiceError::Unavailable(why) => return ApiError::unavailable(why.clone()),
+            CartServiceError::ProductNotFound => (S::NOT_FOUND, "product_not_found"),
+            CartServiceError::Cart(c) => match c {
+                CartError::InvalidQuantity => (S::UNPROCESSABLE_ENTITY, "invalid_quantity"),
+                CartError::InsufficientStock { .. } => (S::CONFLICT, "insufficient_stock"),
+                CartError::CurrencyMismatch { .. } => (S::CONFLICT, "currency_mismatch"),
+                CartError::CartFull => (S::UNPROCESSABLE_ENTITY, "cart_full"),
+                CartError::LineNotFound => (S::NOT_FOUND, "cart_item_not_found"),
+            },
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}

@@ -1,0 +1,30 @@
+//! CommerceX: an event-driven e-commerce backend built as a supervised actor system.
+//!
+//! | module      | job |
+//! |-------------|-----|
+//! | [`domain`]  | pure rules: products, carts, users; commands, events, invariants; no I/O |
+//! | [`actors`]  | one `ractor` actor per product and cart, supervised, recovered from the store, reached via the router |
+//! | [`store`]   | storage interfaces (journal + snapshots + outbox, catalog read model, users, revocations) and the embedded `redb` store |
+//! | [`bridge`]  | the event bus interface, the in-process bus and the outbox relay that publishes committed events |
+//! | [`auth`]    | accounts, argon2id hashing, JWT access tokens, rotating refresh tokens, revocation |
+//! | [`catalog`] | product service: writes through product actors, reads through the cache and read model |
+//! | [`carts`]   | cart service: cart actors plus catalog lookups for availability and pricing |
+//! | [`cache`]   | read-aside product cache |
+//! | [`ratelimit`] | per-client token buckets for the auth endpoints |
+//! | [`http`]    | the axum REST facade and its error shape |
+//! | [`app`]     | wiring, start-up and graceful shutdown |
+//! | [`config`], [`telemetry`] | configuration loading and logging |
+
+pub mod actors;
+pub mod app;
+pub mod auth;
+pub mod bridge;
+pub mod cache;
+pub mod carts;
+pub mod catalog;
+pub mod config;
+pub mod domain;
+pub mod http;
+pub mod ratelimit;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,221 @@
+//! Storage interfaces: the event journal (with snapshots and the outbox), the catalog read model, user accounts
+//! and token revocations. Every write is a single atomic write per entity, so the same interface maps onto
+//! MongoDB documents (one document per commit with a unique `(stream, seq)` index) as well as the embedded store.
+
+pub mod embedded;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::domain::product::Product;
+use crate::domain::user::User;
+use crate::domain::Timestamp;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// Another writer appended to the stream first: the expected sequence number is stale.
+    #[error("stream {stream} is at sequence {actual}, expected {expected}")]
+    Conflict { stream: String, expected: u64, actual: u64 },
+    #[error("duplicate {0}")]
+    Duplicate(&'static str),
+    /// The store cannot be reached or failed; the operation may be retried.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// A persisted domain event, as journaled and published.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventRecord {
+    /// `{stream}/{seq}`: unique, so consumers can drop duplicates.
+    pub id: String,
+    /// `{kind}:{entity id}`.
+    pub stream: String,
+    pub seq: u64,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub recorded_at: Timestamp,
+    pub payload: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub seq: u64,
+    pub state: serde_json::Value,
+}
+
+/// Read-model documents maintained alongside the journal for queries the entities cannot answer.
+#[derive(Debug, Clone)]
+pub enum ReadModel {
+    Product(Product),
+}
+
+/// One atomic append: refused with [`StoreError::Conflict`] unless the stream is exactly at `expected_seq`.
+#[derive(Debug, Clone)]
+pub struct Commit {
+    pub stream: String,
+    pub expected_seq: u64,
+    pub events: Vec<EventRecord>,
+    pub snapshot: Option<Snapshot>,
+    pub read_model: Option<ReadModel>,
+}
+
+/// What an entity recovers from: its latest snapshot and the events after it.
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    pub snapshot: Option<Snapshot>,
+    pub events: Vec<EventRecord>,
+}
+
+#[derive(Debug, Clone)]
+pub struct OutboxEntry {
+    pub position: u64,
+    pub event: EventRecord,
+}
+
+#[async_trait]
+pub trait EventStore: Send + Sync {
+    async fn commit(&self, commit: Commit) -> Result<(), StoreError>;
+    async fn history(&self, stream: &str) -> Result<History, StoreError>;
+    /// Committed events not yet handed to the bus, oldest first.
+    async fn outbox_pending(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError>;
+    async fn outbox_ack(&self, positions: &[u64]) -> Result<(), StoreError>;
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub page: u32,
+    pub limit: u32,
+    pub total: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProductSort {
+    #[default]
+    Newest,
+    Oldest,
+    PriceAsc,
+    PriceDesc,
+    TitleAsc,
+    TitleDesc,
+}
+
+impl std::str::FromStr for ProductSort {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "newest" | "-createdAt" => Self::Newest,
+            "oldest" | "createdAt" => Self::Oldest,
+            "price" | "price_asc" => Self::PriceAsc,
+            "-price" | "price_desc" => Self::PriceDesc,
+            "title" => Self::TitleAsc,
+            "-title" => Self::TitleDesc,
+            other => return Err(format!("unknown sort `{other}`; use newest, oldest, price, -price, title or -title")),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ProductQuery {
+    pub page: u32,
+    pub limit: u32,
+    /// Case-insensitive words that must all appear in the title or description.
+    pub text: Option<String>,
+    pub category: Option<String>,
+    pub min_price: Option<i64>,
+    pub max_price: Option<i64>,
+    pub sort: ProductSort,
+}
+
+impl ProductQuery {
+    /// Whether a product belongs in this listing (deleted products never do).
+    pub fn matches(&self, p: &Product) -> bool {
+        if p.deleted {
+            return false;
+        }
+        if let Some(c) = &self.category {
+            if !p.category.eq_ignore_ascii_case(c) {
+                return false;
+            }
+        }
+        if self.min_price.is_some_and(|m| p.price < m) || self.max_price.is_some_and(|m| p.price > m) {
+            return false;
+        }
+        if let Some(text) = &self.text {
+            let haystack = format!("{} {}", p.title, p.description).to_lowercase();
+            return text.to_lowercase().split_whitespace().all(|w| haystack.contains(w));
+        }
+        true
+    }
+
+    pub fn compare(&self, a: &Product, b: &Product) -> std::cmp::Ordering {
+        let by = match self.sort {
+            ProductSort::Newest => b.created_at.cmp(&a.created_at),
+            ProductSort::Oldest => a.created_at.cmp(&b.created_at),
+            ProductSort::PriceAsc => a.price.cmp(&b.price),
+            ProductSort::PriceDesc => b.price.cmp(&a.price),
+            ProductSort::TitleAsc => a.title.to_lowercase().cmp(&b.title.to_lowercase()),
+            ProductSort::TitleDesc => b.title.to_lowercase().cmp(&a.title.to_lowercase()),
+        };
+        by.then_with(|| a.id.cmp(&b.id))
+    }
+
+    /// Filters, sorts and cuts one page out of `products`.
+    pub fn paginate(&self, products: impl Iterator<Item = Product>) -> Page<Product> {
+        let mut hits: Vec<Product> = products.filter(|p| self.matches(p)).collect();
+        hits.sort_by(|a, b| self.compare(a, b));
+        let total = hits.len() as u64;
+        let start = (self.page.saturating_sub(1) as usize).saturating_mul(self.limit as usize);
+        let items = hits.into_iter().skip(start).take(self.limit as usize).collect();
+        Page { items, page: self.page, limit: self.limit, total }
+    }
+}
+
+#[async_trait]
+pub trait CatalogStore: Send + Sync {
+    async fn product(&self, id: &str) -> Result<Option<Product>, StoreError>;
+    async fn list_products(&self, query: &ProductQuery) -> Result<Page<Product>, StoreError>;
+}
+
+/// A refresh token as stored: only its hash is kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefreshToken {
+    pub user_id: String,
+    pub family_id: String,
+    pub expires_at: Timestamp,
+    pub used: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefreshUse {
+    /// The token was valid and unused; it is now marked used.
+    Consumed(RefreshToken),
+    /// The token had been used before: a replay.
+    Reused(RefreshToken),
+    Unknown,
+}
+
+#[async_trait]
+pub trait UserStore: Send + Sync {
+    /// Fails with `Duplicate("email")` when the email is taken.
+    async fn insert_user(&self, user: &User) -> Result<(), StoreError>;
+    async fn user(&self, id: &str) -> Result<Option<User>, StoreError>;
+    async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError>;
+    /// Replaces the user if the stored version is `user.version - 1`.
+    async fn update_user(&self, user: &User) -> Result<(), StoreError>;
+    async fn list_users(&self, page: u32, limit: u32) -> Result<Page<User>, StoreError>;
+    async fn insert_refresh_token(&self, hash: &str, token: &RefreshToken) -> Result<(), StoreError>;
+    /// Atomically marks the token used and says whether it was already.
+    async fn use_refresh_token(&self, hash: &str) -> Result<RefreshUse, StoreError>;
+}
+
+/// Revoked token ids and token families, each remembered until the tokens would have expired anyway.
+#[async_trait]
+pub trait RevocationStore: Send + Sync {
+    async fn revoke(&self, key: &str, until: Timestamp) -> Result<(), StoreError>;
+    async fn any_revoked(&self, keys: &[String]) -> Result<bool, StoreError>;
+}
