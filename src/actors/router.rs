@@ -56,6 +56,12 @@ impl<A: Entity> EntityRouter<A> {
         self.live.read().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
     }
 
+    /// The id of the actor currently hosting the entity on this node, if any (fault-injection tests).
+    #[cfg(feature = "fault-injection")]
+    pub fn local_actor(&self, id: &str) -> Option<ractor::ActorId> {
+        self.local(id).map(|a| a.get_id())
+    }
+
     /// Kills the entity's actor outright, as a crash would (fault-injection tests).
     #[cfg(feature = "fault-injection")]
     pub fn kill(&self, id: &str) -> bool {

@@ -1,0 +1,180 @@
+//! Spawns a real server on port 0 with its own data directory and talks to it over HTTP.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use commercex::app::Application;
+use commercex::config::Config;
+use commercex::http::AppState;
+use serde_json::{json, Value};
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const JWT_SECRET: &str = "integration-test-secret-0123456789abcdef";
+pub const ADMIN_EMAIL: &str = "admin@commercex.test";
+pub const ADMIN_PASSWORD: &str = "admin-pass-1";
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub state: AppState,
+    pub dir: Arc<TempDir>,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Resp {
+    pub status: u16,
+    pub body: Value,
+    pub headers: reqwest::header::HeaderMap,
+}
+
+impl Resp {
+    /// The stable error code of an error response.
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("<none>")
+    }
+}
+
+pub struct User {
+    pub id: String,
+    pub token: String,
+    pub refresh: String,
+}
+
+pub fn test_config(dir: &std::path::Path) -> Config {
+    let mut config = Config::default();
+    config.http.addr = "127.0.0.1:0".parse().unwrap();
+    config.http.auth_rate_limit_per_minute = 100_000;
+    config.store.data_dir = dir.to_path_buf();
+    config.auth.jwt_secret = JWT_SECRET.into();
+    // Cheap hashing keeps the suite fast; the production parameters are tested by the unit tests' format checks.
+    config.auth.argon2_memory_kib = 1024;
+    config.auth.argon2_iterations = 1;
+    config.auth.bootstrap_admin = Some(commercex::config::BootstrapAdmin { email: ADMIN_EMAIL.into(), password: ADMIN_PASSWORD.into() });
+    config
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
+    spawn_app_in(Arc::new(tempfile::tempdir().unwrap()), tweak).await
+}
+
+pub async fn spawn_app_in(dir: Arc<TempDir>, tweak: impl FnOnce(&mut Config)) -> TestApp {
+    let mut config = test_config(dir.path());
+    tweak(&mut config);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = Application::with_listener(config, listener).await.expect("app builds");
+    let addr = app.local_addr().unwrap();
+    let state = app.state().clone();
+    let (tx, rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until(async move {
+        let _ = rx.await;
+    }));
+    TestApp {
+        base: format!("http://{addr}"),
+        client: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),
+        state,
+        dir,
+        shutdown: Some(tx),
+        server: Some(server),
+    }
+}
+
+impl TestApp {
+    /// Graceful shutdown; returns the data directory for a restart.
+    pub async fn stop(mut self) -> Arc<TempDir> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.expect("server task").expect("server stopped cleanly");
+        }
+        drop(self.state);
+        self.dir
+    }
+
+    pub async fn request(&self, method: reqwest::Method, path: &str, token: Option<&str>, body: Option<Value>) -> Resp {
+        let mut req = self.client.request(method, format!("{}{}", self.base, path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req.send().await.expect("request sent");
+        let status = res.status().as_u16();
+        let headers = res.headers().clone();
+        let text = res.text().await.unwrap_or_default();
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Resp { status, body, headers }
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Resp {
+        self.request(reqwest::Method::GET, path, token, None).await
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Resp {
+        self.request(reqwest::Method::POST, path, token, Some(body)).await
+    }
+
+    pub async fn patch(&self, path: &str, token: Option<&str>, body: Value) -> Resp {
+        self.request(reqwest::Method::PATCH, path, token, Some(body)).await
+    }
+
+    pub async fn put(&self, path: &str, token: Option<&str>, body: Value) -> Resp {
+        self.request(reqwest::Method::PUT, path, token, Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str, token: Option<&str>) -> Resp {
+        self.request(reqwest::Method::DELETE, path, token, None).await
+    }
+
+    pub async fn signup(&self, email: &str) -> User {
+        let r = self.post("/api/users/signup", None, json!({"email": email, "password": "pass-word-1", "name": "Test User"})).await;
+        assert_eq!(r.status, 201, "signup {email}: {:?}", r.body);
+        user_from(&r)
+    }
+
+    pub async fn signin(&self, email: &str, password: &str) -> Resp {
+        self.post("/api/users/signin", None, json!({"email": email, "password": password})).await
+    }
+
+    pub async fn admin(&self) -> String {
+        let r = self.signin(ADMIN_EMAIL, ADMIN_PASSWORD).await;
+        assert_eq!(r.status, 200, "admin signin: {:?}", r.body);
+        r.body["accessToken"].as_str().unwrap().to_string()
+    }
+
+    pub async fn create_product(&self, admin: &str, title: &str, price: i64, stock: i64) -> Value {
+        let body = json!({
+            "title": title, "description": format!("{title} description"), "price": price,
+            "currency": "USD", "category": "general", "stock": stock,
+        });
+        let r = self.post("/api/products", Some(admin), body).await;
+        assert_eq!(r.status, 201, "create product: {:?}", r.body);
+        r.body
+    }
+}
+
+pub fn user_from(r: &Resp) -> User {
+    User {
+        id: r.body["user"]["id"].as_str().unwrap().to_string(),
+        token: r.body["accessToken"].as_str().unwrap().to_string(),
+        refresh: r.body["refreshToken"].as_str().unwrap().to_string(),
+    }
+}
+
+/// Polls `check` until it holds or the deadline passes.
+pub async fn eventually(what: &str, deadline: Duration, mut check: impl FnMut() -> bool) {
+    let start = tokio::time::Instant::now();
+    while !check() {
+        assert!(start.elapsed() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,8 @@
+//! End-to-end tests over real HTTP against a server on port 0 with its own data directory.
+
+mod auth;
+mod cart;
+mod catalog;
+mod errors;
+mod helpers;
+mod resilience;
