@@ -52,9 +52,9 @@ impl Application {
     /// Builds everything around an already bound listener (tests bind port 0).
     pub async fn with_listener(config: Config, listener: TcpListener) -> anyhow::Result<Self> {
         let data_dir = config.store.data_dir.clone();
-        let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&data_dir))
-            .await?
-            .with_context(|| format!("cannot open the store in store.data_dir = {}", config.store.data_dir.display()))?;
+        let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&data_dir)).await?.with_context(|| {
+            format!("cannot open the store in store.data_dir = {}", config.store.data_dir.display())
+        })?;
         let store = Arc::new(store);
         let secret = jwt_secret(&config)?;
 
@@ -71,7 +71,10 @@ impl Application {
         };
         let products = EntityRouter::<ProductState>::start(ctx.clone(), policy, config.call_timeout()).await?;
         let carts = EntityRouter::<Cart>::start(ctx, policy, config.call_timeout()).await?;
-        let cache = Arc::new(InProcessCache::new(Duration::from_secs(config.cache.product_ttl_secs), config.cache.product_capacity));
+        let cache = Arc::new(InProcessCache::new(
+            Duration::from_secs(config.cache.product_ttl_secs),
+            config.cache.product_capacity,
+        ));
         let catalog = Catalog::new(products, store.clone(), cache);
         let carts = Carts::new(carts, catalog.clone());
 
@@ -147,7 +150,11 @@ impl Application {
 
 /// Drops cached products when their events arrive, including events committed by other nodes once the bus spans
 /// several nodes.
-fn spawn_cache_invalidation(mut events: broadcast::Receiver<EventRecord>, catalog: Catalog, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
+fn spawn_cache_invalidation(
+    mut events: broadcast::Receiver<EventRecord>,
+    catalog: Catalog,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             tokio::select! {

@@ -80,7 +80,9 @@ pub struct ProfilePatch {
 }
 
 /// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`).
-pub fn double_option<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+pub fn double_option<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
     Option::<T>::deserialize(d).map(Some)
 }
 
@@ -185,7 +187,12 @@ impl AuthService {
         let now = Utc::now();
         let access_token = self.keys.issue(&user, &family, now, self.access_ttl)?;
         let refresh_token = tokens::random_token();
-        let record = RefreshToken { user_id: user.id.clone(), family_id: family, expires_at: now + self.refresh_ttl, used: false };
+        let record = RefreshToken {
+            user_id: user.id.clone(),
+            family_id: family,
+            expires_at: now + self.refresh_ttl,
+            used: false,
+        };
         self.users.insert_refresh_token(&tokens::digest(&refresh_token), &record).await?;
         Ok(Session {
             user,

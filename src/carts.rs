@@ -75,7 +75,12 @@ impl Carts {
         self.run(user_id, command).await
     }
 
-    pub async fn set_quantity(&self, user_id: &str, product_id: &str, quantity: i64) -> Result<CartView, CartServiceError> {
+    pub async fn set_quantity(
+        &self,
+        user_id: &str,
+        product_id: &str,
+        quantity: i64,
+    ) -> Result<CartView, CartServiceError> {
         cart::check_quantity(quantity)?;
         let product = self.availability(product_id).await?;
         let command = CartCommand::SetQuantity { product_id: product_id.to_string(), quantity, product };

@@ -28,7 +28,11 @@ fn live(state: ProductState) -> Result<Product, CatalogError> {
 }
 
 impl Catalog {
-    pub fn new(products: EntityRouter<ProductState>, store: Arc<dyn CatalogStore>, cache: Arc<dyn ProductCache>) -> Self {
+    pub fn new(
+        products: EntityRouter<ProductState>,
+        store: Arc<dyn CatalogStore>,
+        cache: Arc<dyn ProductCache>,
+    ) -> Self {
         Self { products, store, cache }
     }
 
@@ -41,7 +45,12 @@ impl Catalog {
         self.write(&id, ProductCommand::Create { details, initial_stock }).await
     }
 
-    pub async fn update(&self, id: &str, expected_version: u64, details: ProductDetails) -> Result<Product, CatalogError> {
+    pub async fn update(
+        &self,
+        id: &str,
+        expected_version: u64,
+        details: ProductDetails,
+    ) -> Result<Product, CatalogError> {
         self.write(id, ProductCommand::Update { expected_version, details }).await
     }
 

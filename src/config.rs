@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 const ENV_PREFIX: &str = "COMMERCEX__";
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub http: HttpConfig,
@@ -56,10 +56,7 @@ pub struct BootstrapAdmin {
 
 impl std::fmt::Debug for BootstrapAdmin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BootstrapAdmin")
-            .field("email", &self.email)
-            .field("password", &"<redacted>")
-            .finish()
+        f.debug_struct("BootstrapAdmin").field("email", &self.email).field("password", &"<redacted>").finish()
     }
 }
 
@@ -94,19 +91,6 @@ pub struct LogConfig {
     pub format: String,
     /// A `tracing` filter such as `info` or `commercex=debug,tower_http=info`; `RUST_LOG` wins when set.
     pub level: String,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            http: HttpConfig::default(),
-            auth: AuthConfig::default(),
-            store: StoreConfig::default(),
-            actors: ActorsConfig::default(),
-            cache: CacheConfig::default(),
-            log: LogConfig::default(),
-        }
-    }
 }
 
 impl Default for HttpConfig {
@@ -186,7 +170,11 @@ pub fn path_from_args(mut args: impl Iterator<Item = String>) -> Result<Option<P
             }
             other => match other.strip_prefix("--config=") {
                 Some(value) => path = Some(PathBuf::from(value)),
-                None => return Err(ConfigError::Usage(format!("unknown argument `{other}`; usage: commercex [--config FILE]"))),
+                None => {
+                    return Err(ConfigError::Usage(format!(
+                        "unknown argument `{other}`; usage: commercex [--config FILE]"
+                    )))
+                }
             },
         }
     }
@@ -301,7 +289,12 @@ fn merge(base: &mut toml::Table, overlay: toml::Table) {
 
 /// Sets `path` from an environment string, typed like the default at that key (so `COMMERCEX__HTTP__ADDR=...`
 /// stays a string and `..._TTL_SECS=60` becomes an integer).
-fn set_from_env(target: &mut toml::Table, defaults: &toml::Table, path: &[String], raw: &str) -> Result<(), ConfigError> {
+fn set_from_env(
+    target: &mut toml::Table,
+    defaults: &toml::Table,
+    path: &[String],
+    raw: &str,
+) -> Result<(), ConfigError> {
     let dotted = path.join(".");
     let (last, parents) = path.split_last().ok_or_else(|| key_error(&dotted, "empty key"))?;
     let mut table = target;
@@ -316,12 +309,12 @@ fn set_from_env(target: &mut toml::Table, defaults: &toml::Table, path: &[String
     }
     let template = default_table.and_then(|t| t.get(last));
     let value = match template {
-        Some(toml::Value::Integer(_)) => {
-            toml::Value::Integer(raw.trim().parse().map_err(|_| key_error(&dotted, format!("`{raw}` is not an integer")))?)
-        }
-        Some(toml::Value::Boolean(_)) => {
-            toml::Value::Boolean(raw.trim().parse().map_err(|_| key_error(&dotted, format!("`{raw}` is not true/false")))?)
-        }
+        Some(toml::Value::Integer(_)) => toml::Value::Integer(
+            raw.trim().parse().map_err(|_| key_error(&dotted, format!("`{raw}` is not an integer")))?,
+        ),
+        Some(toml::Value::Boolean(_)) => toml::Value::Boolean(
+            raw.trim().parse().map_err(|_| key_error(&dotted, format!("`{raw}` is not true/false")))?,
+        ),
         Some(toml::Value::Array(_)) => {
             let items = raw.split(',').map(str::trim).filter(|s| !s.is_empty());
             toml::Value::Array(items.map(|s| toml::Value::String(s.to_string())).collect())
@@ -372,7 +365,8 @@ mod tests {
         assert!(err.to_string().contains("adress"), "{err}");
         let err = Config::from_sources(None, env(&[("COMMERCEX__AUTH__JWT_SECRET", "short")])).unwrap_err();
         assert!(err.to_string().contains("auth.jwt_secret"), "{err}");
-        let file: toml::Table = "[auth.bootstrap_admin]\nemail = \"root@example.com\"\npassword = \"x\"".parse().unwrap();
+        let file: toml::Table =
+            "[auth.bootstrap_admin]\nemail = \"root@example.com\"\npassword = \"x\"".parse().unwrap();
         let err = Config::from_sources(Some(file), env(&[])).unwrap_err();
         assert!(err.to_string().contains("auth.bootstrap_admin.password"), "{err}");
     }

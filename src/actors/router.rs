@@ -27,7 +27,11 @@ impl<A: Entity> Clone for EntityRouter<A> {
 type Reply<A> = Result<A, EntityError<<A as crate::domain::Aggregate>::Error>>;
 
 impl<A: Entity> EntityRouter<A> {
-    pub async fn start(ctx: std::sync::Arc<EntityContext>, policy: RestartPolicy, call_timeout: Duration) -> Result<Self, ractor::SpawnErr> {
+    pub async fn start(
+        ctx: std::sync::Arc<EntityContext>,
+        policy: RestartPolicy,
+        call_timeout: Duration,
+    ) -> Result<Self, ractor::SpawnErr> {
         let live = LiveMap::<A>::default();
         let (supervisor, _) = Actor::spawn(None, EntitySupervisor::<A>::new(ctx, live.clone(), policy), ()).await?;
         Ok(Self { supervisor, live, call_timeout })
@@ -74,7 +78,11 @@ impl<A: Entity> EntityRouter<A> {
         self.local(id).is_some_and(|a| a.cast(EntityMsg::Panic).is_ok())
     }
 
-    async fn call<R: Send + 'static>(&self, id: &str, make: impl Fn(RpcReplyPort<R>) -> EntityMsg<A>) -> Result<R, EntityError<A::Error>> {
+    async fn call<R: Send + 'static>(
+        &self,
+        id: &str,
+        make: impl Fn(RpcReplyPort<R>) -> EntityMsg<A>,
+    ) -> Result<R, EntityError<A::Error>> {
         let deadline = Instant::now() + self.call_timeout;
         let mut backoff = Duration::from_millis(1);
         loop {
@@ -86,9 +94,14 @@ impl<A: Entity> EntityRouter<A> {
                 let remaining = deadline.saturating_duration_since(Instant::now());
                 match actor.call(&make, Some(remaining)).await {
                     Ok(CallResult::Success(reply)) => return Ok(reply),
-                    Ok(CallResult::Timeout) => return Err(EntityError::Unavailable(format!("{} {id} did not answer in time", A::KIND))),
+                    Ok(CallResult::Timeout) => {
+                        return Err(EntityError::Unavailable(format!("{} {id} did not answer in time", A::KIND)))
+                    }
                     Ok(CallResult::SenderError) => {
-                        return Err(EntityError::Unavailable(format!("{} {id} stopped while handling the request", A::KIND)))
+                        return Err(EntityError::Unavailable(format!(
+                            "{} {id} stopped while handling the request",
+                            A::KIND
+                        )))
                     }
                     // Not delivered: the actor was draining or gone. Safe to send again to its successor.
                     Err(_) => {}
@@ -103,7 +116,11 @@ impl<A: Entity> EntityRouter<A> {
     }
 
     /// Asks the supervisor for a running actor; `None` means "busy, retry".
-    async fn ensure(&self, id: &str, deadline: Instant) -> Result<Option<ActorRef<EntityMsg<A>>>, EntityError<A::Error>> {
+    async fn ensure(
+        &self,
+        id: &str,
+        deadline: Instant,
+    ) -> Result<Option<ActorRef<EntityMsg<A>>>, EntityError<A::Error>> {
         let remaining = deadline.saturating_duration_since(Instant::now());
         let unavailable = |why: String| EntityError::Unavailable(format!("{} {id}: {why}", A::KIND));
         match self.supervisor.call(|r| SupervisorMsg::Ensure(id.to_string(), r), Some(remaining)).await {

@@ -60,17 +60,23 @@ impl<A: Entity> EntitySupervisor<A> {
         self.live.write().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    async fn ensure(&self, myself: &ActorRef<SupervisorMsg<A>>, id: &str, state: &mut SupervisorState) -> Result<ActorRef<EntityMsg<A>>, EnsureError> {
+    async fn ensure(
+        &self,
+        myself: &ActorRef<SupervisorMsg<A>>,
+        id: &str,
+        state: &mut SupervisorState,
+    ) -> Result<ActorRef<EntityMsg<A>>, EnsureError> {
         let existing = self.live.read().unwrap_or_else(|p| p.into_inner()).get(id).cloned();
         if let Some(actor) = existing {
             return if is_serving(actor.get_status()) { Ok(actor) } else { Err(EnsureError::Busy) };
         }
-        let (actor, _) = Actor::spawn_linked(None, EntityActor::<A>::new(self.ctx.clone()), id.to_string(), myself.get_cell())
-            .await
-            .map_err(|e| {
-                tracing::warn!(kind = A::KIND, id, error = %e, "entity failed to start");
-                EnsureError::StartFailed(e.to_string())
-            })?;
+        let (actor, _) =
+            Actor::spawn_linked(None, EntityActor::<A>::new(self.ctx.clone()), id.to_string(), myself.get_cell())
+                .await
+                .map_err(|e| {
+                    tracing::warn!(kind = A::KIND, id, error = %e, "entity failed to start");
+                    EnsureError::StartFailed(e.to_string())
+                })?;
         state.ids.insert(actor.get_id(), id.to_string());
         self.live_write().insert(id.to_string(), actor.clone());
         Ok(actor)
@@ -107,17 +113,21 @@ impl<A: Entity> Actor for EntitySupervisor<A> {
         Ok(SupervisorState::default())
     }
 
-    async fn handle(&self, myself: ActorRef<Self::Msg>, msg: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             SupervisorMsg::Ensure(id, reply) => {
                 let result = self.ensure(&myself, &id, state).await;
                 let _ = reply.send(result);
             }
             SupervisorMsg::Restart(id) => {
-                if !state.stopping && !self.live.read().unwrap_or_else(|p| p.into_inner()).contains_key(&id) {
-                    if self.ensure(&myself, &id, state).await.is_ok() {
-                        tracing::info!(kind = A::KIND, %id, "entity restarted after failure");
-                    }
+                let running = self.live.read().unwrap_or_else(|p| p.into_inner()).contains_key(&id);
+                if !state.stopping && !running && self.ensure(&myself, &id, state).await.is_ok() {
+                    tracing::info!(kind = A::KIND, %id, "entity restarted after failure");
                 }
             }
             SupervisorMsg::StopRestarting => state.stopping = true,
@@ -127,7 +137,12 @@ impl<A: Entity> Actor for EntitySupervisor<A> {
 
     // ractor's default stops the supervisor when any child exits; here a child exiting is routine (passivation)
     // or a failure to recover from, never a reason to take the other entities down.
-    async fn handle_supervisor_evt(&self, myself: ActorRef<Self::Msg>, event: SupervisionEvent, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         match event {
             SupervisionEvent::ActorTerminated(cell, _, reason) => {
                 if let Some(id) = self.forget(&cell, state) {
@@ -144,7 +159,9 @@ impl<A: Entity> Actor for EntitySupervisor<A> {
                     Some(backoff) => {
                         myself.send_after(backoff, move || SupervisorMsg::Restart(id));
                     }
-                    None => tracing::error!(kind = A::KIND, %id, "restart limit reached; entity starts again on its next message"),
+                    None => {
+                        tracing::error!(kind = A::KIND, %id, "restart limit reached; entity starts again on its next message")
+                    }
                 }
             }
             _ => {}

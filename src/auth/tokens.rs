@@ -46,7 +46,13 @@ impl TokenKeys {
         Self { encoding: EncodingKey::from_secret(secret), decoding: DecodingKey::from_secret(secret), validation }
     }
 
-    pub fn issue(&self, user: &User, family: &str, now: DateTime<Utc>, ttl: chrono::Duration) -> Result<String, AuthError> {
+    pub fn issue(
+        &self,
+        user: &User,
+        family: &str,
+        now: DateTime<Utc>,
+        ttl: chrono::Duration,
+    ) -> Result<String, AuthError> {
         let claims = AccessClaims {
             sub: user.id.clone(),
             role: user.role,

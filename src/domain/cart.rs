@@ -34,10 +34,20 @@ pub struct ProductAvailability {
 #[derive(Debug, Clone)]
 pub enum CartCommand {
     /// Adds `quantity` to the line (creating it if needed).
-    AddItem { product_id: String, quantity: i64, product: ProductAvailability },
+    AddItem {
+        product_id: String,
+        quantity: i64,
+        product: ProductAvailability,
+    },
     /// Sets the line's quantity.
-    SetQuantity { product_id: String, quantity: i64, product: ProductAvailability },
-    RemoveItem { product_id: String },
+    SetQuantity {
+        product_id: String,
+        quantity: i64,
+        product: ProductAvailability,
+    },
+    RemoveItem {
+        product_id: String,
+    },
     Clear,
 }
 
@@ -72,7 +82,13 @@ impl Cart {
         self.lines.iter().map(|l| u64::from(l.quantity)).sum()
     }
 
-    fn set_line(&self, product_id: &str, quantity: i64, product: &ProductAvailability, now: Timestamp) -> Result<Vec<CartEvent>, CartError> {
+    fn set_line(
+        &self,
+        product_id: &str,
+        quantity: i64,
+        product: &ProductAvailability,
+        now: Timestamp,
+    ) -> Result<Vec<CartEvent>, CartError> {
         if !(1..=i64::from(MAX_LINE_QUANTITY)).contains(&quantity) {
             return Err(CartError::InvalidQuantity);
         }
@@ -89,7 +105,12 @@ impl Cart {
             return Err(CartError::CartFull);
         }
         let quantity = u32::try_from(quantity).map_err(|_| CartError::InvalidQuantity)?;
-        Ok(vec![CartEvent::LineSet { product_id: product_id.to_string(), quantity, currency: product.currency.clone(), at: now }])
+        Ok(vec![CartEvent::LineSet {
+            product_id: product_id.to_string(),
+            quantity,
+            currency: product.currency.clone(),
+            at: now,
+        }])
     }
 }
 
@@ -135,7 +156,9 @@ impl Aggregate for Cart {
             CartEvent::LineSet { product_id, quantity, currency, at } => {
                 match self.lines.iter_mut().find(|l| &l.product_id == product_id) {
                     Some(line) => line.quantity = *quantity,
-                    None => self.lines.push(CartLine { product_id: product_id.clone(), quantity: *quantity, added_at: *at }),
+                    None => {
+                        self.lines.push(CartLine { product_id: product_id.clone(), quantity: *quantity, added_at: *at })
+                    }
                 }
                 self.currency = Some(currency.clone());
                 self.updated_at = Some(*at);
@@ -235,13 +258,22 @@ mod tests {
     fn bad_quantities_and_currencies_are_refused() {
         let mut c = Cart::default();
         for q in [0, -1, 1000, i64::MAX] {
-            assert_eq!(run(&mut c, CartCommand::AddItem { product_id: "a".into(), quantity: q, product: usd(10_000) }), Err(CartError::InvalidQuantity));
+            assert_eq!(
+                run(&mut c, CartCommand::AddItem { product_id: "a".into(), quantity: q, product: usd(10_000) }),
+                Err(CartError::InvalidQuantity)
+            );
         }
         run(&mut c, CartCommand::AddItem { product_id: "a".into(), quantity: 1, product: usd(1) }).unwrap();
         let eur = ProductAvailability { available: 3, currency: "EUR".into() };
-        assert!(matches!(run(&mut c, CartCommand::AddItem { product_id: "b".into(), quantity: 1, product: eur }), Err(CartError::CurrencyMismatch { .. })));
+        assert!(matches!(
+            run(&mut c, CartCommand::AddItem { product_id: "b".into(), quantity: 1, product: eur }),
+            Err(CartError::CurrencyMismatch { .. })
+        ));
         assert_eq!(run(&mut c, CartCommand::RemoveItem { product_id: "zz".into() }), Err(CartError::LineNotFound));
-        assert_eq!(run(&mut c, CartCommand::SetQuantity { product_id: "zz".into(), quantity: 1, product: usd(1) }), Err(CartError::LineNotFound));
+        assert_eq!(
+            run(&mut c, CartCommand::SetQuantity { product_id: "zz".into(), quantity: 1, product: usd(1) }),
+            Err(CartError::LineNotFound)
+        );
     }
 
     #[test]

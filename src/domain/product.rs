@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{required_text, Aggregate, Timestamp};
 
-pub const MAX_PRICE_MINOR: i64 = 1_000_000_000_00;
+pub const MAX_PRICE_MINOR: i64 = 100_000_000_000;
 pub const MAX_STOCK: i64 = 1_000_000_000;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,7 +56,9 @@ pub enum ProductCommand {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ProductEvent {
-    Created { product: Product },
+    Created {
+        product: Product,
+    },
     Updated {
         title: String,
         description: String,
@@ -67,8 +69,16 @@ pub enum ProductEvent {
         version: u64,
         at: Timestamp,
     },
-    Deleted { version: u64, at: Timestamp },
-    StockAdjusted { delta: i64, reason: String, on_hand_after: i64, at: Timestamp },
+    Deleted {
+        version: u64,
+        at: Timestamp,
+    },
+    StockAdjusted {
+        delta: i64,
+        reason: String,
+        on_hand_after: i64,
+        at: Timestamp,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -137,7 +147,9 @@ fn resolve(details: &ProductDetails, base: Option<&Product>) -> Result<Resolved,
         None => base.and_then(|p| p.image_url.clone()),
     };
     if let Some(url) = &image_url {
-        let ok = (url.starts_with("https://") || url.starts_with("http://")) && url.len() <= 2000 && !url.contains(char::is_whitespace);
+        let ok = (url.starts_with("https://") || url.starts_with("http://"))
+            && url.len() <= 2000
+            && !url.contains(char::is_whitespace);
         if !ok {
             return Err(invalid("imageUrl", "must be an http(s) URL of at most 2000 characters"));
         }
@@ -307,7 +319,11 @@ mod tests {
         d.title = None;
         let err = ProductState::default().decide("p", &ProductCommand::Create { details: d, initial_stock: 1 }, now());
         assert!(matches!(err, Err(ProductError::Invalid { field: "title", .. })));
-        let err = ProductState::default().decide("p", &ProductCommand::Create { details: details(), initial_stock: -3 }, now());
+        let err = ProductState::default().decide(
+            "p",
+            &ProductCommand::Create { details: details(), initial_stock: -3 },
+            now(),
+        );
         assert!(matches!(err, Err(ProductError::Invalid { field: "stock", .. })));
     }
 

@@ -111,14 +111,25 @@ pub fn check_phone(phone: &str) -> Result<String, UserError> {
 }
 
 pub fn check_address(a: &Address) -> Result<Address, UserError> {
-    let field = |field: &'static str, v: &str, max| required_text(v, max).map_err(|message| UserError::Invalid { field, message });
+    let field = |field: &'static str, v: &str, max| {
+        required_text(v, max).map_err(|message| UserError::Invalid { field, message })
+    };
     let country = a.country.trim().to_ascii_uppercase();
     if country.len() != 2 || !country.chars().all(|c| c.is_ascii_alphabetic()) {
-        return Err(UserError::Invalid { field: "address.country", message: "must be a two-letter country code".into() });
+        return Err(UserError::Invalid {
+            field: "address.country",
+            message: "must be a two-letter country code".into(),
+        });
     }
     Ok(Address {
         line1: field("address.line1", &a.line1, 200)?,
-        line2: a.line2.as_deref().map(str::trim).filter(|s| !s.is_empty()).map(|s| field("address.line2", s, 200)).transpose()?,
+        line2: a
+            .line2
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| field("address.line2", s, 200))
+            .transpose()?,
         city: field("address.city", &a.city, 100)?,
         postal_code: field("address.postalCode", &a.postal_code, 20)?,
         country,
@@ -132,7 +143,9 @@ mod tests {
     #[test]
     fn emails_are_normalised_and_checked() {
         assert_eq!(normalize_email("  Ada@Example.COM ").unwrap(), "ada@example.com");
-        for bad in ["", "ada", "@example.com", "ada@", "ada@example", "a da@example.com", "ada@@example.com", "ada@.com"] {
+        for bad in
+            ["", "ada", "@example.com", "ada@", "ada@example", "a da@example.com", "ada@@example.com", "ada@.com"]
+        {
             assert_eq!(normalize_email(bad), Err(UserError::InvalidEmail), "{bad}");
         }
     }
@@ -151,7 +164,13 @@ mod tests {
     fn profile_fields() {
         assert!(check_phone("+1 (555) 010-9999").is_ok());
         assert!(check_phone("call me").is_err());
-        let a = Address { line1: " 1 Main St ".into(), line2: Some("".into()), city: "Paris".into(), postal_code: "75001".into(), country: "fr".into() };
+        let a = Address {
+            line1: " 1 Main St ".into(),
+            line2: Some("".into()),
+            city: "Paris".into(),
+            postal_code: "75001".into(),
+            country: "fr".into(),
+        };
         let a = check_address(&a).unwrap();
         assert_eq!((a.line1.as_str(), a.line2, a.country.as_str()), ("1 Main St", None, "FR"));
         assert!(check_name("  ").is_err());

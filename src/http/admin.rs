@@ -15,17 +15,34 @@ pub fn router() -> Router<AppState> {
         .route("/api/admin/users/{id}/unblock", post(unblock))
 }
 
-async fn list_users(State(state): State<AppState>, _admin: AdminUser, Query(q): Query<Pagination>) -> Result<Json<Value>, ApiError> {
+async fn list_users(
+    State(state): State<AppState>,
+    _admin: AdminUser,
+    Query(q): Query<Pagination>,
+) -> Result<Json<Value>, ApiError> {
     let (page, limit) = page_and_limit(q.page, q.limit)?;
     let users = state.auth.list_users(page, limit).await?;
-    let page = crate::store::Page { items: users.items.into_iter().map(UserView::from).collect(), page: users.page, limit: users.limit, total: users.total };
+    let page = crate::store::Page {
+        items: users.items.into_iter().map(UserView::from).collect(),
+        page: users.page,
+        limit: users.limit,
+        total: users.total,
+    };
     Ok(Json(page_json(page)))
 }
 
-async fn block(State(state): State<AppState>, AdminUser(admin): AdminUser, Path(id): Path<String>) -> Result<Json<UserView>, ApiError> {
+async fn block(
+    State(state): State<AppState>,
+    AdminUser(admin): AdminUser,
+    Path(id): Path<String>,
+) -> Result<Json<UserView>, ApiError> {
     Ok(Json(state.auth.set_status(&admin, &id, AccountStatus::Blocked).await?.into()))
 }
 
-async fn unblock(State(state): State<AppState>, AdminUser(admin): AdminUser, Path(id): Path<String>) -> Result<Json<UserView>, ApiError> {
+async fn unblock(
+    State(state): State<AppState>,
+    AdminUser(admin): AdminUser,
+    Path(id): Path<String>,
+) -> Result<Json<UserView>, ApiError> {
     Ok(Json(state.auth.set_status(&admin, &id, AccountStatus::Active).await?.into()))
 }

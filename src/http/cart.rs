@@ -25,7 +25,11 @@ struct AddBody {
     quantity: i64,
 }
 
-async fn add(State(state): State<AppState>, CurrentUser(me): CurrentUser, Json(b): Json<AddBody>) -> Result<Json<CartView>, ApiError> {
+async fn add(
+    State(state): State<AppState>,
+    CurrentUser(me): CurrentUser,
+    Json(b): Json<AddBody>,
+) -> Result<Json<CartView>, ApiError> {
     Ok(Json(state.carts.add(&me.user.id, &b.product_id, b.quantity).await?))
 }
 
@@ -44,7 +48,11 @@ async fn set_quantity(
     Ok(Json(state.carts.set_quantity(&me.user.id, &product_id, b.quantity).await?))
 }
 
-async fn remove(State(state): State<AppState>, CurrentUser(me): CurrentUser, Path(product_id): Path<String>) -> Result<Json<CartView>, ApiError> {
+async fn remove(
+    State(state): State<AppState>,
+    CurrentUser(me): CurrentUser,
+    Path(product_id): Path<String>,
+) -> Result<Json<CartView>, ApiError> {
     Ok(Json(state.carts.remove(&me.user.id, &product_id).await?))
 }
 

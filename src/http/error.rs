@@ -32,12 +32,19 @@ impl ApiError {
         Self {
             internal: Some(detail.into()),
             retry_after_secs: Some(1),
-            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", "the service is temporarily unavailable; retry shortly")
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service_unavailable",
+                "the service is temporarily unavailable; retry shortly",
+            )
         }
     }
 
     pub fn internal(detail: impl Into<String>) -> Self {
-        Self { internal: Some(detail.into()), ..Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "internal error") }
+        Self {
+            internal: Some(detail.into()),
+            ..Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "internal error")
+        }
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {

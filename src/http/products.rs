@@ -49,7 +49,8 @@ struct ListParams {
 
 async fn list(State(state): State<AppState>, Query(p): Query<ListParams>) -> Result<Json<Value>, ApiError> {
     let (page, limit) = page_and_limit(p.page, p.limit)?;
-    let sort = p.sort.as_deref().map(str::parse).transpose().map_err(|e: String| ApiError::bad_request("invalid_query", e))?;
+    let sort =
+        p.sort.as_deref().map(str::parse).transpose().map_err(|e: String| ApiError::bad_request("invalid_query", e))?;
     if let (Some(min), Some(max)) = (p.min_price, p.max_price) {
         if min > max {
             return Err(ApiError::bad_request("invalid_query", "`minPrice` is greater than `maxPrice`"));
@@ -65,7 +66,12 @@ async fn list(State(state): State<AppState>, Query(p): Query<ListParams>) -> Res
         sort: sort.unwrap_or_default(),
     };
     let found = state.catalog.list(&query).await?;
-    let page = crate::store::Page { items: found.items.into_iter().map(ProductView::from).collect(), page: found.page, limit: found.limit, total: found.total };
+    let page = crate::store::Page {
+        items: found.items.into_iter().map(ProductView::from).collect(),
+        page: found.page,
+        limit: found.limit,
+        total: found.total,
+    };
     Ok(Json(page_json(page)))
 }
 
@@ -87,7 +93,11 @@ struct CreateBody {
     stock: i64,
 }
 
-async fn create(State(state): State<AppState>, _admin: AdminUser, Json(b): Json<CreateBody>) -> Result<Response, ApiError> {
+async fn create(
+    State(state): State<AppState>,
+    _admin: AdminUser,
+    Json(b): Json<CreateBody>,
+) -> Result<Response, ApiError> {
     let details = ProductDetails {
         title: Some(b.title),
         description: Some(b.description),

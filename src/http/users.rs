@@ -78,7 +78,8 @@ struct RefreshBody {
 
 fn cookie_header(name: &str, value: &str, path: &str, max_age: u64, secure: bool) -> Option<HeaderValue> {
     let secure = if secure { "; Secure" } else { "" };
-    HeaderValue::from_str(&format!("{name}={value}; Path={path}; Max-Age={max_age}; HttpOnly; SameSite=Strict{secure}")).ok()
+    HeaderValue::from_str(&format!("{name}={value}; Path={path}; Max-Age={max_age}; HttpOnly; SameSite=Strict{secure}"))
+        .ok()
 }
 
 /// The session as JSON plus the same tokens as HTTP-only cookies.

@@ -269,10 +269,20 @@ impl UserStore for EmbeddedStore {
                 let mut users = txn.open_table(USERS).map_err(db_err)?;
                 let current: User = match users.get(user.id.as_str()).map_err(db_err)? {
                     Some(v) => decode(v.value())?,
-                    None => return Err(StoreError::Conflict { stream: user.id.clone(), expected: user.version - 1, actual: 0 }),
+                    None => {
+                        return Err(StoreError::Conflict {
+                            stream: user.id.clone(),
+                            expected: user.version - 1,
+                            actual: 0,
+                        })
+                    }
                 };
                 if current.version + 1 != user.version || current.email != user.email {
-                    return Err(StoreError::Conflict { stream: user.id.clone(), expected: user.version - 1, actual: current.version });
+                    return Err(StoreError::Conflict {
+                        stream: user.id.clone(),
+                        expected: user.version - 1,
+                        actual: current.version,
+                    });
                 }
                 users.insert(user.id.as_str(), encode(&user)?.as_slice()).map_err(db_err)?;
             }
@@ -321,7 +331,8 @@ impl UserStore for EmbeddedStore {
             let txn = db.begin_write().map_err(db_err)?;
             let outcome = {
                 let mut table = txn.open_table(REFRESH).map_err(db_err)?;
-                let stored: Option<RefreshToken> = table.get(hash.as_str()).map_err(db_err)?.map(|v| decode(v.value())).transpose()?;
+                let stored: Option<RefreshToken> =
+                    table.get(hash.as_str()).map_err(db_err)?.map(|v| decode(v.value())).transpose()?;
                 match stored {
                     None => RefreshUse::Unknown,
                     Some(t) if t.used => RefreshUse::Reused(t),
@@ -434,7 +445,8 @@ mod tests {
     async fn refresh_tokens_are_single_use() {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedStore::open(dir.path()).unwrap();
-        let t = RefreshToken { user_id: "u".into(), family_id: "f".into(), expires_at: chrono::Utc::now(), used: false };
+        let t =
+            RefreshToken { user_id: "u".into(), family_id: "f".into(), expires_at: chrono::Utc::now(), used: false };
         store.insert_refresh_token("h", &t).await.unwrap();
         assert!(matches!(store.use_refresh_token("h").await.unwrap(), RefreshUse::Consumed(_)));
         assert!(matches!(store.use_refresh_token("h").await.unwrap(), RefreshUse::Reused(_)));

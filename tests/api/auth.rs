@@ -7,13 +7,28 @@ async fn signup_signin_and_profile() {
     let app = spawn_app().await;
     let ada = app.signup("Ada@Example.com").await;
 
-    let dup = app.post("/api/users/signup", None, json!({"email": " ada@example.COM", "password": "pass-word-1", "name": "Other"})).await;
+    let dup = app
+        .post(
+            "/api/users/signup",
+            None,
+            json!({"email": " ada@example.COM", "password": "pass-word-1", "name": "Other"}),
+        )
+        .await;
     assert_eq!((dup.status, dup.code()), (409, "email_taken"));
-    let weak = app.post("/api/users/signup", None, json!({"email": "b@example.com", "password": "short", "name": "B"})).await;
+    let weak =
+        app.post("/api/users/signup", None, json!({"email": "b@example.com", "password": "short", "name": "B"})).await;
     assert_eq!((weak.status, weak.code()), (422, "weak_password"));
-    let bad = app.post("/api/users/signup", None, json!({"email": "not-an-email", "password": "pass-word-1", "name": "B"})).await;
+    let bad = app
+        .post("/api/users/signup", None, json!({"email": "not-an-email", "password": "pass-word-1", "name": "B"}))
+        .await;
     assert_eq!((bad.status, bad.code()), (422, "invalid_email"));
-    let sneaky = app.post("/api/users/signup", None, json!({"email": "c@example.com", "password": "pass-word-1", "name": "C", "role": "admin"})).await;
+    let sneaky = app
+        .post(
+            "/api/users/signup",
+            None,
+            json!({"email": "c@example.com", "password": "pass-word-1", "name": "C", "role": "admin"}),
+        )
+        .await;
     assert_eq!((sneaky.status, sneaky.code()), (400, "invalid_body"));
 
     let wrong = app.signin("ada@example.com", "wrong-pass-1").await;
@@ -54,20 +69,29 @@ async fn cookies_carry_the_session() {
         .send()
         .await
         .unwrap();
-    let cookies: Vec<String> = res.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_string()).collect();
+    let cookies: Vec<String> =
+        res.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_string()).collect();
     assert_eq!(cookies.len(), 2);
     assert!(cookies.iter().all(|c| c.contains("HttpOnly") && c.contains("SameSite=Strict")));
-    let access = cookies.iter().find(|c| c.starts_with("access_token=")).unwrap().split(';').next().unwrap().to_string();
-    let refresh = cookies.iter().find(|c| c.starts_with("refresh_token=")).unwrap().split(';').next().unwrap().to_string();
+    let access =
+        cookies.iter().find(|c| c.starts_with("access_token=")).unwrap().split(';').next().unwrap().to_string();
+    let refresh =
+        cookies.iter().find(|c| c.starts_with("refresh_token=")).unwrap().split(';').next().unwrap().to_string();
 
     let me = app.client.get(format!("{}/api/users/me", app.base)).header("cookie", &access).send().await.unwrap();
     assert_eq!(me.status(), 200);
-    let rotated = app.client.post(format!("{}/api/users/refresh", app.base)).header("cookie", &refresh).send().await.unwrap();
+    let rotated =
+        app.client.post(format!("{}/api/users/refresh", app.base)).header("cookie", &refresh).send().await.unwrap();
     assert_eq!(rotated.status(), 200);
 }
 
 fn forge(claims: serde_json::Value, secret: &str) -> String {
-    jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes())).unwrap()
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
 }
 
 #[tokio::test]
@@ -75,14 +99,16 @@ async fn forged_expired_and_tampered_tokens_are_refused() {
     let app = spawn_app().await;
     let user = app.signup("eve@example.com").await;
     let now = chrono::Utc::now().timestamp();
-    let claims = |iat: i64, exp: i64, role: &str| {
-        json!({"sub": user.id, "role": role, "jti": uuid::Uuid::new_v4().to_string(), "fam": "f", "iat": iat, "exp": exp})
-    };
+    let claims = |iat: i64, exp: i64, role: &str| json!({"sub": user.id, "role": role, "jti": uuid::Uuid::new_v4().to_string(), "fam": "f", "iat": iat, "exp": exp});
 
     let cases = [
         ("missing", None, "unauthenticated"),
         ("expired", Some(forge(claims(now - 3600, now - 60, "user"), JWT_SECRET)), "token_expired"),
-        ("wrong key", Some(forge(claims(now, now + 600, "admin"), "some-other-secret-that-is-long-enough")), "invalid_token"),
+        (
+            "wrong key",
+            Some(forge(claims(now, now + 600, "admin"), "some-other-secret-that-is-long-enough")),
+            "invalid_token",
+        ),
         ("garbage", Some("not.a.jwt".to_string()), "invalid_token"),
     ];
     for (name, token, code) in cases {
@@ -92,8 +118,8 @@ async fn forged_expired_and_tampered_tokens_are_refused() {
 
     // Tampered: keep the signature, change the payload to claim admin.
     let parts: Vec<&str> = user.token.split('.').collect();
-    use base64::Engine as _;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
     let mut payload: serde_json::Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
     payload["role"] = json!("admin");
     let tampered = format!("{}.{}.{}", parts[0], URL_SAFE_NO_PAD.encode(payload.to_string()), parts[2]);
@@ -106,7 +132,13 @@ async fn forged_expired_and_tampered_tokens_are_refused() {
     let r = app.get("/api/users/me", Some(&format!("{header}.{body}."))).await;
     assert_eq!((r.status, r.code()), (401, "invalid_token"));
 
-    let basic = app.client.get(format!("{}/api/users/me", app.base)).header("authorization", "Basic YTpi").send().await.unwrap();
+    let basic = app
+        .client
+        .get(format!("{}/api/users/me", app.base))
+        .header("authorization", "Basic YTpi")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(basic.status(), 401);
 }
 
@@ -163,8 +195,18 @@ async fn admin_routes_refuse_everyone_else() {
         (reqwest::Method::GET, "/api/admin/users".to_string(), None),
         (reqwest::Method::POST, format!("/api/admin/users/{}/block", user.id), Some(json!({}))),
         (reqwest::Method::POST, format!("/api/admin/users/{}/unblock", user.id), Some(json!({}))),
-        (reqwest::Method::POST, "/api/products".to_string(), Some(json!({"title": "x", "price": 1, "currency": "USD", "category": "c"}))),
-        (reqwest::Method::PUT, format!("/api/products/{pid}"), Some(json!({"version": 1, "title": "x", "description": "", "price": 1, "currency": "USD", "category": "c", "imageUrl": null}))),
+        (
+            reqwest::Method::POST,
+            "/api/products".to_string(),
+            Some(json!({"title": "x", "price": 1, "currency": "USD", "category": "c"})),
+        ),
+        (
+            reqwest::Method::PUT,
+            format!("/api/products/{pid}"),
+            Some(
+                json!({"version": 1, "title": "x", "description": "", "price": 1, "currency": "USD", "category": "c", "imageUrl": null}),
+            ),
+        ),
         (reqwest::Method::PATCH, format!("/api/products/{pid}"), Some(json!({"version": 1, "price": 1}))),
         (reqwest::Method::DELETE, format!("/api/products/{pid}"), None),
         (reqwest::Method::POST, format!("/api/products/{pid}/stock"), Some(json!({"delta": 100, "reason": "mine"}))),
@@ -208,7 +250,9 @@ async fn blocking_locks_a_user_out_at_once() {
     assert_eq!(app.get("/api/users/me", Some(&user.token)).await.status, 200);
 
     let me_admin = app.get("/api/users/me", Some(&admin)).await;
-    let own = app.post(&format!("/api/admin/users/{}/block", me_admin.body["id"].as_str().unwrap()), Some(&admin), json!({})).await;
+    let own = app
+        .post(&format!("/api/admin/users/{}/block", me_admin.body["id"].as_str().unwrap()), Some(&admin), json!({}))
+        .await;
     assert_eq!((own.status, own.code()), (422, "cannot_block_self"));
     let ghost = app.post("/api/admin/users/no-such-user/block", Some(&admin), json!({})).await;
     assert_eq!((ghost.status, ghost.code()), (404, "user_not_found"));

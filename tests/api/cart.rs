@@ -76,9 +76,16 @@ async fn one_currency_per_cart() {
     let admin = app.admin().await;
     let user = app.signup("euro@example.com").await;
     let usd = app.create_product(&admin, "Cap", 1000, 5).await;
-    let eur = app.post("/api/products", Some(&admin), json!({"title": "Scarf", "price": 900, "currency": "EUR", "category": "c", "stock": 5})).await;
+    let eur = app
+        .post(
+            "/api/products",
+            Some(&admin),
+            json!({"title": "Scarf", "price": 900, "currency": "EUR", "category": "c", "stock": 5}),
+        )
+        .await;
     app.post("/api/cart/items", Some(&user.token), json!({"productId": usd["id"], "quantity": 1})).await;
-    let mixed = app.post("/api/cart/items", Some(&user.token), json!({"productId": eur.body["id"], "quantity": 1})).await;
+    let mixed =
+        app.post("/api/cart/items", Some(&user.token), json!({"productId": eur.body["id"], "quantity": 1})).await;
     assert_eq!((mixed.status, mixed.code()), (409, "currency_mismatch"));
 }
 
@@ -92,7 +99,9 @@ async fn concurrent_adds_to_one_cart_are_all_counted() {
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..40 {
         let (app, token, pid) = (app.clone(), user.token.clone(), pid.clone());
-        tasks.spawn(async move { app.post("/api/cart/items", Some(&token), json!({"productId": pid, "quantity": 1})).await.status });
+        tasks.spawn(async move {
+            app.post("/api/cart/items", Some(&token), json!({"productId": pid, "quantity": 1})).await.status
+        });
     }
     while let Some(s) = tasks.join_next().await {
         assert_eq!(s.unwrap(), 200);

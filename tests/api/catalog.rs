@@ -35,9 +35,13 @@ async fn admins_manage_products_with_optimistic_versions() {
 
     let invalid = app.patch(&format!("/api/products/{id}"), Some(&admin), json!({"version": 3, "price": -5})).await;
     assert_eq!((invalid.status, invalid.code()), (422, "validation_failed"));
-    let bad_url = app.patch(&format!("/api/products/{id}"), Some(&admin), json!({"version": 3, "imageUrl": "javascript:alert(1)"})).await;
+    let bad_url = app
+        .patch(&format!("/api/products/{id}"), Some(&admin), json!({"version": 3, "imageUrl": "javascript:alert(1)"}))
+        .await;
     assert_eq!((bad_url.status, bad_url.code()), (422, "validation_failed"));
-    let bad_create = app.post("/api/products", Some(&admin), json!({"title": "", "price": 1, "currency": "USD", "category": "c"})).await;
+    let bad_create = app
+        .post("/api/products", Some(&admin), json!({"title": "", "price": 1, "currency": "USD", "category": "c"}))
+        .await;
     assert_eq!((bad_create.status, bad_create.code()), (422, "validation_failed"));
 
     let unknown = app.patch("/api/products/nope", Some(&admin), json!({"version": 1, "price": 1})).await;
@@ -57,7 +61,13 @@ async fn admins_manage_products_with_optimistic_versions() {
 async fn listing_paginates_searches_filters_and_sorts() {
     let app = spawn_app().await;
     let admin = app.admin().await;
-    let items = [("Red mug", 900, "kitchen"), ("Blue mug", 1200, "kitchen"), ("Desk lamp", 4500, "office"), ("Red pen", 150, "office"), ("Teapot", 3000, "kitchen")];
+    let items = [
+        ("Red mug", 900, "kitchen"),
+        ("Blue mug", 1200, "kitchen"),
+        ("Desk lamp", 4500, "office"),
+        ("Red pen", 150, "office"),
+        ("Teapot", 3000, "kitchen"),
+    ];
     for (title, price, category) in items {
         let r = app.post("/api/products", Some(&admin), json!({"title": title, "description": format!("A {title}"), "price": price, "currency": "USD", "category": category, "stock": 5})).await;
         assert_eq!(r.status, 201);
@@ -72,7 +82,10 @@ async fn listing_paginates_searches_filters_and_sorts() {
     assert_eq!(titles(&app.get("/api/products?q=red", None).await).len(), 2);
     assert_eq!(titles(&app.get("/api/products?q=RED%20mug", None).await), ["Red mug"]);
     assert_eq!(titles(&app.get("/api/products?category=Office&sort=-price", None).await), ["Desk lamp", "Red pen"]);
-    assert_eq!(titles(&app.get("/api/products?minPrice=1000&maxPrice=3000&sort=title", None).await), ["Blue mug", "Teapot"]);
+    assert_eq!(
+        titles(&app.get("/api/products?minPrice=1000&maxPrice=3000&sort=title", None).await),
+        ["Blue mug", "Teapot"]
+    );
     assert_eq!(titles(&app.get("/api/products?sort=-title&limit=1", None).await), ["Teapot"]);
 
     for bad in ["limit=0", "limit=101", "page=0", "page=abc", "sort=random", "minPrice=10&maxPrice=1", "colour=red"] {

@@ -14,10 +14,24 @@ async fn bad_requests_get_clear_errors_never_500() {
     let cases = [
         (send("{not json".into(), "application/json").await.unwrap(), 400, "malformed_json"),
         (send(r#"{"productId": 5, "quantity": 1}"#.into(), "application/json").await.unwrap(), 400, "invalid_body"),
-        (send(r#"{"productId": "x", "quantity": 1, "price": 0}"#.into(), "application/json").await.unwrap(), 400, "invalid_body"),
+        (
+            send(r#"{"productId": "x", "quantity": 1, "price": 0}"#.into(), "application/json").await.unwrap(),
+            400,
+            "invalid_body",
+        ),
         (send(r#"{"productId": "x"}"#.into(), "application/json").await.unwrap(), 400, "invalid_body"),
-        (send(r#"{"productId": "x", "quantity": 1}"#.into(), "text/plain").await.unwrap(), 415, "unsupported_media_type"),
-        (send(format!(r#"{{"productId": "{}", "quantity": 1}}"#, "x".repeat(4096)), "application/json").await.unwrap(), 413, "payload_too_large"),
+        (
+            send(r#"{"productId": "x", "quantity": 1}"#.into(), "text/plain").await.unwrap(),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            send(format!(r#"{{"productId": "{}", "quantity": 1}}"#, "x".repeat(4096)), "application/json")
+                .await
+                .unwrap(),
+            413,
+            "payload_too_large",
+        ),
     ];
     for (res, status, code) in cases {
         assert_eq!(res.status().as_u16(), status);
@@ -37,7 +51,8 @@ async fn bad_requests_get_clear_errors_never_500() {
 #[tokio::test]
 async fn responses_carry_request_ids_and_security_headers() {
     let app = spawn_app().await;
-    let res = app.client.get(format!("{}/health", app.base)).header("x-request-id", "trace-me-42").send().await.unwrap();
+    let res =
+        app.client.get(format!("{}/health", app.base)).header("x-request-id", "trace-me-42").send().await.unwrap();
     assert_eq!(res.headers()["x-request-id"], "trace-me-42");
     let res = app.client.get(format!("{}/api/products", app.base)).send().await.unwrap();
     assert!(res.headers().get("x-request-id").is_some_and(|v| !v.is_empty()));
@@ -65,6 +80,12 @@ async fn cors_is_configurable() {
         .await
         .unwrap();
     assert_eq!(res.headers()["access-control-allow-origin"], "https://shop.example");
-    let other = app.client.get(format!("{}/api/products", app.base)).header("origin", "https://evil.example").send().await.unwrap();
+    let other = app
+        .client
+        .get(format!("{}/api/products", app.base))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
     assert!(other.headers().get("access-control-allow-origin").is_none());
 }

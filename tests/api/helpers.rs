@@ -53,7 +53,8 @@ pub fn test_config(dir: &std::path::Path) -> Config {
     // Cheap hashing keeps the suite fast; the production parameters are tested by the unit tests' format checks.
     config.auth.argon2_memory_kib = 1024;
     config.auth.argon2_iterations = 1;
-    config.auth.bootstrap_admin = Some(commercex::config::BootstrapAdmin { email: ADMIN_EMAIL.into(), password: ADMIN_PASSWORD.into() });
+    config.auth.bootstrap_admin =
+        Some(commercex::config::BootstrapAdmin { email: ADMIN_EMAIL.into(), password: ADMIN_PASSWORD.into() });
     config
 }
 
@@ -136,7 +137,9 @@ impl TestApp {
     }
 
     pub async fn signup(&self, email: &str) -> User {
-        let r = self.post("/api/users/signup", None, json!({"email": email, "password": "pass-word-1", "name": "Test User"})).await;
+        let r = self
+            .post("/api/users/signup", None, json!({"email": email, "password": "pass-word-1", "name": "Test User"}))
+            .await;
         assert_eq!(r.status, 201, "signup {email}: {:?}", r.body);
         user_from(&r)
     }

@@ -46,11 +46,20 @@ async fn idle_entities_passivate_and_recover_on_demand() {
     let products = app.state.catalog.router().clone();
     assert_eq!((carts.live_count(), products.live_count()), (1, 1));
 
-    eventually("actors to passivate", Duration::from_secs(10), || carts.live_count() == 0 && products.live_count() == 0).await;
+    eventually("actors to passivate", Duration::from_secs(10), || {
+        carts.live_count() == 0 && products.live_count() == 0
+    })
+    .await;
     let cart = app.get("/api/cart", Some(&user.token)).await;
     assert_eq!(cart.body["items"][0]["quantity"], 2);
     assert_eq!(carts.live_count(), 1);
-    let adjusted = app.post(&format!("/api/products/{}/stock", p["id"].as_str().unwrap()), Some(&admin), json!({"delta": 1, "reason": "x"})).await;
+    let adjusted = app
+        .post(
+            &format!("/api/products/{}/stock", p["id"].as_str().unwrap()),
+            Some(&admin),
+            json!({"delta": 1, "reason": "x"}),
+        )
+        .await;
     assert_eq!(adjusted.body["stockOnHand"], 6);
 }
 
@@ -141,7 +150,9 @@ async fn killing_and_panicking_actors_under_load_loses_nothing_acknowledged() {
         let (app, admin, id, tally) = (app.clone(), admin.clone(), stocked.clone(), stock_tally.clone());
         workers.spawn(async move {
             for _ in 0..30 {
-                let r = app.post(&format!("/api/products/{id}/stock"), Some(&admin), json!({"delta": 1, "reason": "count"})).await;
+                let r = app
+                    .post(&format!("/api/products/{id}/stock"), Some(&admin), json!({"delta": 1, "reason": "count"}))
+                    .await;
                 record(&tally, &r);
             }
         });
@@ -175,7 +186,10 @@ async fn killing_and_panicking_actors_under_load_loses_nothing_acknowledged() {
     let acked = cart_tally.acked.load(Ordering::Relaxed) as i64 + 1;
     let maybe = cart_tally.unavailable.load(Ordering::Relaxed) as i64;
     let quantity = app.get("/api/cart", Some(&user.token)).await.body["items"][0]["quantity"].as_i64().unwrap();
-    assert!(quantity >= acked && quantity <= acked + maybe, "cart {quantity}: {acked} acknowledged, {maybe} interrupted");
+    assert!(
+        quantity >= acked && quantity <= acked + maybe,
+        "cart {quantity}: {acked} acknowledged, {maybe} interrupted"
+    );
 }
 
 fn record(tally: &Tally, r: &crate::helpers::Resp) {
@@ -196,10 +210,16 @@ async fn graceful_shutdown_keeps_every_acknowledged_write() {
     let acked = Arc::new(AtomicUsize::new(0));
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..4 {
-        let (base, client, token, pid, acked) = (base.clone(), client.clone(), user.token.clone(), pid.clone(), acked.clone());
+        let (base, client, token, pid, acked) =
+            (base.clone(), client.clone(), user.token.clone(), pid.clone(), acked.clone());
         workers.spawn(async move {
             for _ in 0..200 {
-                let sent = client.post(format!("{base}/api/cart/items")).bearer_auth(&token).json(&json!({"productId": pid, "quantity": 1})).send().await;
+                let sent = client
+                    .post(format!("{base}/api/cart/items"))
+                    .bearer_auth(&token)
+                    .json(&json!({"productId": pid, "quantity": 1}))
+                    .send()
+                    .await;
                 match sent {
                     Ok(r) if r.status() == 200 => {
                         acked.fetch_add(1, Ordering::Relaxed);
