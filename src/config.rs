@@ -371,6 +371,22 @@ mod tests {
         assert!(err.to_string().contains("auth.bootstrap_admin.password"), "{err}");
     }
 
+    /// The documented root `config.toml` lists exactly the defaults of the code.
+    #[test]
+    fn root_config_file_matches_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
+        let documented = Config::from_sources(Some(read_file(&path).unwrap()), env(&[])).unwrap();
+        let as_table = |c: &Config| toml::Table::try_from(c).unwrap();
+        assert_eq!(as_table(&documented), as_table(&Config::default()));
+        let text = std::fs::read_to_string(path).unwrap();
+        for (section, keys) in as_table(&Config::default()) {
+            for key in keys.as_table().unwrap().keys() {
+                assert!(text.contains(&format!("\n{key} =")), "config.toml does not document {section}.{key}");
+            }
+        }
+        assert!(text.contains("[auth.bootstrap_admin]"));
+    }
+
     #[test]
     fn cli_arguments() {
         let args = |v: &[&str]| path_from_args(v.iter().map(|s| s.to_string()));
