@@ -52,7 +52,7 @@ pub enum CartCommand {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(tag = "type", rename_all = "snake_case", rename_all_fields = "camelCase")]
 pub enum CartEvent {
     LineSet { product_id: String, quantity: u32, currency: String, at: Timestamp },
     LineRemoved { product_id: String, at: Timestamp },
