@@ -94,8 +94,10 @@ impl<A: Entity> EntitySupervisor<A> {
     /// Records a failure and returns the backoff before the next restart, or `None` past the restart limit.
     fn next_restart(&self, id: &str, state: &mut SupervisorState) -> Option<Duration> {
         let now = Instant::now();
+        let window = self.policy.window;
+        state.failures.retain(|_, f| f.back().is_some_and(|t| now.duration_since(*t) <= window));
         let failures = state.failures.entry(id.to_string()).or_default();
-        while failures.front().is_some_and(|t| now.duration_since(*t) > self.policy.window) {
+        while failures.front().is_some_and(|t| now.duration_since(*t) > window) {
             failures.pop_front();
         }
         failures.push_back(now);

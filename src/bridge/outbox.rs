@@ -68,3 +68,70 @@ impl OutboxRelay {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+    use tokio::sync::broadcast;
+
+    use super::*;
+    use crate::bridge::BusError;
+    use crate::store::embedded::EmbeddedStore;
+    use crate::store::{Commit, EventRecord};
+
+    /// Accepts events only after `fail_first` refusals, recording what it accepted.
+    struct FlakyBus {
+        fail_first: AtomicUsize,
+        accepted: Mutex<Vec<String>>,
+    }
+
+    #[async_trait]
+    impl EventBus for FlakyBus {
+        async fn publish(&self, event: &EventRecord) -> Result<(), BusError> {
+            if self.fail_first.load(Ordering::SeqCst) > 0 {
+                self.fail_first.fetch_sub(1, Ordering::SeqCst);
+                return Err(BusError::Unavailable("broker down".into()));
+            }
+            self.accepted.lock().unwrap().push(event.id.clone());
+            Ok(())
+        }
+        fn subscribe(&self) -> broadcast::Receiver<EventRecord> {
+            broadcast::channel(1).1
+        }
+    }
+
+    fn commit(stream: &str, expected: u64, n: u64) -> Commit {
+        let events = (expected + 1..=expected + n)
+            .map(|seq| EventRecord {
+                id: format!("{stream}/{seq}"),
+                stream: stream.into(),
+                seq,
+                event_type: "test".into(),
+                recorded_at: chrono::Utc::now(),
+                payload: serde_json::Value::Null,
+            })
+            .collect();
+        Commit { stream: stream.into(), expected_seq: expected, events, snapshot: None, read_model: None }
+    }
+
+    #[tokio::test]
+    async fn events_leave_the_outbox_only_once_the_bus_accepted_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        store.commit(commit("a:1", 0, 2)).await.unwrap();
+        store.commit(commit("b:1", 0, 1)).await.unwrap();
+        store.commit(commit("a:1", 2, 1)).await.unwrap();
+        let bus = Arc::new(FlakyBus { fail_first: AtomicUsize::new(1), accepted: Mutex::new(Vec::new()) });
+        let relay = OutboxRelay::new(store.clone(), bus.clone(), Arc::new(Notify::new()));
+
+        assert!(relay.flush().await.is_err());
+        assert_eq!(store.outbox_pending(10).await.unwrap().len(), 4, "nothing acknowledged while the bus refuses");
+        assert_eq!(relay.flush().await.unwrap(), 4);
+        assert_eq!(*bus.accepted.lock().unwrap(), ["a:1/1", "a:1/2", "b:1/1", "a:1/3"], "commit order");
+        assert!(store.outbox_pending(10).await.unwrap().is_empty());
+        assert_eq!(relay.flush().await.unwrap(), 0);
+    }
+}

@@ -146,3 +146,35 @@ async fn concurrent_stock_adjustments_lose_nothing_and_never_oversell() {
     let final_state = app.get(&format!("/api/products/{}", p["id"].as_str().unwrap()), None).await;
     assert_eq!(final_state.body["stockOnHand"], 40);
 }
+
+#[tokio::test]
+async fn every_committed_change_is_published_once_with_a_unique_id() {
+    let app = spawn_app().await;
+    let mut events = app.bus.subscribe();
+    let admin = app.admin().await;
+    let user = app.signup("events@example.com").await;
+    let p = app.create_product(&admin, "Observed", 500, 3).await;
+    let id = p["id"].as_str().unwrap();
+    app.post(&format!("/api/products/{id}/stock"), Some(&admin), json!({"delta": 2, "reason": "delivery"})).await;
+    app.post("/api/cart/items", Some(&user.token), json!({"productId": id, "quantity": 1})).await;
+    // A refused command publishes nothing.
+    let refused =
+        app.post(&format!("/api/products/{id}/stock"), Some(&admin), json!({"delta": -99, "reason": "x"})).await;
+    assert_eq!(refused.status, 409);
+    app.delete(&format!("/api/products/{id}"), Some(&admin)).await;
+
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        let e = tokio::time::timeout(std::time::Duration::from_secs(5), events.recv())
+            .await
+            .expect("event published")
+            .unwrap();
+        seen.push(e);
+    }
+    let types: Vec<&str> = seen.iter().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(types, ["product.created", "product.stock_adjusted", "cart.line_set", "product.deleted"]);
+    assert_eq!(seen[1].id, format!("product:{id}/2"));
+    assert_eq!(seen[1].payload["onHandAfter"], 5);
+    assert_eq!(seen[2].stream, format!("cart:{}", user.id));
+    assert!(tokio::time::timeout(std::time::Duration::from_millis(200), events.recv()).await.is_err(), "nothing else");
+}

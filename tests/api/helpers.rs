@@ -20,6 +20,7 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub state: AppState,
     pub dir: Arc<TempDir>,
+    pub bus: Arc<dyn commercex::bridge::EventBus>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -73,6 +74,7 @@ pub async fn spawn_app_in(dir: Arc<TempDir>, tweak: impl FnOnce(&mut Config)) ->
     let app = Application::with_listener(config, listener).await.expect("app builds");
     let addr = app.local_addr().unwrap();
     let state = app.state().clone();
+    let bus = app.bus();
     let (tx, rx) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until(async move {
         let _ = rx.await;
@@ -82,6 +84,7 @@ pub async fn spawn_app_in(dir: Arc<TempDir>, tweak: impl FnOnce(&mut Config)) ->
         client: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),
         state,
         dir,
+        bus,
         shutdown: Some(tx),
         server: Some(server),
     }
