@@ -93,6 +93,12 @@ pub struct Page<T> {
     pub total: u64,
 }
 
+impl<T> Page<T> {
+    pub fn map<U>(self, f: impl FnMut(T) -> U) -> Page<U> {
+        Page { items: self.items.into_iter().map(f).collect(), page: self.page, limit: self.limit, total: self.total }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ProductSort {
     #[default]

@@ -22,13 +22,7 @@ async fn list_users(
 ) -> Result<Json<Value>, ApiError> {
     let (page, limit) = page_and_limit(q.page, q.limit)?;
     let users = state.auth.list_users(page, limit).await?;
-    let page = crate::store::Page {
-        items: users.items.into_iter().map(UserView::from).collect(),
-        page: users.page,
-        limit: users.limit,
-        total: users.total,
-    };
-    Ok(Json(page_json(page)))
+    Ok(Json(page_json(users.map(UserView::from))))
 }
 
 async fn block(

@@ -66,17 +66,30 @@ async fn list(State(state): State<AppState>, Query(p): Query<ListParams>) -> Res
         sort: sort.unwrap_or_default(),
     };
     let found = state.catalog.list(&query).await?;
-    let page = crate::store::Page {
-        items: found.items.into_iter().map(ProductView::from).collect(),
-        page: found.page,
-        limit: found.limit,
-        total: found.total,
-    };
-    Ok(Json(page_json(page)))
+    Ok(Json(page_json(found.map(ProductView::from))))
 }
 
 async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<ProductView>, ApiError> {
     Ok(Json(state.catalog.get(&id).await?.into()))
+}
+
+/// Details where every field is given (create and PUT); `image_url: None` means "no image".
+fn all_details(
+    title: String,
+    description: String,
+    price: i64,
+    currency: String,
+    category: String,
+    image_url: Option<String>,
+) -> ProductDetails {
+    ProductDetails {
+        title: Some(title),
+        description: Some(description),
+        price: Some(price),
+        currency: Some(currency),
+        category: Some(category),
+        image_url: Some(image_url),
+    }
 }
 
 #[derive(Deserialize)]
@@ -98,14 +111,7 @@ async fn create(
     _admin: AdminUser,
     Json(b): Json<CreateBody>,
 ) -> Result<Response, ApiError> {
-    let details = ProductDetails {
-        title: Some(b.title),
-        description: Some(b.description),
-        price: Some(b.price),
-        currency: Some(b.currency),
-        category: Some(b.category),
-        image_url: Some(b.image_url),
-    };
+    let details = all_details(b.title, b.description, b.price, b.currency, b.category, b.image_url);
     let product = state.catalog.create(details, b.stock).await?;
     tracing::info!(product_id = %product.id, "product created");
     let location = format!("/api/products/{}", product.id);
@@ -131,14 +137,7 @@ async fn replace(
     Path(id): Path<String>,
     Json(b): Json<ReplaceBody>,
 ) -> Result<Json<ProductView>, ApiError> {
-    let details = ProductDetails {
-        title: Some(b.title),
-        description: Some(b.description),
-        price: Some(b.price),
-        currency: Some(b.currency),
-        category: Some(b.category),
-        image_url: Some(b.image_url),
-    };
+    let details = all_details(b.title, b.description, b.price, b.currency, b.category, b.image_url);
     Ok(Json(state.catalog.update(&id, b.version, details).await?.into()))
 }
 

@@ -30,6 +30,8 @@ const REVOKED: TableDefinition<&str, i64> = TableDefinition::new("revocations");
 
 const OUTBOX_NEXT: &str = "outbox_next";
 
+type JsonTable = TableDefinition<'static, &'static str, &'static [u8]>;
+
 #[derive(Clone)]
 pub struct EmbeddedStore {
     db: Arc<Database>,
@@ -45,6 +47,26 @@ fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
 
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// The JSON document stored under `key`, if any.
+fn read_doc<T: DeserializeOwned>(db: &Database, table: JsonTable, key: &str) -> Result<Option<T>, StoreError> {
+    let txn = db.begin_read().map_err(db_err)?;
+    let table = txn.open_table(table).map_err(db_err)?;
+    let found = table.get(key).map_err(db_err)?;
+    found.map(|v| decode(v.value())).transpose()
+}
+
+/// Every JSON document of a table, in key order.
+fn read_all<T: DeserializeOwned>(db: &Database, table: JsonTable) -> Result<Vec<T>, StoreError> {
+    let txn = db.begin_read().map_err(db_err)?;
+    let table = txn.open_table(table).map_err(db_err)?;
+    let mut all = Vec::with_capacity(table.len().map_err(db_err)? as usize);
+    for row in table.iter().map_err(db_err)? {
+        let (_, v) = row.map_err(db_err)?;
+        all.push(decode(v.value())?);
+    }
+    Ok(all)
 }
 
 impl EmbeddedStore {
@@ -190,28 +212,12 @@ impl EventStore for EmbeddedStore {
 impl CatalogStore for EmbeddedStore {
     async fn product(&self, id: &str) -> Result<Option<Product>, StoreError> {
         let id = id.to_string();
-        self.run(move |db| {
-            let txn = db.begin_read().map_err(db_err)?;
-            let table = txn.open_table(PRODUCTS).map_err(db_err)?;
-            let found = table.get(id.as_str()).map_err(db_err)?;
-            found.map(|v| decode(v.value())).transpose()
-        })
-        .await
+        self.run(move |db| read_doc(db, PRODUCTS, &id)).await
     }
 
     async fn list_products(&self, query: &ProductQuery) -> Result<Page<Product>, StoreError> {
         let query = query.clone();
-        self.run(move |db| {
-            let txn = db.begin_read().map_err(db_err)?;
-            let table = txn.open_table(PRODUCTS).map_err(db_err)?;
-            let mut all = Vec::with_capacity(table.len().map_err(db_err)? as usize);
-            for row in table.iter().map_err(db_err)? {
-                let (_, v) = row.map_err(db_err)?;
-                all.push(decode::<Product>(v.value())?);
-            }
-            Ok(query.paginate(all.into_iter()))
-        })
-        .await
+        self.run(move |db| Ok(query.paginate(read_all::<Product>(db, PRODUCTS)?.into_iter()))).await
     }
 }
 
@@ -237,26 +243,20 @@ impl UserStore for EmbeddedStore {
 
     async fn user(&self, id: &str) -> Result<Option<User>, StoreError> {
         let id = id.to_string();
-        self.run(move |db| {
-            let txn = db.begin_read().map_err(db_err)?;
-            let users = txn.open_table(USERS).map_err(db_err)?;
-            let found = users.get(id.as_str()).map_err(db_err)?;
-            found.map(|v| decode(v.value())).transpose()
-        })
-        .await
+        self.run(move |db| read_doc(db, USERS, &id)).await
     }
 
     async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
         let email = email.to_string();
         self.run(move |db| {
-            let txn = db.begin_read().map_err(db_err)?;
-            let emails = txn.open_table(USER_EMAILS).map_err(db_err)?;
-            let Some(id) = emails.get(email.as_str()).map_err(db_err)?.map(|v| v.value().to_string()) else {
-                return Ok(None);
+            let id = {
+                let txn = db.begin_read().map_err(db_err)?;
+                let emails = txn.open_table(USER_EMAILS).map_err(db_err)?;
+                let found = emails.get(email.as_str()).map_err(db_err)?;
+                found.map(|v| v.value().to_string())
             };
-            let users = txn.open_table(USERS).map_err(db_err)?;
-            let found = users.get(id.as_str()).map_err(db_err)?;
-            found.map(|v| decode(v.value())).transpose()
+            // A user is inserted together with its email entry, so the email's id is always present in USERS.
+            id.map_or(Ok(None), |id| read_doc(db, USERS, &id))
         })
         .await
     }
@@ -293,13 +293,7 @@ impl UserStore for EmbeddedStore {
 
     async fn list_users(&self, page: u32, limit: u32) -> Result<Page<User>, StoreError> {
         self.run(move |db| {
-            let txn = db.begin_read().map_err(db_err)?;
-            let users = txn.open_table(USERS).map_err(db_err)?;
-            let mut all = Vec::new();
-            for row in users.iter().map_err(db_err)? {
-                let (_, v) = row.map_err(db_err)?;
-                all.push(decode::<User>(v.value())?);
-            }
+            let mut all: Vec<User> = read_all(db, USERS)?;
             all.sort_by(|a, b| a.created_at.cmp(&b.created_at).then_with(|| a.id.cmp(&b.id)));
             let total = all.len() as u64;
             let start = (page.saturating_sub(1) as usize).saturating_mul(limit as usize);
