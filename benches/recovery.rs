@@ -51,7 +51,14 @@ async fn write_stream(store: &EmbeddedStore, stream: &str, snapshots: bool) -> P
             let full = events.len() as u64 == SNAPSHOT_EVERY;
             let snapshot = (snapshots && full).then(|| Snapshot { seq, state: serde_json::to_value(&state).unwrap() });
             store
-                .commit(Commit { stream: stream.into(), expected_seq, events, snapshot, read_model: None })
+                .commit(Commit {
+                    stream: stream.into(),
+                    expected_seq,
+                    events,
+                    snapshot,
+                    read_model: None,
+                    active: false,
+                })
                 .await
                 .unwrap();
         }

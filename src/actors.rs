@@ -1,40 +1,95 @@
-//! The actor runtime: every product and cart is an [`entity::EntityActor`], supervised per kind by an
-//! [`supervisor::EntitySupervisor`] and reached only through an [`router::EntityRouter`].
+//! The actor runtime: every product, cart, order, payment and coupon is an [`entity::EntityActor`], supervised per
+//! kind by an [`supervisor::EntitySupervisor`] and reached only through an [`router::EntityRouter`].
 //!
 //! The router is the one place that turns an entity id into a mailbox. Today every entity is hosted on this node;
 //! when entities are sharded over nodes (shard = Kafka partition of the id), "local or remote" is decided there.
+//!
+//! An entity whose state calls for a side effect (the next saga step) runs it through its kind's [`Effects`]; the
+//! effect's result comes back as a command and is persisted before the next step. After a crash, the recovered state
+//! calls for the same effect again, which is why every effect must be idempotent.
 
 pub mod entity;
+pub mod resumer;
 pub mod router;
 pub mod supervisor;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use tokio::sync::Notify;
 
+use crate::clock::Clock;
 use crate::domain::cart::Cart;
 use crate::domain::product::ProductState;
-use crate::domain::Aggregate;
+use crate::domain::{Aggregate, Timestamp};
+use crate::faults::FaultPoints;
 use crate::store::{EventStore, ReadModel};
 
 pub use entity::{EntityError, EntityMsg};
 pub use router::EntityRouter;
 
-/// An aggregate the runtime can host: says which read model (if any) its state projects to.
+/// An aggregate the runtime can host.
 pub trait Entity: Aggregate {
+    /// Side effects the entity's state can call for; `Infallible` for entities that never need any.
+    type Effect: Clone + std::fmt::Debug + Send + Sync + 'static;
+
+    /// The read-model document this state projects to, written in the same commit.
     fn read_model(&self) -> Option<ReadModel> {
         None
+    }
+
+    /// The side effect to run next, if any. Must be idempotent: it runs again after a crash.
+    fn next_effect(&self) -> Option<Self::Effect> {
+        None
+    }
+
+    /// A command the passing of time makes due (such as expiring reservations), checked on every tick.
+    fn due(&self, _now: Timestamp) -> Option<Self::Command> {
+        None
+    }
+
+    /// Whether the entity holds time-bound state and must stay running (and be restarted) until it is resolved.
+    fn keep_alive(&self) -> bool {
+        false
+    }
+}
+
+/// Runs the side effects of one kind of entity, returning the command that records each effect's outcome.
+#[async_trait]
+pub trait Effects<A: Entity>: Send + Sync + 'static {
+    async fn run(&self, id: &str, effect: A::Effect) -> Result<A::Command, String>;
+}
+
+/// For entities that never call for effects.
+pub struct NoEffects;
+
+#[async_trait]
+impl<A: Entity<Effect = std::convert::Infallible>> Effects<A> for NoEffects {
+    async fn run(&self, _id: &str, effect: A::Effect) -> Result<A::Command, String> {
+        match effect {}
     }
 }
 
 impl Entity for ProductState {
+    type Effect = std::convert::Infallible;
+
     fn read_model(&self) -> Option<ReadModel> {
-        self.0.clone().map(ReadModel::Product)
+        self.product.clone().map(ReadModel::Product)
+    }
+
+    fn due(&self, now: Timestamp) -> Option<Self::Command> {
+        self.expired_reservations(now).then_some(crate::domain::product::ProductCommand::ExpireReservations { now })
+    }
+
+    fn keep_alive(&self) -> bool {
+        !self.reservations.is_empty()
     }
 }
 
-impl Entity for Cart {}
+impl Entity for Cart {
+    type Effect = std::convert::Infallible;
+}
 
 /// What every entity actor needs: where to persist, whom to wake after a commit, and its timing settings.
 pub struct EntityContext {
@@ -43,12 +98,14 @@ pub struct EntityContext {
     pub committed: Arc<Notify>,
     pub snapshot_every: u64,
     pub idle_timeout: Duration,
+    pub clock: Clock,
+    pub faults: Arc<FaultPoints>,
 }
 
 #[derive(Debug, Clone, Copy)]
 pub struct RestartPolicy {
-    /// Failures of one entity tolerated within `window` before the supervisor stops restarting it eagerly (it
-    /// still starts again on its next message).
+    /// Abnormal exits (crash or kill) of one entity tolerated within `window` before the supervisor stops
+    /// restarting it eagerly (it still starts again on its next message, or when the resumer finds it active).
     pub max_restarts: u32,
     pub window: Duration,
 }

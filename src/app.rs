@@ -13,7 +13,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch, Notify};
 use tokio::task::JoinHandle;
 
-use crate::actors::{EntityContext, EntityRouter, RestartPolicy};
+use crate::actors::resumer::Resumer;
+use crate::actors::{EntityContext, EntityRouter, NoEffects, RestartPolicy};
 use crate::auth::password::PasswordHasher;
 use crate::auth::tokens::{random_token, TokenKeys};
 use crate::auth::AuthService;
@@ -22,15 +23,19 @@ use crate::bridge::{EventBus, InProcessBus};
 use crate::cache::InProcessCache;
 use crate::carts::Carts;
 use crate::catalog::Catalog;
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::domain::cart::Cart;
 use crate::domain::product::ProductState;
+use crate::faults::FaultPoints;
 use crate::http::{self, AppState};
 use crate::ratelimit::RateLimiter;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::EventRecord;
 
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often active entities (sagas in progress, reservations to expire) are checked to be running.
+const RESUME_EVERY: Duration = Duration::from_secs(5);
 
 pub struct Application {
     listener: TcpListener,
@@ -64,25 +69,32 @@ impl Application {
             committed: committed.clone(),
             snapshot_every: config.store.snapshot_every,
             idle_timeout: Duration::from_secs(config.actors.idle_timeout_secs),
+            clock: Clock::new(),
+            faults: Arc::new(FaultPoints::default()),
         });
         let policy = RestartPolicy {
             max_restarts: config.actors.max_restarts,
             window: Duration::from_secs(config.actors.restart_window_secs),
         };
-        let products = EntityRouter::<ProductState>::start(ctx.clone(), policy, config.call_timeout()).await?;
-        let carts = EntityRouter::<Cart>::start(ctx, policy, config.call_timeout()).await?;
+        let products =
+            EntityRouter::<ProductState>::start(ctx.clone(), Arc::new(NoEffects), policy, config.call_timeout())
+                .await?;
+        let carts =
+            EntityRouter::<Cart>::start(ctx.clone(), Arc::new(NoEffects), policy, config.call_timeout()).await?;
         let cache = Arc::new(InProcessCache::new(
             Duration::from_secs(config.cache.product_ttl_secs),
             config.cache.product_capacity,
         ));
-        let catalog = Catalog::new(products, store.clone(), cache);
-        let carts = Carts::new(carts, catalog.clone());
+        let catalog = Catalog::new(products.clone(), store.clone(), cache);
+        let carts_service = Carts::new(carts.clone(), catalog.clone());
 
         let bus: Arc<dyn EventBus> = Arc::new(InProcessBus::new(4096));
         let (stop_background, stop) = watch::channel(false);
+        let resumer = Resumer::new(store.clone(), vec![Arc::new(products.clone()), Arc::new(carts.clone())]);
         let background = vec![
             OutboxRelay::new(store.clone(), bus.clone(), committed).spawn(stop.clone()),
-            spawn_cache_invalidation(bus.subscribe(), catalog.clone(), stop),
+            spawn_cache_invalidation(bus.subscribe(), catalog.clone(), stop.clone()),
+            resumer.spawn(RESUME_EVERY, stop),
         ];
 
         let (memory, iterations) = (config.auth.argon2_memory_kib, config.auth.argon2_iterations);
@@ -106,7 +118,8 @@ impl Application {
         let state = AppState {
             auth,
             catalog,
-            carts,
+            carts: carts_service,
+            ctx,
             auth_limiter: Arc::new(RateLimiter::new(config.http.auth_rate_limit_per_minute)),
             events: store,
             cookie_secure: config.auth.cookie_secure,

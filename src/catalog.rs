@@ -24,7 +24,7 @@ pub struct Catalog {
 }
 
 fn live(state: ProductState) -> Result<Product, CatalogError> {
-    state.0.ok_or(EntityError::Rejected(ProductError::NotFound))
+    state.product.ok_or(EntityError::Rejected(ProductError::NotFound))
 }
 
 impl Catalog {

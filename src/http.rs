@@ -40,6 +40,8 @@ pub struct AppState {
     pub auth: Arc<AuthService>,
     pub catalog: Catalog,
     pub carts: Carts,
+    /// The entity runtime's shared context (clock, fault points).
+    pub ctx: Arc<crate::actors::EntityContext>,
     pub auth_limiter: Arc<RateLimiter>,
     pub events: Arc<dyn EventStore>,
     pub cookie_secure: bool,

@@ -13,6 +13,7 @@
 //! | [`ratelimit`] | per-client token buckets for the auth endpoints |
 //! | [`http`]    | the axum REST facade and its error shape |
 //! | [`app`]     | wiring, start-up and graceful shutdown |
+//! | [`clock`], [`faults`] | the process clock (pausable in tests) and named fault points for fault-injection tests |
 //! | [`config`], [`telemetry`] | configuration loading and logging |
 
 pub mod actors;
@@ -22,8 +23,10 @@ pub mod bridge;
 pub mod cache;
 pub mod carts;
 pub mod catalog;
+pub mod clock;
 pub mod config;
 pub mod domain;
+pub mod faults;
 pub mod http;
 pub mod ratelimit;
 pub mod store;

@@ -60,6 +60,8 @@ pub struct Commit {
     pub events: Vec<EventRecord>,
     pub snapshot: Option<Snapshot>,
     pub read_model: Option<ReadModel>,
+    /// Whether the entity has work left (a saga step, a reservation to expire) and must be kept running.
+    pub active: bool,
 }
 
 /// What an entity recovers from: its latest snapshot and the events after it.
@@ -82,6 +84,8 @@ pub trait EventStore: Send + Sync {
     /// Committed events not yet handed to the bus, oldest first.
     async fn outbox_pending(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError>;
     async fn outbox_ack(&self, positions: &[u64]) -> Result<(), StoreError>;
+    /// Streams whose last commit left them with work to do, as `kind:id`.
+    async fn active_streams(&self) -> Result<Vec<String>, StoreError>;
     async fn ping(&self) -> Result<(), StoreError>;
 }
 

@@ -1,21 +1,30 @@
 //! One actor per entity: the single writer of its stream. It recovers from the latest snapshot plus later events in
-//! `pre_start`, persists every change before acknowledging it, and passivates after being idle.
+//! `pre_start`, persists every change before acknowledging it, runs the side effects its state calls for, and
+//! passivates after being idle with nothing left to do.
 
 use std::marker::PhantomData;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::task::JoinHandle;
 
-use super::{Entity, EntityContext};
+use super::{Effects, Entity, EntityContext};
 use crate::store::{Commit, EventRecord, Snapshot, StoreError};
 
+type Reply<A> = RpcReplyPort<Result<A, EntityError<<A as crate::domain::Aggregate>::Error>>>;
+
 pub enum EntityMsg<A: Entity> {
-    Execute(A::Command, RpcReplyPort<Result<A, EntityError<A::Error>>>),
+    Execute(A::Command, Reply<A>),
     Get(RpcReplyPort<A>),
-    /// Periodic self-check: passivate when idle for longer than the configured timeout.
-    IdleCheck,
+    /// Answers once the entity has no effect pending or running (for instance a payment that has been decided).
+    Settled(RpcReplyPort<A>),
+    /// The outcome of the effect the actor started.
+    EffectDone(Result<A::Command, String>),
+    /// Try the pending effect again after a failure.
+    RetryEffect,
+    /// Periodic self-check: run due commands; passivate when idle with nothing to do.
+    Tick,
     /// Panics inside the handler, to prove that supervision and recovery lose nothing.
     #[cfg(feature = "fault-injection")]
     Panic,
@@ -35,12 +44,13 @@ pub enum EntityError<E> {
 
 pub struct EntityActor<A: Entity> {
     ctx: Arc<EntityContext>,
+    effects: Arc<dyn Effects<A>>,
     _kind: PhantomData<fn() -> A>,
 }
 
 impl<A: Entity> EntityActor<A> {
-    pub fn new(ctx: Arc<EntityContext>) -> Self {
-        Self { ctx, _kind: PhantomData }
+    pub fn new(ctx: Arc<EntityContext>, effects: Arc<dyn Effects<A>>) -> Self {
+        Self { ctx, effects, _kind: PhantomData }
     }
 }
 
@@ -51,14 +61,23 @@ pub struct EntityState<A: Entity> {
     seq: u64,
     snapshot_seq: u64,
     last_active: Instant,
-    idle_timer: JoinHandle<()>,
+    ticker: JoinHandle<()>,
+    effect_running: bool,
+    effect_failures: u32,
+    waiters: Vec<RpcReplyPort<A>>,
+}
+
+impl<A: Entity> EntityState<A> {
+    fn settled(&self) -> bool {
+        !self.effect_running && self.aggregate.next_effect().is_none()
+    }
 }
 
 pub fn stream_name<A: Entity>(id: &str) -> String {
     format!("{}:{id}", A::KIND)
 }
 
-/// Rebuilds an aggregate from its history. Returns the state and the sequence number it is at.
+/// Rebuilds an aggregate from its history. Returns the state, the sequence it is at and its snapshot's sequence.
 pub fn recover<A: Entity>(history: crate::store::History) -> Result<(A, u64, u64), StoreError> {
     let corrupt = |e: serde_json::Error| StoreError::Corrupt(e.to_string());
     let (mut aggregate, mut seq) = match &history.snapshot {
@@ -89,13 +108,30 @@ impl<A: Entity> Actor for EntityActor<A> {
         let replayed = history.events.len();
         let (aggregate, seq, snapshot_seq) = recover::<A>(history)?;
         tracing::debug!(%stream, seq, replayed, elapsed_us = started.elapsed().as_micros() as u64, "entity recovered");
-        let period = (self.ctx.idle_timeout / 4).max(std::time::Duration::from_millis(10));
-        let idle_timer = myself.send_interval(period, || EntityMsg::IdleCheck);
-        Ok(EntityState { id, stream, aggregate, seq, snapshot_seq, last_active: Instant::now(), idle_timer })
+        let period = (self.ctx.idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        let ticker = myself.send_interval(period, || EntityMsg::Tick);
+        Ok(EntityState {
+            id,
+            stream,
+            aggregate,
+            seq,
+            snapshot_seq,
+            last_active: Instant::now(),
+            ticker,
+            effect_running: false,
+            effect_failures: 0,
+            waiters: Vec::new(),
+        })
+    }
+
+    async fn post_start(&self, myself: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        // A recovered entity in the middle of a saga resumes on its own.
+        self.start_effect(&myself, state);
+        Ok(())
     }
 
     async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
-        state.idle_timer.abort();
+        state.ticker.abort();
         Ok(())
     }
 
@@ -108,23 +144,43 @@ impl<A: Entity> Actor for EntityActor<A> {
         match msg {
             EntityMsg::Execute(command, reply) => {
                 state.last_active = Instant::now();
-                self.execute(command, reply, state).await
+                self.execute(&myself, command, Some(reply), state).await
             }
             EntityMsg::Get(reply) => {
                 state.last_active = Instant::now();
                 let _ = reply.send(state.aggregate.clone());
                 Ok(())
             }
-            EntityMsg::IdleCheck => {
-                if state.last_active.elapsed() >= self.ctx.idle_timeout {
-                    tracing::debug!(stream = %state.stream, "passivating idle entity");
-                    state.idle_timer.abort();
-                    // Drain: messages already queued are still served; later senders see a closed mailbox and the
-                    // router starts a fresh actor for them.
-                    myself.drain()?;
+            EntityMsg::Settled(reply) => {
+                state.last_active = Instant::now();
+                if state.settled() {
+                    let _ = reply.send(state.aggregate.clone());
+                } else {
+                    state.waiters.push(reply);
                 }
                 Ok(())
             }
+            EntityMsg::EffectDone(outcome) => {
+                state.effect_running = false;
+                match outcome {
+                    Ok(command) => {
+                        state.effect_failures = 0;
+                        self.execute(&myself, command, None, state).await
+                    }
+                    Err(error) => {
+                        state.effect_failures += 1;
+                        let backoff = Duration::from_millis(50u64 << state.effect_failures.min(7));
+                        tracing::warn!(stream = %state.stream, %error, retry_in_ms = backoff.as_millis() as u64, "effect failed");
+                        myself.send_after(backoff, || EntityMsg::RetryEffect);
+                        Ok(())
+                    }
+                }
+            }
+            EntityMsg::RetryEffect => {
+                self.start_effect(&myself, state);
+                Ok(())
+            }
+            EntityMsg::Tick => self.tick(&myself, state).await,
             #[cfg(feature = "fault-injection")]
             EntityMsg::Panic => panic!("injected fault in {}", state.stream),
         }
@@ -132,22 +188,76 @@ impl<A: Entity> Actor for EntityActor<A> {
 }
 
 impl<A: Entity> EntityActor<A> {
-    async fn execute(
+    async fn tick(
         &self,
-        command: A::Command,
-        reply: RpcReplyPort<Result<A, EntityError<A::Error>>>,
+        myself: &ActorRef<EntityMsg<A>>,
         state: &mut EntityState<A>,
     ) -> Result<(), ActorProcessingErr> {
-        let now = chrono::Utc::now();
+        if let Some(command) = state.aggregate.due(self.ctx.clock.now()) {
+            return self.execute(myself, command, None, state).await;
+        }
+        let idle = state.last_active.elapsed() >= self.ctx.idle_timeout;
+        if idle && state.settled() && state.waiters.is_empty() && !state.aggregate.keep_alive() {
+            tracing::debug!(stream = %state.stream, "passivating idle entity");
+            state.ticker.abort();
+            // Drain: messages already queued are still served; later senders see a closed mailbox and the router
+            // starts a fresh actor for them.
+            myself.drain()?;
+        }
+        Ok(())
+    }
+
+    /// Starts the effect the state calls for, unless one is already running. The effect runs in its own task and
+    /// reports back with `EffectDone`, even if it panics.
+    fn start_effect(&self, myself: &ActorRef<EntityMsg<A>>, state: &mut EntityState<A>) {
+        if state.effect_running {
+            return;
+        }
+        let Some(effect) = state.aggregate.next_effect() else { return };
+        state.effect_running = true;
+        let (effects, id, myself) = (self.effects.clone(), state.id.clone(), myself.clone());
+        tracing::debug!(stream = %state.stream, ?effect, "starting effect");
+        tokio::spawn(async move {
+            let outcome = match tokio::spawn(async move { effects.run(&id, effect).await }).await {
+                Ok(outcome) => outcome,
+                Err(e) => Err(format!("effect task failed: {e}")),
+            };
+            // If this actor is gone, its successor recomputes the effect from the persisted state.
+            let _ = myself.cast(EntityMsg::EffectDone(outcome));
+        });
+    }
+
+    async fn execute(
+        &self,
+        myself: &ActorRef<EntityMsg<A>>,
+        command: A::Command,
+        reply: Option<Reply<A>>,
+        state: &mut EntityState<A>,
+    ) -> Result<(), ActorProcessingErr> {
+        let respond = |reply: Option<Reply<A>>, result| {
+            if let Some(r) = reply {
+                let _ = r.send(result);
+            }
+        };
+        let now = self.ctx.clock.now();
         let events = match state.aggregate.decide(&state.id, &command, now) {
             Ok(events) => events,
             Err(rejection) => {
-                let _ = reply.send(Err(EntityError::Rejected(rejection)));
+                if reply.is_none() {
+                    // An effect's outcome should always be accepted; retry later rather than stall the saga.
+                    tracing::warn!(stream = %state.stream, %rejection, "effect outcome refused by the entity");
+                    state.effect_failures += 1;
+                    myself.send_after(Duration::from_millis(50u64 << state.effect_failures.min(7)), || {
+                        EntityMsg::RetryEffect
+                    });
+                }
+                respond(reply, Err(EntityError::Rejected(rejection)));
                 return Ok(());
             }
         };
         if events.is_empty() {
-            let _ = reply.send(Ok(state.aggregate.clone()));
+            respond(reply, Ok(state.aggregate.clone()));
+            self.after_change(myself, state);
             return Ok(());
         }
         let mut next = state.aggregate.clone();
@@ -164,17 +274,22 @@ impl<A: Entity> EntityActor<A> {
                 payload: serde_json::to_value(event)?,
             });
         }
+        for record in &records {
+            self.ctx.faults.check(&format!("before_commit:{}", record.event_type));
+        }
         let new_seq = state.seq + records.len() as u64;
         let snapshot = (new_seq - state.snapshot_seq >= self.ctx.snapshot_every)
             .then(|| serde_json::to_value(&next).map(|s| Snapshot { seq: new_seq, state: s }))
             .transpose()?;
         let snapshotted = snapshot.is_some();
+        let types: Vec<String> = records.iter().map(|r| r.event_type.clone()).collect();
         let commit = Commit {
             stream: state.stream.clone(),
             expected_seq: state.seq,
             events: records,
             snapshot,
             read_model: next.read_model(),
+            active: next.next_effect().is_some() || next.keep_alive(),
         };
         match self.ctx.store.commit(commit).await {
             Ok(()) => {
@@ -184,14 +299,27 @@ impl<A: Entity> EntityActor<A> {
                     state.snapshot_seq = new_seq;
                 }
                 self.ctx.committed.notify_one();
-                let _ = reply.send(Ok(state.aggregate.clone()));
+                for event_type in &types {
+                    self.ctx.faults.check(&format!("after_commit:{event_type}"));
+                }
+                respond(reply, Ok(state.aggregate.clone()));
+                self.after_change(myself, state);
                 Ok(())
             }
             Err(err) => {
                 // A refused or failed write leaves this actor unsure of what the store holds (another writer won, or
                 // a remote store applied the write before failing). Stop; the next message recovers from the store.
-                let _ = reply.send(Err(EntityError::Unavailable(err.to_string())));
+                respond(reply, Err(EntityError::Unavailable(err.to_string())));
                 Err(Box::new(err))
+            }
+        }
+    }
+
+    fn after_change(&self, myself: &ActorRef<EntityMsg<A>>, state: &mut EntityState<A>) {
+        self.start_effect(myself, state);
+        if state.settled() {
+            for waiter in state.waiters.drain(..) {
+                let _ = waiter.send(state.aggregate.clone());
             }
         }
     }

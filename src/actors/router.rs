@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::entity::{EntityError, EntityMsg};
 use super::supervisor::{EnsureError, EntitySupervisor, LiveMap, SupervisorMsg};
-use super::{Entity, EntityContext, RestartPolicy};
+use super::{Effects, Entity, EntityContext, RestartPolicy};
 
 pub struct EntityRouter<A: Entity> {
     supervisor: ActorRef<SupervisorMsg<A>>,
@@ -29,11 +29,13 @@ type Reply<A> = Result<A, EntityError<<A as crate::domain::Aggregate>::Error>>;
 impl<A: Entity> EntityRouter<A> {
     pub async fn start(
         ctx: std::sync::Arc<EntityContext>,
+        effects: std::sync::Arc<dyn Effects<A>>,
         policy: RestartPolicy,
         call_timeout: Duration,
     ) -> Result<Self, ractor::SpawnErr> {
         let live = LiveMap::<A>::default();
-        let (supervisor, _) = Actor::spawn(None, EntitySupervisor::<A>::new(ctx, live.clone(), policy), ()).await?;
+        let supervisor = EntitySupervisor::<A>::new(ctx, effects, live.clone(), policy);
+        let (supervisor, _) = Actor::spawn(None, supervisor, ()).await?;
         Ok(Self { supervisor, live, call_timeout })
     }
 
@@ -47,6 +49,12 @@ impl<A: Entity> EntityRouter<A> {
         self.call(id, EntityMsg::Get).await
     }
 
+    /// The entity's state once it has no side effect pending or running, waiting at most `timeout`.
+    pub async fn settled(&self, id: &str, timeout: Duration) -> Result<A, EntityError<A::Error>> {
+        let router = Self { call_timeout: timeout, ..self.clone() };
+        router.call(id, EntityMsg::Settled).await
+    }
+
     /// Number of entity actors currently running on this node.
     pub fn live_count(&self) -> usize {
         self.live.read().unwrap_or_else(|p| p.into_inner()).len()
@@ -54,6 +62,11 @@ impl<A: Entity> EntityRouter<A> {
 
     pub fn is_running(&self) -> bool {
         self.supervisor.get_status() == ActorStatus::Running
+    }
+
+    /// Whether the entity's actor is running on this node.
+    pub fn is_local(&self, id: &str) -> bool {
+        self.local(id).is_some_and(|a| a.get_status() == ActorStatus::Running)
     }
 
     fn local(&self, id: &str) -> Option<ActorRef<EntityMsg<A>>> {

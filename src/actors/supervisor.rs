@@ -9,10 +9,13 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, ActorStatus, RpcReplyPort, SupervisionEvent};
 
 use super::entity::{EntityActor, EntityMsg};
-use super::{Entity, EntityContext, RestartPolicy};
+use super::{Effects, Entity, EntityContext, RestartPolicy};
 
 /// Live entity actors by id, shared read-only with the router for its fast path.
 pub type LiveMap<A> = Arc<RwLock<HashMap<String, ActorRef<EntityMsg<A>>>>>;
+
+/// The exit reason ractor gives an actor that stopped by draining its mailbox.
+const DRAINED: &str = "Drained";
 
 pub enum SupervisorMsg<A: Entity> {
     /// Returns the running actor for an id, starting (and recovering) it if needed.
@@ -33,14 +36,15 @@ pub enum EnsureError {
 
 pub struct EntitySupervisor<A: Entity> {
     ctx: Arc<EntityContext>,
+    effects: Arc<dyn Effects<A>>,
     live: LiveMap<A>,
     policy: RestartPolicy,
     _kind: PhantomData<fn() -> A>,
 }
 
 impl<A: Entity> EntitySupervisor<A> {
-    pub fn new(ctx: Arc<EntityContext>, live: LiveMap<A>, policy: RestartPolicy) -> Self {
-        Self { ctx, live, policy, _kind: PhantomData }
+    pub fn new(ctx: Arc<EntityContext>, effects: Arc<dyn Effects<A>>, live: LiveMap<A>, policy: RestartPolicy) -> Self {
+        Self { ctx, effects, live, policy, _kind: PhantomData }
     }
 }
 
@@ -70,13 +74,17 @@ impl<A: Entity> EntitySupervisor<A> {
         if let Some(actor) = existing {
             return if is_serving(actor.get_status()) { Ok(actor) } else { Err(EnsureError::Busy) };
         }
-        let (actor, _) =
-            Actor::spawn_linked(None, EntityActor::<A>::new(self.ctx.clone()), id.to_string(), myself.get_cell())
-                .await
-                .map_err(|e| {
-                    tracing::warn!(kind = A::KIND, id, error = %e, "entity failed to start");
-                    EnsureError::StartFailed(e.to_string())
-                })?;
+        let (actor, _) = Actor::spawn_linked(
+            None,
+            EntityActor::<A>::new(self.ctx.clone(), self.effects.clone()),
+            id.to_string(),
+            myself.get_cell(),
+        )
+        .await
+        .map_err(|e| {
+            tracing::warn!(kind = A::KIND, id, error = %e, "entity failed to start");
+            EnsureError::StartFailed(e.to_string())
+        })?;
         state.ids.insert(actor.get_id(), id.to_string());
         self.live_write().insert(id.to_string(), actor.clone());
         Ok(actor)
@@ -145,28 +153,31 @@ impl<A: Entity> Actor for EntitySupervisor<A> {
         event: SupervisionEvent,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        match event {
-            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+        let (cell, why) = match event {
+            // Passivation and shutdown drain the actor; anything else (a kill) is abnormal.
+            SupervisionEvent::ActorTerminated(cell, _, reason) if reason.as_deref() == Some(DRAINED) => {
                 if let Some(id) = self.forget(&cell, state) {
-                    tracing::debug!(kind = A::KIND, %id, reason = reason.as_deref().unwrap_or("stopped"), "entity stopped");
+                    tracing::debug!(kind = A::KIND, %id, "entity passivated");
                 }
+                return Ok(());
             }
-            SupervisionEvent::ActorFailed(cell, error) => {
-                let Some(id) = self.forget(&cell, state) else { return Ok(()) };
-                tracing::warn!(kind = A::KIND, %id, %error, "entity actor failed");
-                if state.stopping {
-                    return Ok(());
-                }
-                match self.next_restart(&id, state) {
-                    Some(backoff) => {
-                        myself.send_after(backoff, move || SupervisorMsg::Restart(id));
-                    }
-                    None => {
-                        tracing::error!(kind = A::KIND, %id, "restart limit reached; entity starts again on its next message")
-                    }
-                }
+            SupervisionEvent::ActorTerminated(cell, _, reason) => (cell, reason.unwrap_or_else(|| "stopped".into())),
+            SupervisionEvent::ActorFailed(cell, error) => (cell, error.to_string()),
+            _ => return Ok(()),
+        };
+        let Some(id) = self.forget(&cell, state) else { return Ok(()) };
+        tracing::warn!(kind = A::KIND, %id, reason = %why, "entity actor exited abnormally");
+        if state.stopping {
+            return Ok(());
+        }
+        // Restart eagerly so an entity in the middle of a saga resumes without waiting for a message.
+        match self.next_restart(&id, state) {
+            Some(backoff) => {
+                myself.send_after(backoff, move || SupervisorMsg::Restart(id));
             }
-            _ => {}
+            None => {
+                tracing::error!(kind = A::KIND, %id, "restart limit reached; entity starts again on its next message")
+            }
         }
         Ok(())
     }

@@ -114,7 +114,14 @@ mod tests {
                 payload: serde_json::Value::Null,
             })
             .collect();
-        Commit { stream: stream.into(), expected_seq: expected, events, snapshot: None, read_model: None }
+        Commit {
+            stream: stream.into(),
+            expected_seq: expected,
+            events,
+            snapshot: None,
+            read_model: None,
+            active: false,
+        }
     }
 
     #[tokio::test]

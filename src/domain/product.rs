@@ -1,5 +1,7 @@
 //! Catalog products and their stock.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::{required_text, Aggregate, Timestamp};
@@ -47,10 +49,61 @@ pub struct ProductDetails {
 
 #[derive(Debug, Clone)]
 pub enum ProductCommand {
-    Create { details: ProductDetails, initial_stock: i64 },
-    Update { expected_version: u64, details: ProductDetails },
-    Delete { expected_version: Option<u64> },
-    AdjustStock { delta: i64, reason: String },
+    Create {
+        details: ProductDetails,
+        initial_stock: i64,
+    },
+    Update {
+        expected_version: u64,
+        details: ProductDetails,
+    },
+    Delete {
+        expected_version: Option<u64>,
+    },
+    AdjustStock {
+        delta: i64,
+        reason: String,
+    },
+    /// Holds stock for an order until `expires_at`. Idempotent per order.
+    Reserve {
+        order_id: String,
+        quantity: i64,
+        expires_at: Timestamp,
+    },
+    /// Turns the order's reservation into a sale: stock on hand decreases, exactly once per order.
+    CommitReservation {
+        order_id: String,
+    },
+    /// Returns the order's reserved stock. Idempotent; a no-op when nothing is reserved.
+    ReleaseReservation {
+        order_id: String,
+        reason: String,
+    },
+    /// Puts back the stock an order bought (the order was cancelled after payment). Idempotent.
+    Restock {
+        order_id: String,
+    },
+    /// Releases every reservation whose expiry has passed.
+    ExpireReservations {
+        now: Timestamp,
+    },
+}
+
+/// Stock held for an order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Reservation {
+    pub quantity: i64,
+    pub expires_at: Timestamp,
+}
+
+/// What became of an order's reservation; remembered so retried saga steps are no-ops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Settlement {
+    Committed { quantity: i64 },
+    Released,
+    Restocked { quantity: i64 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +132,31 @@ pub enum ProductEvent {
         on_hand_after: i64,
         at: Timestamp,
     },
+    StockReserved {
+        order_id: String,
+        quantity: i64,
+        expires_at: Timestamp,
+        at: Timestamp,
+    },
+    ReservationCommitted {
+        order_id: String,
+        quantity: i64,
+        on_hand_after: i64,
+        at: Timestamp,
+    },
+    /// `reason` is `released` (by the order) or `expired`.
+    ReservationReleased {
+        order_id: String,
+        quantity: i64,
+        reason: String,
+        at: Timestamp,
+    },
+    Restocked {
+        order_id: String,
+        quantity: i64,
+        on_hand_after: i64,
+        at: Timestamp,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -93,22 +171,41 @@ pub enum ProductError {
     VersionConflict { expected: u64, actual: u64 },
     #[error("stock cannot go below zero or below reserved stock: {available} available, change of {delta}")]
     InsufficientStock { available: i64, delta: i64 },
+    #[error("the order has no active reservation of this product (it expired or was released)")]
+    ReservationUnavailable,
 }
 
 fn invalid(field: &'static str, message: impl Into<String>) -> ProductError {
     ProductError::Invalid { field, message: message.into() }
 }
 
-/// State of one product stream: `None` until created.
+/// State of one product stream: the product (`None` until created) and its reservations by order id.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProductState(pub Option<Product>);
+#[serde(rename_all = "camelCase")]
+pub struct ProductState {
+    pub product: Option<Product>,
+    #[serde(default)]
+    pub reservations: BTreeMap<String, Reservation>,
+    #[serde(default)]
+    pub settled: BTreeMap<String, Settlement>,
+}
 
 impl ProductState {
     fn live(&self) -> Result<&Product, ProductError> {
-        match &self.0 {
+        match &self.product {
             Some(p) if !p.deleted => Ok(p),
             _ => Err(ProductError::NotFound),
         }
+    }
+
+    /// Whether any reservation has expired by `now`.
+    pub fn expired_reservations(&self, now: Timestamp) -> bool {
+        self.reservations.values().any(|r| r.expires_at <= now)
+    }
+
+    /// Units sold to orders and not restocked.
+    pub fn sold(&self) -> i64 {
+        self.settled.values().map(|s| if let Settlement::Committed { quantity } = s { *quantity } else { 0 }).sum()
     }
 }
 
@@ -166,7 +263,7 @@ impl Aggregate for ProductState {
     fn decide(&self, id: &str, command: &ProductCommand, now: Timestamp) -> Result<Vec<ProductEvent>, ProductError> {
         match command {
             ProductCommand::Create { details, initial_stock } => {
-                if self.0.is_some() {
+                if self.product.is_some() {
                     return Err(ProductError::AlreadyExists);
                 }
                 let r = resolve(details, None)?;
@@ -228,14 +325,79 @@ impl Aggregate for ProductState {
                 }
                 Ok(vec![ProductEvent::StockAdjusted { delta: *delta, reason, on_hand_after: after, at: now }])
             }
+            ProductCommand::Reserve { order_id, quantity, expires_at } => {
+                if self.reservations.contains_key(order_id) {
+                    return Ok(vec![]);
+                }
+                if self.settled.contains_key(order_id) {
+                    return Err(ProductError::ReservationUnavailable);
+                }
+                let current = self.live()?;
+                if !(1..=MAX_STOCK).contains(quantity) {
+                    return Err(invalid("quantity", "must be positive"));
+                }
+                if current.available() < *quantity {
+                    return Err(ProductError::InsufficientStock { available: current.available(), delta: -quantity });
+                }
+                Ok(vec![ProductEvent::StockReserved {
+                    order_id: order_id.clone(),
+                    quantity: *quantity,
+                    expires_at: *expires_at,
+                    at: now,
+                }])
+            }
+            ProductCommand::CommitReservation { order_id } => {
+                let product = self.product.as_ref().ok_or(ProductError::NotFound)?;
+                if let Some(Settlement::Committed { .. }) = self.settled.get(order_id) {
+                    return Ok(vec![]);
+                }
+                let r = self.reservations.get(order_id).ok_or(ProductError::ReservationUnavailable)?;
+                Ok(vec![ProductEvent::ReservationCommitted {
+                    order_id: order_id.clone(),
+                    quantity: r.quantity,
+                    on_hand_after: product.stock_on_hand - r.quantity,
+                    at: now,
+                }])
+            }
+            ProductCommand::ReleaseReservation { order_id, reason } => Ok(self
+                .reservations
+                .get(order_id)
+                .map(|r| ProductEvent::ReservationReleased {
+                    order_id: order_id.clone(),
+                    quantity: r.quantity,
+                    reason: reason.clone(),
+                    at: now,
+                })
+                .into_iter()
+                .collect()),
+            ProductCommand::Restock { order_id } => match (self.settled.get(order_id), &self.product) {
+                (Some(Settlement::Committed { quantity }), Some(p)) => Ok(vec![ProductEvent::Restocked {
+                    order_id: order_id.clone(),
+                    quantity: *quantity,
+                    on_hand_after: p.stock_on_hand + quantity,
+                    at: now,
+                }]),
+                _ => Ok(vec![]),
+            },
+            ProductCommand::ExpireReservations { now: at } => Ok(self
+                .reservations
+                .iter()
+                .filter(|(_, r)| r.expires_at <= *at)
+                .map(|(order_id, r)| ProductEvent::ReservationReleased {
+                    order_id: order_id.clone(),
+                    quantity: r.quantity,
+                    reason: "expired".into(),
+                    at: *at,
+                })
+                .collect()),
         }
     }
 
     fn apply(&mut self, event: &ProductEvent) {
         match event {
-            ProductEvent::Created { product } => self.0 = Some(product.clone()),
+            ProductEvent::Created { product } => self.product = Some(product.clone()),
             ProductEvent::Updated { title, description, price, currency, category, image_url, version, at } => {
-                if let Some(p) = &mut self.0 {
+                if let Some(p) = &mut self.product {
                     p.title = title.clone();
                     p.description = description.clone();
                     p.price = *price;
@@ -247,14 +409,46 @@ impl Aggregate for ProductState {
                 }
             }
             ProductEvent::Deleted { version, at } => {
-                if let Some(p) = &mut self.0 {
+                if let Some(p) = &mut self.product {
                     p.deleted = true;
                     p.version = *version;
                     p.updated_at = *at;
                 }
             }
             ProductEvent::StockAdjusted { on_hand_after, at, .. } => {
-                if let Some(p) = &mut self.0 {
+                if let Some(p) = &mut self.product {
+                    p.stock_on_hand = *on_hand_after;
+                    p.updated_at = *at;
+                }
+            }
+            ProductEvent::StockReserved { order_id, quantity, expires_at, at } => {
+                self.reservations
+                    .insert(order_id.clone(), Reservation { quantity: *quantity, expires_at: *expires_at });
+                if let Some(p) = &mut self.product {
+                    p.stock_reserved += quantity;
+                    p.updated_at = *at;
+                }
+            }
+            ProductEvent::ReservationCommitted { order_id, quantity, on_hand_after, at } => {
+                self.reservations.remove(order_id);
+                self.settled.insert(order_id.clone(), Settlement::Committed { quantity: *quantity });
+                if let Some(p) = &mut self.product {
+                    p.stock_reserved -= quantity;
+                    p.stock_on_hand = *on_hand_after;
+                    p.updated_at = *at;
+                }
+            }
+            ProductEvent::ReservationReleased { order_id, quantity, at, .. } => {
+                self.reservations.remove(order_id);
+                self.settled.insert(order_id.clone(), Settlement::Released);
+                if let Some(p) = &mut self.product {
+                    p.stock_reserved -= quantity;
+                    p.updated_at = *at;
+                }
+            }
+            ProductEvent::Restocked { order_id, quantity, on_hand_after, at } => {
+                self.settled.insert(order_id.clone(), Settlement::Restocked { quantity: *quantity });
+                if let Some(p) = &mut self.product {
                     p.stock_on_hand = *on_hand_after;
                     p.updated_at = *at;
                 }
@@ -268,6 +462,10 @@ impl Aggregate for ProductState {
             ProductEvent::Updated { .. } => "product.updated",
             ProductEvent::Deleted { .. } => "product.deleted",
             ProductEvent::StockAdjusted { .. } => "product.stock_adjusted",
+            ProductEvent::StockReserved { .. } => "product.stock_reserved",
+            ProductEvent::ReservationCommitted { .. } => "product.reservation_committed",
+            ProductEvent::ReservationReleased { .. } => "product.reservation_released",
+            ProductEvent::Restocked { .. } => "product.restocked",
         }
     }
 }
@@ -332,7 +530,7 @@ mod tests {
         let mut s = created(5);
         let patch = ProductDetails { price: Some(999), ..Default::default() };
         run(&mut s, ProductCommand::Update { expected_version: 1, details: patch.clone() }).unwrap();
-        assert_eq!(s.0.as_ref().unwrap().version, 2);
+        assert_eq!(s.product.as_ref().unwrap().version, 2);
         let before = s.clone();
         let err = run(&mut s, ProductCommand::Update { expected_version: 1, details: patch });
         assert_eq!(err, Err(ProductError::VersionConflict { expected: 1, actual: 2 }));
@@ -347,6 +545,49 @@ mod tests {
         assert_eq!(err, Err(ProductError::NotFound));
         let err = run(&mut s, ProductCommand::Create { details: details(), initial_stock: 1 });
         assert_eq!(err, Err(ProductError::AlreadyExists));
+    }
+
+    #[test]
+    fn saga_steps_are_idempotent() {
+        let mut s = created(5);
+        let later = now() + chrono::Duration::minutes(15);
+        let reserve = ProductCommand::Reserve { order_id: "o1".into(), quantity: 3, expires_at: later };
+        run(&mut s, reserve.clone()).unwrap();
+        run(&mut s, reserve.clone()).unwrap();
+        assert_eq!(s.product.as_ref().unwrap().stock_reserved, 3);
+        let err = run(&mut s, ProductCommand::Reserve { order_id: "o2".into(), quantity: 3, expires_at: later });
+        assert!(matches!(err, Err(ProductError::InsufficientStock { available: 2, .. })));
+        for _ in 0..2 {
+            run(&mut s, ProductCommand::CommitReservation { order_id: "o1".into() }).unwrap();
+        }
+        let p = s.product.as_ref().unwrap();
+        assert_eq!((p.stock_on_hand, p.stock_reserved), (2, 0));
+        // A committed order can no longer reserve or release, but can be restocked once.
+        assert_eq!(run(&mut s, reserve), Err(ProductError::ReservationUnavailable));
+        run(&mut s, ProductCommand::ReleaseReservation { order_id: "o1".into(), reason: "x".into() }).unwrap();
+        run(&mut s, ProductCommand::Restock { order_id: "o1".into() }).unwrap();
+        run(&mut s, ProductCommand::Restock { order_id: "o1".into() }).unwrap();
+        assert_eq!(s.product.as_ref().unwrap().stock_on_hand, 5);
+    }
+
+    #[test]
+    fn reservations_expire() {
+        let mut s = created(4);
+        let t = now();
+        run(&mut s, ProductCommand::Reserve { order_id: "a".into(), quantity: 1, expires_at: t }).unwrap();
+        run(
+            &mut s,
+            ProductCommand::Reserve { order_id: "b".into(), quantity: 2, expires_at: t + chrono::Duration::hours(1) },
+        )
+        .unwrap();
+        assert!(s.expired_reservations(t));
+        run(&mut s, ProductCommand::ExpireReservations { now: t }).unwrap();
+        assert!(!s.expired_reservations(t));
+        assert_eq!(s.product.as_ref().unwrap().stock_reserved, 2);
+        assert_eq!(
+            run(&mut s, ProductCommand::CommitReservation { order_id: "a".into() }),
+            Err(ProductError::ReservationUnavailable)
+        );
     }
 
     #[test]
@@ -367,10 +608,42 @@ mod tests {
                 if run(&mut s, ProductCommand::AdjustStock { delta: d, reason: "count".into() }).is_ok() {
                     expected += d;
                 }
-                let p = s.0.as_ref().unwrap();
+                let p = s.product.as_ref().unwrap();
                 prop_assert!(p.stock_on_hand >= 0);
                 prop_assert!(p.available() >= 0);
                 prop_assert_eq!(p.stock_on_hand, expected);
+            }
+        }
+
+        /// Reservations, commits, releases, restocks, expiries and adjustments in any order and any repetition:
+        /// stock never goes negative, reserved stock equals the open reservations, and on hand + sold is always the
+        /// initial stock plus accepted adjustments.
+        #[test]
+        fn reservations_conserve_stock(
+            initial in 0i64..50,
+            ops in proptest::collection::vec((0u8..6, 0usize..4, 1i64..20, -10i64..10), 0..80),
+        ) {
+            let mut s = created(initial);
+            let t0 = now();
+            let mut adjusted = 0;
+            for (op, order, qty, delta) in ops {
+                let order_id = format!("o{order}");
+                let cmd = match op {
+                    0 => ProductCommand::Reserve { order_id, quantity: qty, expires_at: t0 + chrono::Duration::seconds(qty) },
+                    1 => ProductCommand::CommitReservation { order_id },
+                    2 => ProductCommand::ReleaseReservation { order_id, reason: "released".into() },
+                    3 => ProductCommand::Restock { order_id },
+                    4 => ProductCommand::ExpireReservations { now: t0 + chrono::Duration::seconds(delta.abs()) },
+                    _ => ProductCommand::AdjustStock { delta, reason: "count".into() },
+                };
+                let is_adjust = matches!(cmd, ProductCommand::AdjustStock { .. });
+                if run(&mut s, cmd).is_ok() && is_adjust {
+                    adjusted += delta;
+                }
+                let p = s.product.as_ref().unwrap();
+                prop_assert!(p.stock_on_hand >= 0 && p.available() >= 0);
+                prop_assert_eq!(p.stock_reserved, s.reservations.values().map(|r| r.quantity).sum::<i64>());
+                prop_assert_eq!(p.stock_on_hand + s.sold(), initial + adjusted);
             }
         }
 
@@ -379,10 +652,10 @@ mod tests {
         fn versions_are_checked(guesses in proptest::collection::vec(0u64..6, 1..20)) {
             let mut s = created(1);
             for g in guesses {
-                let current = s.0.as_ref().unwrap().version;
+                let current = s.product.as_ref().unwrap().version;
                 let r = run(&mut s, ProductCommand::Update { expected_version: g, details: ProductDetails::default() });
                 prop_assert_eq!(r.is_ok(), g == current);
-                let after = s.0.as_ref().unwrap().version;
+                let after = s.product.as_ref().unwrap().version;
                 prop_assert_eq!(after, if g == current { current + 1 } else { current });
             }
         }

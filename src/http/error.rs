@@ -138,6 +138,7 @@ impl From<CatalogError> for ApiError {
             ProductError::Invalid { .. } => (S::UNPROCESSABLE_ENTITY, "validation_failed"),
             ProductError::VersionConflict { .. } => (S::CONFLICT, "version_conflict"),
             ProductError::InsufficientStock { .. } => (S::CONFLICT, "insufficient_stock"),
+            ProductError::ReservationUnavailable => (S::CONFLICT, "reservation_unavailable"),
         };
         ApiError::new(status, code, product.to_string())
     }

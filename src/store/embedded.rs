@@ -22,6 +22,7 @@ const HEADS: TableDefinition<&str, u64> = TableDefinition::new("stream_heads");
 const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
 const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+const ACTIVE: TableDefinition<&str, ()> = TableDefinition::new("active_streams");
 const PRODUCTS: TableDefinition<&str, &[u8]> = TableDefinition::new("products");
 const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 const USER_EMAILS: TableDefinition<&str, &str> = TableDefinition::new("user_emails");
@@ -82,6 +83,7 @@ impl EmbeddedStore {
             txn.open_table(SNAPSHOTS).map_err(db_err)?;
             txn.open_table(OUTBOX).map_err(db_err)?;
             txn.open_table(COUNTERS).map_err(db_err)?;
+            txn.open_table(ACTIVE).map_err(db_err)?;
             txn.open_table(PRODUCTS).map_err(db_err)?;
             txn.open_table(USERS).map_err(db_err)?;
             txn.open_table(USER_EMAILS).map_err(db_err)?;
@@ -129,6 +131,12 @@ fn commit_blocking(db: &Database, commit: Commit) -> Result<(), StoreError> {
         }
         counters.insert(OUTBOX_NEXT, position).map_err(db_err)?;
         heads.insert(commit.stream.as_str(), head).map_err(db_err)?;
+        let mut active = txn.open_table(ACTIVE).map_err(db_err)?;
+        if commit.active {
+            active.insert(commit.stream.as_str(), ()).map_err(db_err)?;
+        } else {
+            active.remove(commit.stream.as_str()).map_err(db_err)?;
+        }
         if let Some(snapshot) = &commit.snapshot {
             let mut snapshots = txn.open_table(SNAPSHOTS).map_err(db_err)?;
             snapshots.insert(commit.stream.as_str(), encode(snapshot)?.as_slice()).map_err(db_err)?;
@@ -194,6 +202,19 @@ impl EventStore for EmbeddedStore {
                 }
             }
             txn.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn active_streams(&self) -> Result<Vec<String>, StoreError> {
+        self.run(|db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let table = txn.open_table(ACTIVE).map_err(db_err)?;
+            let mut out = Vec::new();
+            for row in table.iter().map_err(db_err)? {
+                out.push(row.map_err(db_err)?.0.value().to_string());
+            }
+            Ok(out)
         })
         .await
     }
@@ -397,6 +418,7 @@ mod tests {
             events: seqs.map(|s| record(stream, s)).collect(),
             snapshot: None,
             read_model: None,
+            active: false,
         }
     }
 

@@ -181,7 +181,7 @@ async fn killing_and_panicking_actors_under_load_loses_nothing_acknowledged() {
     assert!(on_hand >= acked && on_hand <= acked + maybe, "stock {on_hand}: {acked} acknowledged, {maybe} interrupted");
     // The recovered actor and the read model agree.
     let from_actor = app.state.catalog.router().get(&stocked).await.unwrap();
-    assert_eq!(from_actor.0.unwrap().stock_on_hand, on_hand);
+    assert_eq!(from_actor.product.unwrap().stock_on_hand, on_hand);
 
     let acked = cart_tally.acked.load(Ordering::Relaxed) as i64 + 1;
     let maybe = cart_tally.unavailable.load(Ordering::Relaxed) as i64;
