@@ -26,9 +26,15 @@ use crate::catalog::Catalog;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::domain::cart::Cart;
+use crate::domain::coupon::CouponState;
+use crate::domain::order::OrderState;
+use crate::domain::payment::PaymentState;
 use crate::domain::product::ProductState;
 use crate::faults::FaultPoints;
 use crate::http::{self, AppState};
+use crate::notify::{NotificationHub, Notifier, RecordingMailer};
+use crate::orders::{OrderSaga, Orders};
+use crate::payments::{PaymentEffects, PaymentProvider, SimulatedProvider};
 use crate::ratelimit::RateLimiter;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::EventRecord;
@@ -54,8 +60,18 @@ impl Application {
         Self::with_listener(config, listener).await
     }
 
-    /// Builds everything around an already bound listener (tests bind port 0).
+    /// Builds everything around an already bound listener (tests bind port 0), with the simulated payment provider.
     pub async fn with_listener(config: Config, listener: TcpListener) -> anyhow::Result<Self> {
+        let provider = Arc::new(SimulatedProvider::new(Duration::from_millis(config.payments.simulated_latency_ms)));
+        Self::with_provider(config, listener, provider).await
+    }
+
+    /// Builds everything with the given payment provider.
+    pub async fn with_provider(
+        config: Config,
+        listener: TcpListener,
+        provider: Arc<dyn PaymentProvider>,
+    ) -> anyhow::Result<Self> {
         let data_dir = config.store.data_dir.clone();
         let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&data_dir)).await?.with_context(|| {
             format!("cannot open the store in store.data_dir = {}", config.store.data_dir.display())
@@ -76,23 +92,68 @@ impl Application {
             max_restarts: config.actors.max_restarts,
             window: Duration::from_secs(config.actors.restart_window_secs),
         };
-        let products =
-            EntityRouter::<ProductState>::start(ctx.clone(), Arc::new(NoEffects), policy, config.call_timeout())
-                .await?;
-        let carts =
-            EntityRouter::<Cart>::start(ctx.clone(), Arc::new(NoEffects), policy, config.call_timeout()).await?;
+        let timeout = config.call_timeout();
+        let products = EntityRouter::<ProductState>::start(ctx.clone(), Arc::new(NoEffects), policy, timeout).await?;
+        let carts = EntityRouter::<Cart>::start(ctx.clone(), Arc::new(NoEffects), policy, timeout).await?;
+        let coupons = EntityRouter::<CouponState>::start(ctx.clone(), Arc::new(NoEffects), policy, timeout).await?;
+        let payment_effects = PaymentEffects {
+            provider,
+            timeout: Duration::from_millis(config.payments.timeout_ms),
+            max_attempts: config.payments.max_attempts,
+        };
+        let payments =
+            EntityRouter::<PaymentState>::start(ctx.clone(), Arc::new(payment_effects), policy, timeout).await?;
+        // A charge step waits for its payment through every attempt, with room to spare.
+        let attempts = u64::from(config.payments.max_attempts);
+        let payment_wait = Duration::from_millis(config.payments.timeout_ms * attempts * 2 + 5_000);
+        let saga = OrderSaga {
+            products: products.clone(),
+            carts: carts.clone(),
+            payments: payments.clone(),
+            coupons: coupons.clone(),
+            payment_wait,
+        };
+        let orders = EntityRouter::<OrderState>::start(ctx.clone(), Arc::new(saga), policy, timeout).await?;
+
         let cache = Arc::new(InProcessCache::new(
             Duration::from_secs(config.cache.product_ttl_secs),
             config.cache.product_capacity,
         ));
         let catalog = Catalog::new(products.clone(), store.clone(), cache);
         let carts_service = Carts::new(carts.clone(), catalog.clone());
+        let orders_service = Orders::new(
+            orders.clone(),
+            coupons.clone(),
+            carts_service.clone(),
+            catalog.clone(),
+            store.clone(),
+            ctx.clock,
+            Duration::from_secs(config.checkout.reservation_ttl_secs),
+        );
 
+        let hub = NotificationHub::new(1024);
+        let notifier = Notifier {
+            notifications: store.clone(),
+            sales: store.clone(),
+            users: store.clone(),
+            mailer: Arc::new(RecordingMailer { store: store.clone() }),
+            hub: hub.clone(),
+        };
         let bus: Arc<dyn EventBus> = Arc::new(InProcessBus::new(4096));
         let (stop_background, stop) = watch::channel(false);
-        let resumer = Resumer::new(store.clone(), vec![Arc::new(products.clone()), Arc::new(carts.clone())]);
+        let resumer = Resumer::new(
+            store.clone(),
+            vec![
+                Arc::new(products),
+                Arc::new(carts),
+                Arc::new(coupons.clone()),
+                Arc::new(payments.clone()),
+                Arc::new(orders),
+            ],
+        );
+        let relay = OutboxRelay::new(store.clone(), bus.clone(), committed).with_sink(Arc::new(notifier));
         let background = vec![
-            OutboxRelay::new(store.clone(), bus.clone(), committed).spawn(stop.clone()),
+            relay.spawn(stop.clone()),
             spawn_cache_invalidation(bus.subscribe(), catalog.clone(), stop.clone()),
             resumer.spawn(RESUME_EVERY, stop),
         ];
@@ -119,6 +180,13 @@ impl Application {
             auth,
             catalog,
             carts: carts_service,
+            orders: orders_service,
+            coupons,
+            payments,
+            sales: store.clone(),
+            notifications: store.clone(),
+            hub,
+            ws_auth_timeout: Duration::from_millis(config.notifications.ws_auth_timeout_ms),
             ctx,
             auth_limiter: Arc::new(RateLimiter::new(config.http.auth_rate_limit_per_minute)),
             events: store,
@@ -145,13 +213,17 @@ impl Application {
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let addr = self.listener.local_addr()?;
         tracing::info!(%addr, "commercex listening");
-        let products = self.state.catalog.router().clone();
-        let carts = self.state.carts.router().clone();
+        let state = self.state.clone();
         let app = http::app(self.state).into_make_service_with_connect_info::<SocketAddr>();
         axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await.context("http server")?;
         tracing::info!("http intake stopped; draining entity actors");
-        products.shutdown(DRAIN_TIMEOUT).await;
-        carts.shutdown(DRAIN_TIMEOUT).await;
+        // Orders first: they are the ones calling the other entities.
+        state.orders.router().shutdown(DRAIN_TIMEOUT).await;
+        state.payments.shutdown(DRAIN_TIMEOUT).await;
+        state.coupons.shutdown(DRAIN_TIMEOUT).await;
+        state.carts.router().shutdown(DRAIN_TIMEOUT).await;
+        state.catalog.router().shutdown(DRAIN_TIMEOUT).await;
+        drop(state);
         let _ = self.stop_background.send(true);
         for task in self.background {
             let _ = task.await;

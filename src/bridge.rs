@@ -24,6 +24,13 @@ pub trait EventBus: Send + Sync {
     fn subscribe(&self) -> broadcast::Receiver<EventRecord>;
 }
 
+/// A local consumer fed by the outbox relay before an event is acknowledged: at-least-once, so every sink must
+/// recognise an event it has already handled (by its id).
+#[async_trait]
+pub trait EventSink: Send + Sync {
+    async fn handle(&self, event: &EventRecord) -> Result<(), String>;
+}
+
 /// In-process bus: a broadcast channel. Slow subscribers skip ahead (and are told how many events they missed).
 pub struct InProcessBus {
     sender: broadcast::Sender<EventRecord>,

@@ -17,6 +17,9 @@ pub struct Config {
     pub store: StoreConfig,
     pub actors: ActorsConfig,
     pub cache: CacheConfig,
+    pub checkout: CheckoutConfig,
+    pub payments: PaymentsConfig,
+    pub notifications: NotificationsConfig,
     pub log: LogConfig,
 }
 
@@ -86,6 +89,31 @@ pub struct CacheConfig {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+pub struct CheckoutConfig {
+    /// How long stock stays reserved for an order that has not been paid; then the products release it.
+    pub reservation_ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PaymentsConfig {
+    /// Latency of the simulated payment provider.
+    pub simulated_latency_ms: u64,
+    /// Deadline of one provider call; a timeout counts as a transient failure.
+    pub timeout_ms: u64,
+    /// Charge attempts before a payment that keeps failing transiently is declared failed.
+    pub max_attempts: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotificationsConfig {
+    /// A WebSocket client that did not authenticate by header or cookie must send its token within this time.
+    pub ws_auth_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// `text` or `json`.
     pub format: String,
@@ -134,6 +162,24 @@ impl Default for ActorsConfig {
 impl Default for CacheConfig {
     fn default() -> Self {
         Self { product_ttl_secs: 60, product_capacity: 10_000 }
+    }
+}
+
+impl Default for CheckoutConfig {
+    fn default() -> Self {
+        Self { reservation_ttl_secs: 900 }
+    }
+}
+
+impl Default for PaymentsConfig {
+    fn default() -> Self {
+        Self { simulated_latency_ms: 20, timeout_ms: 2_000, max_attempts: 4 }
+    }
+}
+
+impl Default for NotificationsConfig {
+    fn default() -> Self {
+        Self { ws_auth_timeout_ms: 5_000 }
     }
 }
 
@@ -231,6 +277,10 @@ impl Config {
             ("actors.call_timeout_ms", self.actors.call_timeout_ms),
             ("actors.restart_window_secs", self.actors.restart_window_secs),
             ("cache.product_capacity", self.cache.product_capacity as u64),
+            ("checkout.reservation_ttl_secs", self.checkout.reservation_ttl_secs),
+            ("payments.timeout_ms", self.payments.timeout_ms),
+            ("payments.max_attempts", u64::from(self.payments.max_attempts)),
+            ("notifications.ws_auth_timeout_ms", self.notifications.ws_auth_timeout_ms),
         ];
         for (key, value) in positive {
             if value == 0 {

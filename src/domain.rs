@@ -3,6 +3,9 @@
 //! Nothing here performs I/O or knows about actors, HTTP or storage; every rule is unit- and property-tested.
 
 pub mod cart;
+pub mod coupon;
+pub mod order;
+pub mod payment;
 pub mod product;
 pub mod user;
 

@@ -3,11 +3,16 @@
 
 mod admin;
 mod cart;
+mod coupons;
 pub mod error;
 pub mod extract;
 mod health;
+mod notifications;
+mod orders;
+mod payments;
 mod products;
 mod users;
+mod ws;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,6 +45,13 @@ pub struct AppState {
     pub auth: Arc<AuthService>,
     pub catalog: Catalog,
     pub carts: Carts,
+    pub orders: crate::orders::Orders,
+    pub coupons: crate::actors::EntityRouter<crate::domain::coupon::CouponState>,
+    pub payments: crate::actors::EntityRouter<crate::domain::payment::PaymentState>,
+    pub sales: Arc<dyn crate::store::SalesStore>,
+    pub notifications: Arc<dyn crate::store::NotificationStore>,
+    pub hub: crate::notify::NotificationHub,
+    pub ws_auth_timeout: Duration,
     /// The entity runtime's shared context (clock, fault points).
     pub ctx: Arc<crate::actors::EntityContext>,
     pub auth_limiter: Arc<RateLimiter>,
@@ -78,6 +90,11 @@ pub fn app(state: AppState) -> Router {
         .merge(admin::router())
         .merge(products::router())
         .merge(cart::router())
+        .merge(orders::router())
+        .merge(payments::router())
+        .merge(coupons::router())
+        .merge(notifications::router())
+        .merge(ws::router())
         .fallback(|| async { ApiError::not_found("not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")

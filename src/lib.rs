@@ -9,6 +9,9 @@
 //! | [`auth`]    | accounts, argon2id hashing, JWT access tokens, rotating refresh tokens, revocation |
 //! | [`catalog`] | product service: writes through product actors, reads through the cache and read model |
 //! | [`carts`]   | cart service: cart actors plus catalog lookups for availability and pricing |
+//! | [`orders`]  | checkout and the order saga's steps (reserve, coupon, charge, commit, clear cart, compensate) |
+//! | [`notify`]  | notifications (stored, pushed over WebSocket) and templated transactional emails, fed by the outbox |
+//! | [`payments`] | the payment provider interface, the simulated provider, payment effects |
 //! | [`cache`]   | read-aside product cache |
 //! | [`ratelimit`] | per-client token buckets for the auth endpoints |
 //! | [`http`]    | the axum REST facade and its error shape |
@@ -28,6 +31,9 @@ pub mod config;
 pub mod domain;
 pub mod faults;
 pub mod http;
+pub mod notify;
+pub mod orders;
+pub mod payments;
 pub mod ratelimit;
 pub mod store;
 pub mod telemetry;

@@ -7,6 +7,9 @@ pub mod embedded;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use crate::domain::coupon::Coupon;
+use crate::domain::order::{Order, OrderStatus};
+use crate::domain::payment::{Payment, PaymentStatus};
 use crate::domain::product::Product;
 use crate::domain::user::User;
 use crate::domain::Timestamp;
@@ -50,6 +53,9 @@ pub struct Snapshot {
 #[derive(Debug, Clone)]
 pub enum ReadModel {
     Product(Product),
+    Order(Box<Order>),
+    Payment(Payment),
+    Coupon(Coupon),
 }
 
 /// One atomic append: refused with [`StoreError::Conflict`] unless the stream is exactly at `expected_seq`.
@@ -178,10 +184,7 @@ impl ProductQuery {
     pub fn paginate(&self, products: impl Iterator<Item = Product>) -> Page<Product> {
         let mut hits: Vec<Product> = products.filter(|p| self.matches(p)).collect();
         hits.sort_by(|a, b| self.compare(a, b));
-        let total = hits.len() as u64;
-        let start = (self.page.saturating_sub(1) as usize).saturating_mul(self.limit as usize);
-        let items = hits.into_iter().skip(start).take(self.limit as usize).collect();
-        Page { items, page: self.page, limit: self.limit, total }
+        page_of(hits, self.page, self.limit)
     }
 }
 
@@ -228,4 +231,94 @@ pub trait UserStore: Send + Sync {
 pub trait RevocationStore: Send + Sync {
     async fn revoke(&self, key: &str, until: Timestamp) -> Result<(), StoreError>;
     async fn any_revoked(&self, keys: &[String]) -> Result<bool, StoreError>;
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct OrderQuery {
+    pub user_id: Option<String>,
+    pub status: Option<OrderStatus>,
+    pub page: u32,
+    pub limit: u32,
+}
+
+/// Read models of the sales side: orders, payments, coupons.
+#[async_trait]
+pub trait SalesStore: Send + Sync {
+    async fn order(&self, id: &str) -> Result<Option<Order>, StoreError>;
+    /// Newest first.
+    async fn list_orders(&self, query: &OrderQuery) -> Result<Page<Order>, StoreError>;
+    async fn payments_for_order(&self, order_id: &str) -> Result<Vec<Payment>, StoreError>;
+    /// Newest first.
+    async fn list_payments(
+        &self,
+        status: Option<PaymentStatus>,
+        page: u32,
+        limit: u32,
+    ) -> Result<Page<Payment>, StoreError>;
+    async fn coupon(&self, code: &str) -> Result<Option<Coupon>, StoreError>;
+    async fn list_coupons(&self, page: u32, limit: u32) -> Result<Page<Coupon>, StoreError>;
+}
+
+/// A stored notification. `user_id: None` is a public broadcast (e.g. a new product).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Notification {
+    /// Increasing across all notifications; clients resume after the last id they saw.
+    pub id: u64,
+    pub user_id: Option<String>,
+    pub kind: String,
+    pub title: String,
+    pub body: String,
+    pub data: serde_json::Value,
+    /// The event that caused it; a replayed event never creates a second notification.
+    pub event_id: String,
+    pub read: bool,
+    pub created_at: Timestamp,
+}
+
+/// A rendered transactional email, as handed to the mail sender.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Email {
+    pub id: u64,
+    pub to: String,
+    pub template: String,
+    pub subject: String,
+    pub body: String,
+    pub event_id: String,
+    pub created_at: Timestamp,
+}
+
+#[async_trait]
+pub trait NotificationStore: Send + Sync {
+    /// Stores `n` with a fresh id unless a notification for the same event and user exists; returns the stored one,
+    /// or `None` for a duplicate.
+    async fn insert_notification(&self, n: Notification) -> Result<Option<Notification>, StoreError>;
+    /// The user's own notifications, newest first, with the unread count.
+    async fn list_notifications(
+        &self,
+        user_id: &str,
+        page: u32,
+        limit: u32,
+    ) -> Result<(Page<Notification>, u64), StoreError>;
+    /// Returns false if no such notification belongs to the user.
+    async fn mark_read(&self, user_id: &str, id: u64) -> Result<bool, StoreError>;
+    /// The user's and public notifications with an id above `after`, oldest first.
+    async fn notifications_after(
+        &self,
+        user_id: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Notification>, StoreError>;
+    /// Stores an email unless one for the same event and template exists; returns false for a duplicate.
+    async fn insert_email(&self, email: Email) -> Result<bool, StoreError>;
+    /// Newest first.
+    async fn list_emails(&self, page: u32, limit: u32) -> Result<Page<Email>, StoreError>;
+}
+
+/// Cuts one page (from 1) out of an already sorted list.
+pub fn page_of<T>(items: Vec<T>, page: u32, limit: u32) -> Page<T> {
+    let total = items.len() as u64;
+    let start = (page.saturating_sub(1) as usize).saturating_mul(limit as usize);
+    Page { items: items.into_iter().skip(start).take(limit as usize).collect(), page, limit, total }
 }

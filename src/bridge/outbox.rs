@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
-use super::EventBus;
+use super::{EventBus, EventSink};
 use crate::store::EventStore;
 
 const BATCH: usize = 256;
@@ -15,12 +15,19 @@ const BATCH: usize = 256;
 pub struct OutboxRelay {
     store: Arc<dyn EventStore>,
     bus: Arc<dyn EventBus>,
+    sinks: Vec<Arc<dyn EventSink>>,
     committed: Arc<Notify>,
 }
 
 impl OutboxRelay {
     pub fn new(store: Arc<dyn EventStore>, bus: Arc<dyn EventBus>, committed: Arc<Notify>) -> Self {
-        Self { store, bus, committed }
+        Self { store, bus, sinks: Vec::new(), committed }
+    }
+
+    /// Adds a local consumer that must have handled an event before it leaves the outbox.
+    pub fn with_sink(mut self, sink: Arc<dyn EventSink>) -> Self {
+        self.sinks.push(sink);
+        self
     }
 
     /// Runs until `stop` flips to true, then publishes whatever is still pending and returns.
@@ -57,9 +64,15 @@ impl OutboxRelay {
             }
             let mut done = Vec::with_capacity(batch.len());
             for entry in &batch {
-                if let Err(e) = self.bus.publish(&entry.event).await {
+                let mut delivered = self.bus.publish(&entry.event).await.map_err(|e| e.to_string());
+                for sink in &self.sinks {
+                    if delivered.is_ok() {
+                        delivered = sink.handle(&entry.event).await;
+                    }
+                }
+                if let Err(e) = delivered {
                     self.store.outbox_ack(&done).await?;
-                    return Err(Box::new(e));
+                    return Err(e.into());
                 }
                 done.push(entry.position);
             }

@@ -1,6 +1,8 @@
 //! Shopping carts: one per user, lines of product + quantity. Prices are never stored in the cart; they are read
 //! from the catalog when the cart is shown, and snapshotted only at checkout.
 
+use std::collections::BTreeSet;
+
 use serde::{Deserialize, Serialize};
 
 use super::{Aggregate, Timestamp};
@@ -22,6 +24,9 @@ pub struct Cart {
     /// Currency of the lines in the cart; a cart holds one currency at a time.
     pub currency: Option<String>,
     pub updated_at: Option<Timestamp>,
+    /// Orders whose lines were already removed from this cart, so a retried checkout step is a no-op.
+    #[serde(default)]
+    pub checked_out: BTreeSet<String>,
 }
 
 /// What the cart needs to know about a product to accept it, looked up by the caller at command time.
@@ -49,6 +54,11 @@ pub enum CartCommand {
         product_id: String,
     },
     Clear,
+    /// Removes the lines an order bought; once per order.
+    CheckOut {
+        order_id: String,
+        product_ids: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +67,7 @@ pub enum CartEvent {
     LineSet { product_id: String, quantity: u32, currency: String, at: Timestamp },
     LineRemoved { product_id: String, at: Timestamp },
     Cleared { at: Timestamp },
+    CheckedOut { order_id: String, product_ids: Vec<String>, at: Timestamp },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -148,6 +159,12 @@ impl Aggregate for Cart {
             },
             CartCommand::Clear if self.lines.is_empty() => Ok(vec![]),
             CartCommand::Clear => Ok(vec![CartEvent::Cleared { at: now }]),
+            CartCommand::CheckOut { order_id, .. } if self.checked_out.contains(order_id) => Ok(vec![]),
+            CartCommand::CheckOut { order_id, product_ids } => Ok(vec![CartEvent::CheckedOut {
+                order_id: order_id.clone(),
+                product_ids: product_ids.clone(),
+                at: now,
+            }]),
         }
     }
 
@@ -175,6 +192,14 @@ impl Aggregate for Cart {
                 self.currency = None;
                 self.updated_at = Some(*at);
             }
+            CartEvent::CheckedOut { order_id, product_ids, at } => {
+                self.lines.retain(|l| !product_ids.contains(&l.product_id));
+                if self.lines.is_empty() {
+                    self.currency = None;
+                }
+                self.checked_out.insert(order_id.clone());
+                self.updated_at = Some(*at);
+            }
         }
     }
 
@@ -183,6 +208,7 @@ impl Aggregate for Cart {
             CartEvent::LineSet { .. } => "cart.line_set",
             CartEvent::LineRemoved { .. } => "cart.line_removed",
             CartEvent::Cleared { .. } => "cart.cleared",
+            CartEvent::CheckedOut { .. } => "cart.checked_out",
         }
     }
 }

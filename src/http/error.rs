@@ -9,8 +9,11 @@ use crate::auth::AuthError;
 use crate::carts::CartServiceError;
 use crate::catalog::CatalogError;
 use crate::domain::cart::CartError;
+use crate::domain::coupon::CouponError;
+use crate::domain::order::OrderError;
 use crate::domain::product::ProductError;
 use crate::domain::user::UserError;
+use crate::orders::CheckoutError;
 use crate::store::StoreError;
 
 #[derive(Debug)]
@@ -157,6 +160,63 @@ impl From<CartServiceError> for ApiError {
                 CartError::CartFull => (S::UNPROCESSABLE_ENTITY, "cart_full"),
                 CartError::LineNotFound => (S::NOT_FOUND, "cart_item_not_found"),
             },
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+impl From<CouponError> for ApiError {
+    fn from(e: CouponError) -> Self {
+        use StatusCode as S;
+        let (status, code) = match &e {
+            CouponError::NotFound => (S::NOT_FOUND, "coupon_not_found"),
+            CouponError::AlreadyExists => (S::CONFLICT, "coupon_exists"),
+            CouponError::Invalid { .. } => (S::UNPROCESSABLE_ENTITY, "validation_failed"),
+            CouponError::Inactive => (S::UNPROCESSABLE_ENTITY, "coupon_inactive"),
+            CouponError::Expired => (S::UNPROCESSABLE_ENTITY, "coupon_expired"),
+            CouponError::UsageLimitReached => (S::CONFLICT, "coupon_usage_limit_reached"),
+            CouponError::PerUserLimitReached => (S::CONFLICT, "coupon_per_user_limit_reached"),
+            CouponError::MinimumNotMet { .. } => (S::UNPROCESSABLE_ENTITY, "coupon_minimum_not_met"),
+            CouponError::CurrencyMismatch(_) => (S::UNPROCESSABLE_ENTITY, "coupon_currency_mismatch"),
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+impl<E: Into<ApiError>> From<crate::actors::EntityError<E>> for ApiError {
+    fn from(e: crate::actors::EntityError<E>) -> Self {
+        match e {
+            crate::actors::EntityError::Rejected(e) => e.into(),
+            crate::actors::EntityError::Unavailable(why) => ApiError::unavailable(why),
+        }
+    }
+}
+
+impl From<OrderError> for ApiError {
+    fn from(e: OrderError) -> Self {
+        let (status, code) = match &e {
+            OrderError::NotFound => (StatusCode::NOT_FOUND, "order_not_found"),
+            OrderError::Empty => (StatusCode::UNPROCESSABLE_ENTITY, "cart_empty"),
+            OrderError::InvalidTransition { .. } => (StatusCode::CONFLICT, "invalid_transition"),
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+impl From<CheckoutError> for ApiError {
+    fn from(e: CheckoutError) -> Self {
+        use StatusCode as S;
+        let (status, code) = match e {
+            CheckoutError::Coupon(c) => return c.into(),
+            CheckoutError::Address(u) => return u.into(),
+            CheckoutError::Order(o) => return o.into(),
+            CheckoutError::Unavailable(why) => return ApiError::unavailable(why),
+            CheckoutError::CartEmpty => (S::UNPROCESSABLE_ENTITY, "cart_empty"),
+            CheckoutError::ProductUnavailable(_) => (S::CONFLICT, "product_unavailable"),
+            CheckoutError::InsufficientStock { .. } => (S::CONFLICT, "insufficient_stock"),
+            CheckoutError::InvalidPaymentMethod => (S::UNPROCESSABLE_ENTITY, "invalid_payment_method"),
+            CheckoutError::InvalidIdempotencyKey => (S::BAD_REQUEST, "invalid_idempotency_key"),
+            CheckoutError::OrderNotFound => (S::NOT_FOUND, "order_not_found"),
         };
         ApiError::new(status, code, e.to_string())
     }

@@ -10,9 +10,13 @@ use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{de::DeserializeOwned, Serialize};
 
 use super::{
-    CatalogStore, Commit, EventRecord, EventStore, History, OutboxEntry, Page, ProductQuery, ReadModel, RefreshToken,
-    RefreshUse, RevocationStore, Snapshot, StoreError, UserStore,
+    page_of, CatalogStore, Commit, Email, EventRecord, EventStore, History, Notification, NotificationStore,
+    OrderQuery, OutboxEntry, Page, ProductQuery, ReadModel, RefreshToken, RefreshUse, RevocationStore, SalesStore,
+    Snapshot, StoreError, UserStore,
 };
+use crate::domain::coupon::Coupon;
+use crate::domain::order::Order;
+use crate::domain::payment::{Payment, PaymentStatus};
 use crate::domain::product::Product;
 use crate::domain::user::User;
 use crate::domain::Timestamp;
@@ -28,8 +32,18 @@ const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 const USER_EMAILS: TableDefinition<&str, &str> = TableDefinition::new("user_emails");
 const REFRESH: TableDefinition<&str, &[u8]> = TableDefinition::new("refresh_tokens");
 const REVOKED: TableDefinition<&str, i64> = TableDefinition::new("revocations");
+const ORDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("orders");
+const PAYMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("payments");
+const COUPONS: TableDefinition<&str, &[u8]> = TableDefinition::new("coupons");
+const NOTIFICATIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("notifications");
+/// `{event id}|{user id}` -> notification id, so a replayed event is recognised.
+const NOTIFICATION_KEYS: TableDefinition<&str, u64> = TableDefinition::new("notification_keys");
+const EMAILS: TableDefinition<u64, &[u8]> = TableDefinition::new("emails");
+const EMAIL_KEYS: TableDefinition<&str, u64> = TableDefinition::new("email_keys");
 
 const OUTBOX_NEXT: &str = "outbox_next";
+const NOTIFICATION_NEXT: &str = "notification_next";
+const EMAIL_NEXT: &str = "email_next";
 
 type JsonTable = TableDefinition<'static, &'static str, &'static [u8]>;
 
@@ -70,6 +84,17 @@ fn read_all<T: DeserializeOwned>(db: &Database, table: JsonTable) -> Result<Vec<
     Ok(all)
 }
 
+/// Every JSON document of a table keyed by sequence number, in key order.
+fn read_all_u64<T: DeserializeOwned>(db: &Database, table: TableDefinition<u64, &[u8]>) -> Result<Vec<T>, StoreError> {
+    let txn = db.begin_read().map_err(db_err)?;
+    let table = txn.open_table(table).map_err(db_err)?;
+    let mut all = Vec::new();
+    for row in table.iter().map_err(db_err)? {
+        all.push(decode(row.map_err(db_err)?.1.value())?);
+    }
+    Ok(all)
+}
+
 impl EmbeddedStore {
     /// Opens (creating if needed) `commercex.redb` in `data_dir`. Fails if another process has it open.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
@@ -89,6 +114,13 @@ impl EmbeddedStore {
             txn.open_table(USER_EMAILS).map_err(db_err)?;
             txn.open_table(REFRESH).map_err(db_err)?;
             txn.open_table(REVOKED).map_err(db_err)?;
+            for table in [ORDERS, PAYMENTS, COUPONS] {
+                txn.open_table(table).map_err(db_err)?;
+            }
+            txn.open_table(NOTIFICATIONS).map_err(db_err)?;
+            txn.open_table(NOTIFICATION_KEYS).map_err(db_err)?;
+            txn.open_table(EMAILS).map_err(db_err)?;
+            txn.open_table(EMAIL_KEYS).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
         Ok(Self { db: Arc::new(db) })
@@ -141,12 +173,15 @@ fn commit_blocking(db: &Database, commit: Commit) -> Result<(), StoreError> {
             let mut snapshots = txn.open_table(SNAPSHOTS).map_err(db_err)?;
             snapshots.insert(commit.stream.as_str(), encode(snapshot)?.as_slice()).map_err(db_err)?;
         }
-        match &commit.read_model {
-            Some(ReadModel::Product(p)) => {
-                let mut products = txn.open_table(PRODUCTS).map_err(db_err)?;
-                products.insert(p.id.as_str(), encode(p)?.as_slice()).map_err(db_err)?;
-            }
-            None => {}
+        let document = match &commit.read_model {
+            Some(ReadModel::Product(p)) => Some((PRODUCTS, p.id.as_str(), encode(p)?)),
+            Some(ReadModel::Order(o)) => Some((ORDERS, o.id.as_str(), encode(o)?)),
+            Some(ReadModel::Payment(p)) => Some((PAYMENTS, p.id.as_str(), encode(p)?)),
+            Some(ReadModel::Coupon(c)) => Some((COUPONS, c.code.as_str(), encode(c)?)),
+            None => None,
+        };
+        if let Some((table, key, bytes)) = document {
+            txn.open_table(table).map_err(db_err)?.insert(key, bytes.as_slice()).map_err(db_err)?;
         }
     }
     txn.commit().map_err(db_err)
@@ -316,10 +351,7 @@ impl UserStore for EmbeddedStore {
         self.run(move |db| {
             let mut all: Vec<User> = read_all(db, USERS)?;
             all.sort_by(|a, b| a.created_at.cmp(&b.created_at).then_with(|| a.id.cmp(&b.id)));
-            let total = all.len() as u64;
-            let start = (page.saturating_sub(1) as usize).saturating_mul(limit as usize);
-            let items = all.into_iter().skip(start).take(limit as usize).collect();
-            Ok(Page { items, page, limit, total })
+            Ok(page_of(all, page, limit))
         })
         .await
     }
@@ -360,6 +392,184 @@ impl UserStore for EmbeddedStore {
             };
             txn.commit().map_err(db_err)?;
             Ok(outcome)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl SalesStore for EmbeddedStore {
+    async fn order(&self, id: &str) -> Result<Option<Order>, StoreError> {
+        let id = id.to_string();
+        self.run(move |db| read_doc(db, ORDERS, &id)).await
+    }
+
+    async fn list_orders(&self, query: &OrderQuery) -> Result<Page<Order>, StoreError> {
+        let q = query.clone();
+        self.run(move |db| {
+            let mut orders: Vec<Order> = read_all(db, ORDERS)?;
+            orders.retain(|o| {
+                q.user_id.as_ref().is_none_or(|u| &o.user_id == u) && q.status.is_none_or(|s| o.status == s)
+            });
+            orders.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| b.id.cmp(&a.id)));
+            Ok(page_of(orders, q.page, q.limit))
+        })
+        .await
+    }
+
+    async fn payments_for_order(&self, order_id: &str) -> Result<Vec<Payment>, StoreError> {
+        let order_id = order_id.to_string();
+        self.run(move |db| {
+            let mut payments: Vec<Payment> = read_all(db, PAYMENTS)?;
+            payments.retain(|p| p.order_id == order_id);
+            Ok(payments)
+        })
+        .await
+    }
+
+    async fn list_payments(
+        &self,
+        status: Option<PaymentStatus>,
+        page: u32,
+        limit: u32,
+    ) -> Result<Page<Payment>, StoreError> {
+        self.run(move |db| {
+            let mut payments: Vec<Payment> = read_all(db, PAYMENTS)?;
+            payments.retain(|p| status.is_none_or(|s| p.status == s));
+            payments.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| b.id.cmp(&a.id)));
+            Ok(page_of(payments, page, limit))
+        })
+        .await
+    }
+
+    async fn coupon(&self, code: &str) -> Result<Option<Coupon>, StoreError> {
+        let code = code.to_string();
+        self.run(move |db| read_doc(db, COUPONS, &code)).await
+    }
+
+    async fn list_coupons(&self, page: u32, limit: u32) -> Result<Page<Coupon>, StoreError> {
+        self.run(move |db| Ok(page_of(read_all(db, COUPONS)?, page, limit))).await
+    }
+}
+
+/// Takes the next value of a counter inside a write transaction.
+fn next_id(txn: &redb::WriteTransaction, counter: &str) -> Result<u64, StoreError> {
+    let mut counters = txn.open_table(COUNTERS).map_err(db_err)?;
+    let id = counters.get(counter).map_err(db_err)?.map_or(1, |v| v.value());
+    counters.insert(counter, id + 1).map_err(db_err)?;
+    Ok(id)
+}
+
+#[async_trait]
+impl NotificationStore for EmbeddedStore {
+    async fn insert_notification(&self, mut n: Notification) -> Result<Option<Notification>, StoreError> {
+        self.run(move |db| {
+            let key = format!("{}|{}", n.event_id, n.user_id.as_deref().unwrap_or("*"));
+            let txn = db.begin_write().map_err(db_err)?;
+            {
+                let mut keys = txn.open_table(NOTIFICATION_KEYS).map_err(db_err)?;
+                if keys.get(key.as_str()).map_err(db_err)?.is_some() {
+                    return Ok(None);
+                }
+                n.id = next_id(&txn, NOTIFICATION_NEXT)?;
+                keys.insert(key.as_str(), n.id).map_err(db_err)?;
+                txn.open_table(NOTIFICATIONS).map_err(db_err)?.insert(n.id, encode(&n)?.as_slice()).map_err(db_err)?;
+            }
+            txn.commit().map_err(db_err)?;
+            Ok(Some(n))
+        })
+        .await
+    }
+
+    async fn list_notifications(
+        &self,
+        user_id: &str,
+        page: u32,
+        limit: u32,
+    ) -> Result<(Page<Notification>, u64), StoreError> {
+        let user_id = user_id.to_string();
+        self.run(move |db| {
+            let mut mine: Vec<Notification> = read_all_u64(db, NOTIFICATIONS)?;
+            mine.retain(|n| n.user_id.as_deref() == Some(user_id.as_str()));
+            let unread = mine.iter().filter(|n| !n.read).count() as u64;
+            mine.reverse();
+            Ok((page_of(mine, page, limit), unread))
+        })
+        .await
+    }
+
+    async fn mark_read(&self, user_id: &str, id: u64) -> Result<bool, StoreError> {
+        let user_id = user_id.to_string();
+        self.run(move |db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            let found = {
+                let mut table = txn.open_table(NOTIFICATIONS).map_err(db_err)?;
+                let current: Option<Notification> =
+                    table.get(id).map_err(db_err)?.map(|v| decode(v.value())).transpose()?;
+                match current {
+                    Some(mut n) if n.user_id.as_deref() == Some(user_id.as_str()) => {
+                        n.read = true;
+                        table.insert(id, encode(&n)?.as_slice()).map_err(db_err)?;
+                        true
+                    }
+                    _ => false,
+                }
+            };
+            txn.commit().map_err(db_err)?;
+            Ok(found)
+        })
+        .await
+    }
+
+    async fn notifications_after(
+        &self,
+        user_id: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Notification>, StoreError> {
+        let user_id = user_id.to_string();
+        self.run(move |db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let table = txn.open_table(NOTIFICATIONS).map_err(db_err)?;
+            let mut out = Vec::new();
+            for row in table.range(after.saturating_add(1)..).map_err(db_err)? {
+                let n: Notification = decode(row.map_err(db_err)?.1.value())?;
+                if n.user_id.is_none() || n.user_id.as_deref() == Some(user_id.as_str()) {
+                    out.push(n);
+                    if out.len() >= limit {
+                        break;
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn insert_email(&self, mut email: Email) -> Result<bool, StoreError> {
+        self.run(move |db| {
+            let key = format!("{}|{}", email.event_id, email.template);
+            let txn = db.begin_write().map_err(db_err)?;
+            {
+                let mut keys = txn.open_table(EMAIL_KEYS).map_err(db_err)?;
+                if keys.get(key.as_str()).map_err(db_err)?.is_some() {
+                    return Ok(false);
+                }
+                email.id = next_id(&txn, EMAIL_NEXT)?;
+                keys.insert(key.as_str(), email.id).map_err(db_err)?;
+                txn.open_table(EMAILS).map_err(db_err)?.insert(email.id, encode(&email)?.as_slice()).map_err(db_err)?;
+            }
+            txn.commit().map_err(db_err)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn list_emails(&self, page: u32, limit: u32) -> Result<Page<Email>, StoreError> {
+        self.run(move |db| {
+            let mut emails: Vec<Email> = read_all_u64(db, EMAILS)?;
+            emails.reverse();
+            Ok(page_of(emails, page, limit))
         })
         .await
     }

@@ -1,0 +1,130 @@
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::extract::{AdminUser, Json, Path, Query};
+use super::{page_and_limit, page_json, ApiError, AppState, Pagination};
+use crate::actors::EntityError;
+use crate::auth::double_option;
+use crate::domain::coupon::{self, Coupon, CouponCommand, CouponError, CouponTerms, Discount};
+use crate::domain::Timestamp;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/admin/coupons", get(list).post(create))
+        .route("/api/admin/coupons/{code}", get(show).patch(update))
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CouponView {
+    code: String,
+    discount: Discount,
+    min_order: Option<i64>,
+    expires_at: Option<Timestamp>,
+    usage_limit: Option<u32>,
+    per_user_limit: Option<u32>,
+    active: bool,
+    /// Uses currently counted (held by orders in progress or paid).
+    uses: usize,
+    created_at: Timestamp,
+    updated_at: Timestamp,
+}
+
+impl From<Coupon> for CouponView {
+    fn from(c: Coupon) -> Self {
+        Self {
+            uses: c.redemptions.len(),
+            code: c.code,
+            discount: c.discount,
+            min_order: c.min_order,
+            expires_at: c.expires_at,
+            usage_limit: c.usage_limit,
+            per_user_limit: c.per_user_limit,
+            active: c.active,
+            created_at: c.created_at,
+            updated_at: c.updated_at,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct CreateBody {
+    code: String,
+    discount: Discount,
+    min_order: Option<i64>,
+    expires_at: Option<Timestamp>,
+    usage_limit: Option<u32>,
+    per_user_limit: Option<u32>,
+}
+
+fn coupon_result(
+    r: Result<crate::domain::coupon::CouponState, EntityError<CouponError>>,
+) -> Result<CouponView, ApiError> {
+    r?.coupon.map(CouponView::from).ok_or_else(|| CouponError::NotFound.into())
+}
+
+async fn create(
+    State(state): State<AppState>,
+    _admin: AdminUser,
+    Json(b): Json<CreateBody>,
+) -> Result<Response, ApiError> {
+    let code = coupon::normalize_code(&b.code)?;
+    let terms = CouponTerms {
+        discount: b.discount,
+        min_order: b.min_order,
+        expires_at: b.expires_at,
+        usage_limit: b.usage_limit,
+        per_user_limit: b.per_user_limit,
+    };
+    let view = coupon_result(state.coupons.execute(&code, CouponCommand::Create(terms)).await)?;
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+async fn list(
+    State(state): State<AppState>,
+    _admin: AdminUser,
+    Query(q): Query<Pagination>,
+) -> Result<Json<Value>, ApiError> {
+    let (page, limit) = page_and_limit(q.page, q.limit)?;
+    Ok(Json(page_json(state.sales.list_coupons(page, limit).await?.map(CouponView::from))))
+}
+
+async fn show(
+    State(state): State<AppState>,
+    _admin: AdminUser,
+    Path(code): Path<String>,
+) -> Result<Json<CouponView>, ApiError> {
+    let code = coupon::normalize_code(&code)?;
+    let found = state.sales.coupon(&code).await?.ok_or(CouponError::NotFound)?;
+    Ok(Json(found.into()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct UpdateBody {
+    active: Option<bool>,
+    #[serde(default, deserialize_with = "double_option")]
+    usage_limit: Option<Option<u32>>,
+    #[serde(default, deserialize_with = "double_option")]
+    expires_at: Option<Option<Timestamp>>,
+}
+
+async fn update(
+    State(state): State<AppState>,
+    _admin: AdminUser,
+    Path(code): Path<String>,
+    Json(b): Json<UpdateBody>,
+) -> Result<Json<CouponView>, ApiError> {
+    let code = coupon::normalize_code(&code)?;
+    if state.sales.coupon(&code).await?.is_none() {
+        return Err(CouponError::NotFound.into());
+    }
+    let cmd = CouponCommand::Update { active: b.active, usage_limit: b.usage_limit, expires_at: b.expires_at };
+    Ok(Json(coupon_result(state.coupons.execute(&code, cmd).await)?))
+}

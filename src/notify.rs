@@ -1,0 +1,253 @@
+//! Notifications and transactional emails, derived from committed events. The outbox relay hands every event to
+//! the [`Notifier`] before acknowledging it; notifications are stored (deduplicated by event id), then pushed live
+//! to connected WebSocket clients through the [`NotificationHub`]. Emails are rendered from templates and handed to
+//! a [`MailSender`]; the default sender records them in the store.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::json;
+use tokio::sync::broadcast;
+
+use crate::bridge::EventSink;
+use crate::domain::order::{Order, OrderStatus};
+use crate::store::{Email, EventRecord, Notification, NotificationStore, SalesStore, StoreError, UserStore};
+
+/// Live feed of stored notifications for WebSocket sessions.
+#[derive(Clone)]
+pub struct NotificationHub {
+    sender: broadcast::Sender<Notification>,
+}
+
+impl NotificationHub {
+    pub fn new(capacity: usize) -> Self {
+        Self { sender: broadcast::channel(capacity).0 }
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Notification> {
+        self.sender.subscribe()
+    }
+
+    fn publish(&self, n: Notification) {
+        let _ = self.sender.send(n);
+    }
+}
+
+#[async_trait]
+pub trait MailSender: Send + Sync {
+    async fn send(&self, email: Email) -> Result<(), StoreError>;
+}
+
+/// Records emails instead of sending them (admin `GET /api/admin/emails`); a repeat for the same event is dropped.
+pub struct RecordingMailer {
+    pub store: Arc<dyn NotificationStore>,
+}
+
+#[async_trait]
+impl MailSender for RecordingMailer {
+    async fn send(&self, email: Email) -> Result<(), StoreError> {
+        self.store.insert_email(email).await.map(drop)
+    }
+}
+
+/// `{{name}}` placeholders filled from `values`.
+pub fn render(template: &str, values: &[(&str, String)]) -> String {
+    values.iter().fold(template.to_string(), |text, (k, v)| text.replace(&format!("{{{{{k}}}}}"), v))
+}
+
+/// Amount in minor units as `12.34 USD`.
+pub fn money(amount: i64, currency: &str) -> String {
+    format!("{}{}.{:02} {currency}", if amount < 0 { "-" } else { "" }, amount.abs() / 100, amount.abs() % 100)
+}
+
+struct Template {
+    name: &'static str,
+    subject: &'static str,
+    body: &'static str,
+}
+
+const ORDER_CONFIRMATION: Template = Template {
+    name: "order_confirmation",
+    subject: "Your order {{order}} is confirmed",
+    body: "Hi {{name}},\n\nthank you for your order {{order}}. We received your payment of {{total}}.\n\n{{lines}}\n\nWe will let you know when it ships.\n",
+};
+const PAYMENT_FAILED: Template = Template {
+    name: "payment_failed",
+    subject: "Payment for order {{order}} failed",
+    body: "Hi {{name}},\n\nwe could not take payment of {{total}} for order {{order}}: {{reason}}.\nNothing was charged and the items went back on sale.\n",
+};
+const ORDER_SHIPPED: Template = Template {
+    name: "order_shipped",
+    subject: "Your order {{order}} is on its way",
+    body: "Hi {{name}},\n\nyour order {{order}} has shipped.\n\n{{lines}}\n",
+};
+const ORDER_REFUNDED: Template = Template {
+    name: "order_refunded",
+    subject: "Your refund for order {{order}}",
+    body: "Hi {{name}},\n\nwe refunded {{total}} for your cancelled order {{order}}.\n",
+};
+
+pub struct Notifier {
+    pub notifications: Arc<dyn NotificationStore>,
+    pub sales: Arc<dyn SalesStore>,
+    pub users: Arc<dyn UserStore>,
+    pub mailer: Arc<dyn MailSender>,
+    pub hub: NotificationHub,
+}
+
+fn entity_id(event: &EventRecord) -> &str {
+    event.stream.split_once(':').map_or("", |(_, id)| id)
+}
+
+impl Notifier {
+    async fn notify(
+        &self,
+        event: &EventRecord,
+        user_id: Option<&str>,
+        title: String,
+        body: String,
+        data: serde_json::Value,
+    ) -> Result<(), String> {
+        let n = Notification {
+            id: 0,
+            user_id: user_id.map(str::to_string),
+            kind: event.event_type.clone(),
+            title,
+            body,
+            data,
+            event_id: event.id.clone(),
+            read: false,
+            created_at: event.recorded_at,
+        };
+        if let Some(stored) = self.notifications.insert_notification(n).await.map_err(|e| e.to_string())? {
+            self.hub.publish(stored);
+        }
+        Ok(())
+    }
+
+    async fn email(
+        &self,
+        event: &EventRecord,
+        order: &Order,
+        template: &Template,
+        reason: Option<&str>,
+    ) -> Result<(), String> {
+        let Some(user) = self.users.user(&order.user_id).await.map_err(|e| e.to_string())? else { return Ok(()) };
+        let lines: Vec<String> = order
+            .lines
+            .iter()
+            .map(|l| format!("  {} x {}  {}", l.quantity, l.title, money(l.line_total, &order.currency)))
+            .collect();
+        let values = [
+            ("name", user.name.clone()),
+            ("order", order.id.clone()),
+            ("total", money(order.total, &order.currency)),
+            ("lines", lines.join("\n")),
+            ("reason", reason.unwrap_or("unknown reason").to_string()),
+        ];
+        let email = Email {
+            id: 0,
+            to: user.email,
+            template: template.name.to_string(),
+            subject: render(template.subject, &values),
+            body: render(template.body, &values),
+            event_id: event.id.clone(),
+            created_at: event.recorded_at,
+        };
+        self.mailer.send(email).await.map_err(|e| e.to_string())
+    }
+
+    async fn order_status(&self, event: &EventRecord, status: OrderStatus, reason: Option<&str>) -> Result<(), String> {
+        let Some(order) = self.sales.order(entity_id(event)).await.map_err(|e| e.to_string())? else { return Ok(()) };
+        let label = status.as_str().replace('_', " ");
+        let body = match reason {
+            Some(r) => format!("Order {} is now {label}: {r}.", order.id),
+            None => format!("Order {} is now {label}.", order.id),
+        };
+        let data = json!({ "orderId": order.id, "status": status, "reason": reason, "total": order.total, "currency": order.currency });
+        self.notify(event, Some(&order.user_id), format!("Order {label}"), body, data).await?;
+        let template = match status {
+            OrderStatus::Paid => Some(&ORDER_CONFIRMATION),
+            OrderStatus::PaymentFailed => Some(&PAYMENT_FAILED),
+            OrderStatus::Shipped => Some(&ORDER_SHIPPED),
+            OrderStatus::Refunded => Some(&ORDER_REFUNDED),
+            _ => None,
+        };
+        match template {
+            Some(t) => self.email(event, &order, t, reason).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn payment(&self, event: &EventRecord) -> Result<(), String> {
+        let order_id = entity_id(event).strip_prefix("pay-").unwrap_or_default();
+        let payments = self.sales.payments_for_order(order_id).await.map_err(|e| e.to_string())?;
+        let Some(p) = payments.into_iter().next() else { return Ok(()) };
+        let (title, body) = match event.event_type.as_str() {
+            "payment.captured" => {
+                ("Payment received", format!("We received {} for order {}.", money(p.amount, &p.currency), p.order_id))
+            }
+            "payment.failed" => (
+                "Payment failed",
+                format!(
+                    "Payment for order {} failed: {}.",
+                    p.order_id,
+                    event.payload["reason"].as_str().unwrap_or("declined")
+                ),
+            ),
+            _ => {
+                ("Payment refunded", format!("We refunded {} for order {}.", money(p.amount, &p.currency), p.order_id))
+            }
+        };
+        let data = json!({ "paymentId": p.id, "orderId": p.order_id, "amount": p.amount, "currency": p.currency,
+            "outcome": event.event_type.trim_start_matches("payment."), "reason": event.payload.get("reason") });
+        self.notify(event, Some(&p.user_id), title.to_string(), body, data).await
+    }
+}
+
+#[async_trait]
+impl EventSink for Notifier {
+    async fn handle(&self, event: &EventRecord) -> Result<(), String> {
+        match event.event_type.as_str() {
+            "order.placed" => self.order_status(event, OrderStatus::Pending, None).await,
+            "order.status_changed" => {
+                let status: OrderStatus =
+                    serde_json::from_value(event.payload["to"].clone()).map_err(|e| e.to_string())?;
+                self.order_status(event, status, event.payload["reason"].as_str()).await
+            }
+            "payment.captured" | "payment.failed" | "payment.refunded" => self.payment(event).await,
+            "product.created" => {
+                let p = &event.payload["product"];
+                let title = p["title"].as_str().unwrap_or("a new product");
+                let data =
+                    json!({ "productId": p["id"], "title": title, "price": p["price"], "currency": p["currency"] });
+                self.notify(event, None, "New product".into(), format!("New in the catalog: {title}."), data).await
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_render_every_placeholder() {
+        let values = [("name", "Ada".to_string()), ("order", "ord_1".to_string()), ("total", money(12345, "USD"))];
+        let text = render("Hi {{name}}, {{order}} cost {{total}}.", &values);
+        assert_eq!(text, "Hi Ada, ord_1 cost 123.45 USD.");
+        for t in [ORDER_CONFIRMATION, PAYMENT_FAILED, ORDER_SHIPPED, ORDER_REFUNDED] {
+            let all = [
+                ("name", "n".to_string()),
+                ("order", "o".to_string()),
+                ("total", "t".to_string()),
+                ("lines", "l".to_string()),
+                ("reason", "r".to_string()),
+            ];
+            assert!(!render(t.body, &all).contains("{{"), "{}", t.name);
+            assert!(!render(t.subject, &all).contains("{{"), "{}", t.name);
+        }
+        assert_eq!(money(5, "EUR"), "0.05 EUR");
+    }
+}

@@ -1,0 +1,365 @@
+//! Checkout and orders: snapshots the cart at current catalog prices into an order actor, which then drives the
+//! saga through [`OrderSaga`]: reserve every line, redeem the coupon, take payment, commit the stock, clear the
+//! cart; or compensate. Reads come from the orders read model.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sha2::{Digest, Sha256};
+
+use crate::actors::{Effects, Entity, EntityError, EntityRouter};
+use crate::carts::Carts;
+use crate::catalog::Catalog;
+use crate::clock::Clock;
+use crate::domain::cart::{Cart, CartCommand};
+use crate::domain::coupon::{self, CouponCommand, CouponError, CouponState};
+use crate::domain::order::{NewOrder, Order, OrderCommand, OrderEffect, OrderError, OrderLine, OrderState};
+use crate::domain::payment::{PaymentCommand, PaymentError, PaymentState, PaymentStatus};
+use crate::domain::product::{ProductCommand, ProductState};
+use crate::domain::user::{self, Address, User};
+use crate::store::{OrderQuery, Page, ReadModel, SalesStore, StoreError};
+
+impl Entity for OrderState {
+    type Effect = OrderEffect;
+
+    fn read_model(&self) -> Option<ReadModel> {
+        self.order.clone().map(|o| ReadModel::Order(Box::new(o)))
+    }
+
+    fn next_effect(&self) -> Option<OrderEffect> {
+        self.order.as_ref().and_then(Order::next_step)
+    }
+}
+
+impl Entity for CouponState {
+    type Effect = std::convert::Infallible;
+
+    fn read_model(&self) -> Option<ReadModel> {
+        self.coupon.clone().map(ReadModel::Coupon)
+    }
+}
+
+/// Runs the order saga's steps against the other entities. Every call is keyed by the order id, so running a step
+/// again (after a crash, a timeout or a restart) has no further effect.
+pub struct OrderSaga {
+    pub products: EntityRouter<ProductState>,
+    pub carts: EntityRouter<Cart>,
+    pub payments: EntityRouter<PaymentState>,
+    pub coupons: EntityRouter<CouponState>,
+    /// How long a charge step waits for its payment to be decided before trying again.
+    pub payment_wait: Duration,
+}
+
+fn unavailable<E>(e: EntityError<E>) -> String
+where
+    E: std::fmt::Display,
+{
+    e.to_string()
+}
+
+#[async_trait]
+impl Effects<OrderState> for OrderSaga {
+    async fn run(&self, order_id: &str, effect: OrderEffect) -> Result<OrderCommand, String> {
+        let oid = order_id.to_string();
+        match effect {
+            OrderEffect::Reserve { lines, expires_at } => {
+                let mut reserved = Vec::new();
+                for (product_id, quantity) in lines {
+                    let cmd = ProductCommand::Reserve { order_id: oid.clone(), quantity, expires_at };
+                    match self.products.execute(&product_id, cmd).await {
+                        Ok(_) => reserved.push(product_id),
+                        Err(EntityError::Rejected(e)) => {
+                            return Ok(OrderCommand::ReservationRefused { reserved, product_id, reason: e.to_string() })
+                        }
+                        // Keep what was reserved; the next attempt continues with the rest.
+                        Err(e) if reserved.is_empty() => return Err(unavailable(e)),
+                        Err(_) => break,
+                    }
+                }
+                Ok(OrderCommand::Reserved { product_ids: reserved })
+            }
+            OrderEffect::RedeemCoupon { code, user_id, subtotal, currency } => {
+                let cmd = CouponCommand::Redeem { order_id: oid, user_id, subtotal, currency };
+                match self.coupons.execute(&code, cmd).await {
+                    Ok(_) => Ok(OrderCommand::CouponRedeemed),
+                    Err(EntityError::Rejected(e)) => Ok(OrderCommand::CouponRefused { reason: e.to_string() }),
+                    Err(e) => Err(unavailable(e)),
+                }
+            }
+            OrderEffect::Charge { payment_id, user_id, amount, currency, method } => {
+                if amount == 0 {
+                    return Ok(OrderCommand::PaymentCaptured);
+                }
+                let cmd = PaymentCommand::Request { order_id: oid, user_id, amount, currency, method };
+                match self.payments.execute(&payment_id, cmd).await {
+                    Ok(_) => {}
+                    Err(EntityError::Rejected(e)) => return Ok(OrderCommand::PaymentFailed { reason: e.to_string() }),
+                    Err(e) => return Err(unavailable(e)),
+                }
+                let payment = self.payments.settled(&payment_id, self.payment_wait).await.map_err(unavailable)?;
+                let payment = payment.payment.ok_or("payment vanished")?;
+                match payment.status {
+                    PaymentStatus::Captured | PaymentStatus::Refunded => Ok(OrderCommand::PaymentCaptured),
+                    PaymentStatus::Failed => Ok(OrderCommand::PaymentFailed {
+                        reason: payment.failure.unwrap_or_else(|| "payment failed".into()),
+                    }),
+                    PaymentStatus::Pending => Err("payment still pending".into()),
+                }
+            }
+            OrderEffect::CommitStock { product_ids } => {
+                let mut committed = Vec::new();
+                for product_id in product_ids {
+                    let cmd = ProductCommand::CommitReservation { order_id: oid.clone() };
+                    match self.products.execute(&product_id, cmd).await {
+                        Ok(_) => committed.push(product_id),
+                        Err(EntityError::Rejected(e)) => {
+                            return Ok(OrderCommand::CommitRefused { committed, product_id, reason: e.to_string() })
+                        }
+                        Err(e) if committed.is_empty() => return Err(unavailable(e)),
+                        Err(_) => break,
+                    }
+                }
+                Ok(OrderCommand::StockCommitted { product_ids: committed })
+            }
+            OrderEffect::ClearCart { user_id, product_ids } => {
+                let cmd = CartCommand::CheckOut { order_id: oid, product_ids };
+                self.carts.execute(&user_id, cmd).await.map_err(unavailable)?;
+                Ok(OrderCommand::CartCleared)
+            }
+            OrderEffect::Release { product_ids } => {
+                for product_id in product_ids {
+                    let cmd = ProductCommand::ReleaseReservation { order_id: oid.clone(), reason: "released".into() };
+                    self.products.execute(&product_id, cmd).await.map_err(unavailable)?;
+                }
+                Ok(OrderCommand::Released)
+            }
+            OrderEffect::Restock { product_ids } => {
+                for product_id in product_ids {
+                    let cmd = ProductCommand::Restock { order_id: oid.clone() };
+                    self.products.execute(&product_id, cmd).await.map_err(unavailable)?;
+                }
+                Ok(OrderCommand::Restocked)
+            }
+            OrderEffect::ReturnCoupon { code } => {
+                match self.coupons.execute(&code, CouponCommand::Return { order_id: oid }).await {
+                    Ok(_) | Err(EntityError::Rejected(CouponError::NotFound)) => Ok(OrderCommand::CouponReturned),
+                    Err(e) => Err(unavailable(e)),
+                }
+            }
+            OrderEffect::Refund { payment_id } => {
+                match self.payments.execute(&payment_id, PaymentCommand::RequestRefund).await {
+                    Ok(_) => {}
+                    // The order failed before any payment was requested.
+                    Err(EntityError::Rejected(PaymentError::NotFound)) => {
+                        return Ok(OrderCommand::RefundSettled { refunded: false })
+                    }
+                    Err(e) => return Err(unavailable(e)),
+                }
+                let payment = self.payments.settled(&payment_id, self.payment_wait).await.map_err(unavailable)?;
+                match payment.payment.map(|p| p.status) {
+                    Some(PaymentStatus::Refunded) => Ok(OrderCommand::RefundSettled { refunded: true }),
+                    Some(PaymentStatus::Failed) | None => Ok(OrderCommand::RefundSettled { refunded: false }),
+                    Some(_) => Err("refund still pending".into()),
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckoutError {
+    #[error("the cart is empty")]
+    CartEmpty,
+    #[error("product {0} is no longer available")]
+    ProductUnavailable(String),
+    #[error("only {available} of product {product_id} in stock")]
+    InsufficientStock { product_id: String, available: i64 },
+    #[error(transparent)]
+    Coupon(#[from] CouponError),
+    #[error("`paymentMethod` must be a payment method token such as pm_card_visa")]
+    InvalidPaymentMethod,
+    #[error("`Idempotency-Key` must be 1 to 255 visible ASCII characters")]
+    InvalidIdempotencyKey,
+    #[error(transparent)]
+    Address(#[from] user::UserError),
+    #[error("order not found")]
+    OrderNotFound,
+    #[error(transparent)]
+    Order(#[from] OrderError),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl From<StoreError> for CheckoutError {
+    fn from(e: StoreError) -> Self {
+        Self::Unavailable(e.to_string())
+    }
+}
+
+impl<E: std::fmt::Display> From<EntityError<E>> for CheckoutError {
+    fn from(e: EntityError<E>) -> Self {
+        Self::Unavailable(e.to_string())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CheckoutRequest {
+    pub payment_method: String,
+    pub coupon_code: Option<String>,
+    pub shipping_address: Option<Address>,
+}
+
+#[derive(Clone)]
+pub struct Orders {
+    orders: EntityRouter<OrderState>,
+    coupons: EntityRouter<CouponState>,
+    carts: Carts,
+    catalog: Catalog,
+    store: std::sync::Arc<dyn SalesStore>,
+    clock: Clock,
+    reservation_ttl: chrono::Duration,
+}
+
+/// The same user and idempotency key always name the same order.
+pub fn order_id_for(user_id: &str, idempotency_key: &str) -> String {
+    let digest = Sha256::digest(format!("{user_id}\n{idempotency_key}").as_bytes());
+    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    format!("ord_{hex}")
+}
+
+fn check_payment_method(method: &str) -> Result<(), CheckoutError> {
+    let ok = (method.starts_with("pm_") || method.starts_with("tok_"))
+        && (4..=64).contains(&method.len())
+        && method.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(CheckoutError::InvalidPaymentMethod)
+    }
+}
+
+impl Orders {
+    pub fn new(
+        orders: EntityRouter<OrderState>,
+        coupons: EntityRouter<CouponState>,
+        carts: Carts,
+        catalog: Catalog,
+        store: std::sync::Arc<dyn SalesStore>,
+        clock: Clock,
+        reservation_ttl: Duration,
+    ) -> Self {
+        let reservation_ttl = chrono::Duration::from_std(reservation_ttl).unwrap_or(chrono::Duration::minutes(15));
+        Self { orders, coupons, carts, catalog, store, clock, reservation_ttl }
+    }
+
+    pub fn router(&self) -> &EntityRouter<OrderState> {
+        &self.orders
+    }
+
+    /// Places the order for the user's cart, or returns the order this idempotency key already placed.
+    pub async fn checkout(
+        &self,
+        user: &User,
+        idempotency_key: &str,
+        request: CheckoutRequest,
+    ) -> Result<Order, CheckoutError> {
+        let key_ok =
+            (1..=255).contains(&idempotency_key.len()) && idempotency_key.chars().all(|c| c.is_ascii_graphic());
+        if !key_ok {
+            return Err(CheckoutError::InvalidIdempotencyKey);
+        }
+        let order_id = order_id_for(&user.id, idempotency_key);
+        if let Some(existing) = self.orders.get(&order_id).await?.order {
+            return Ok(existing);
+        }
+        check_payment_method(&request.payment_method)?;
+        let shipping_address = match &request.shipping_address {
+            Some(a) => Some(user::check_address(a)?),
+            None => user.address.clone(),
+        };
+        let cart = self.carts.router().get(&user.id).await?;
+        if cart.lines.is_empty() {
+            return Err(CheckoutError::CartEmpty);
+        }
+        let mut lines = Vec::with_capacity(cart.lines.len());
+        for line in &cart.lines {
+            let product = match self.catalog.get(&line.product_id).await {
+                Ok(p) => p,
+                Err(EntityError::Rejected(_)) => {
+                    return Err(CheckoutError::ProductUnavailable(line.product_id.clone()))
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if product.available() < i64::from(line.quantity) {
+                let available = product.available();
+                return Err(CheckoutError::InsufficientStock { product_id: product.id, available });
+            }
+            lines.push(OrderLine {
+                product_id: product.id,
+                title: product.title,
+                unit_price: product.price,
+                quantity: line.quantity,
+                line_total: product.price * i64::from(line.quantity),
+            });
+        }
+        let currency = cart.currency.clone().unwrap_or_else(|| "USD".into());
+        let subtotal: i64 = lines.iter().map(|l| l.line_total).sum();
+        let now = self.clock.now();
+        let (coupon_code, discount) = match &request.coupon_code {
+            Some(raw) => {
+                let code = coupon::normalize_code(raw)?;
+                let state = self.coupons.get(&code).await?;
+                let coupon = state.coupon.ok_or(CouponError::NotFound)?;
+                let discount = coupon.discount_for(&order_id, &user.id, subtotal, &currency, now)?;
+                (Some(code), discount)
+            }
+            None => (None, 0),
+        };
+        let new = NewOrder {
+            user_id: user.id.clone(),
+            lines,
+            currency,
+            discount,
+            coupon_code,
+            payment_method: request.payment_method,
+            shipping_address,
+            reservation_expires_at: now + self.reservation_ttl,
+        };
+        let state = self.orders.execute(&order_id, OrderCommand::Place(new)).await.map_err(|e| match e {
+            EntityError::Rejected(e) => CheckoutError::Order(e),
+            EntityError::Unavailable(e) => CheckoutError::Unavailable(e),
+        })?;
+        let order = state.order.ok_or(CheckoutError::OrderNotFound)?;
+        tracing::info!(order_id = %order.id, user_id = %user.id, total = order.total, "order placed");
+        Ok(order)
+    }
+
+    /// An order of this user (someone else's order is "not found").
+    pub async fn get_for(&self, user_id: &str, order_id: &str) -> Result<Order, CheckoutError> {
+        match self.store.order(order_id).await? {
+            Some(o) if o.user_id == user_id => Ok(o),
+            _ => Err(CheckoutError::OrderNotFound),
+        }
+    }
+
+    pub async fn list(&self, query: &OrderQuery) -> Result<Page<Order>, CheckoutError> {
+        Ok(self.store.list_orders(query).await?)
+    }
+
+    pub async fn cancel(&self, user_id: &str, order_id: &str) -> Result<Order, CheckoutError> {
+        self.get_for(user_id, order_id).await?;
+        self.command(order_id, OrderCommand::Cancel { reason: "cancelled by the customer".into() }).await
+    }
+
+    /// Admin commands: `Ship` or `Deliver`.
+    pub async fn command(&self, order_id: &str, command: OrderCommand) -> Result<Order, CheckoutError> {
+        if self.store.order(order_id).await?.is_none() {
+            return Err(CheckoutError::OrderNotFound);
+        }
+        let state = self.orders.execute(order_id, command).await.map_err(|e| match e {
+            EntityError::Rejected(e) => CheckoutError::Order(e),
+            EntityError::Unavailable(e) => CheckoutError::Unavailable(e),
+        })?;
+        state.order.ok_or(CheckoutError::OrderNotFound)
+    }
+}
