@@ -6,6 +6,7 @@ use std::time::Duration;
 use commercex::app::Application;
 use commercex::config::Config;
 use commercex::http::AppState;
+use commercex::payments::SimulatedProvider;
 use serde_json::{json, Value};
 use tempfile::TempDir;
 use tokio::sync::oneshot;
@@ -21,6 +22,8 @@ pub struct TestApp {
     pub state: AppState,
     pub dir: Arc<TempDir>,
     pub bus: Arc<dyn commercex::bridge::EventBus>,
+    /// The payment provider's books: what was really charged and refunded.
+    pub provider: Arc<SimulatedProvider>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -68,10 +71,19 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
 }
 
 pub async fn spawn_app_in(dir: Arc<TempDir>, tweak: impl FnOnce(&mut Config)) -> TestApp {
+    spawn_app_with_provider(dir, Arc::new(SimulatedProvider::new(Duration::from_millis(5))), tweak).await
+}
+
+/// Starts the app with a given provider, so a restarted app talks to the same (external) payment provider.
+pub async fn spawn_app_with_provider(
+    dir: Arc<TempDir>,
+    provider: Arc<SimulatedProvider>,
+    tweak: impl FnOnce(&mut Config),
+) -> TestApp {
     let mut config = test_config(dir.path());
     tweak(&mut config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let app = Application::with_listener(config, listener).await.expect("app builds");
+    let app = Application::with_provider(config, listener, provider.clone()).await.expect("app builds");
     let addr = app.local_addr().unwrap();
     let state = app.state().clone();
     let bus = app.bus();
@@ -85,6 +97,7 @@ pub async fn spawn_app_in(dir: Arc<TempDir>, tweak: impl FnOnce(&mut Config)) ->
         state,
         dir,
         bus,
+        provider,
         shutdown: Some(tx),
         server: Some(server),
     }
@@ -165,6 +178,41 @@ impl TestApp {
         let r = self.post("/api/products", Some(admin), body).await;
         assert_eq!(r.status, 201, "create product: {:?}", r.body);
         r.body
+    }
+}
+
+impl TestApp {
+    pub async fn checkout(&self, token: &str, key: &str, body: Value) -> Resp {
+        let res = self
+            .client
+            .post(format!("{}/api/cart/checkout", self.base))
+            .bearer_auth(token)
+            .header("idempotency-key", key)
+            .json(&body)
+            .send()
+            .await
+            .expect("checkout sent");
+        let status = res.status().as_u16();
+        let headers = res.headers().clone();
+        let body = res.json().await.unwrap_or(Value::Null);
+        Resp { status, body, headers }
+    }
+
+    /// Polls the order until `done` holds for it (deadline 20 s).
+    pub async fn wait_order(&self, token: &str, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let start = tokio::time::Instant::now();
+        loop {
+            let r = self.get(&format!("/api/orders/{id}"), Some(token)).await;
+            if r.status == 200 && done(&r.body) {
+                return r.body;
+            }
+            assert!(start.elapsed() < Duration::from_secs(20), "order {id} never got there: {:?}", r.body);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn wait_status(&self, token: &str, id: &str, status: &str) -> Value {
+        self.wait_order(token, id, |o| o["status"] == status).await
     }
 }
 

@@ -3,6 +3,7 @@
 mod auth;
 mod cart;
 mod catalog;
+mod checkout;
 mod errors;
 mod helpers;
 mod resilience;
