@@ -280,7 +280,7 @@ pub enum OrderCommand {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", rename_all_fields = "camelCase")]
 pub enum OrderEvent {
-    Placed { order: Order },
+    Placed { order: Box<Order> },
     StatusChanged { from: OrderStatus, to: OrderStatus, reason: Option<String>, at: Timestamp },
     LinesReserved { product_ids: Vec<String>, at: Timestamp },
     CouponRedeemed { at: Timestamp },
@@ -344,7 +344,7 @@ fn transition_from(
     reason: Option<String>,
     now: Timestamp,
 ) -> Option<OrderEvent> {
-    (order.status == from).then(|| OrderEvent::StatusChanged { from, to, reason, at: now })
+    (order.status == from).then_some(OrderEvent::StatusChanged { from, to, reason, at: now })
 }
 
 impl Aggregate for OrderState {
@@ -382,7 +382,7 @@ impl Aggregate for OrderState {
                 created_at: now,
                 updated_at: now,
             };
-            return Ok(vec![OrderEvent::Placed { order }]);
+            return Ok(vec![OrderEvent::Placed { order: Box::new(order) }]);
         }
         let o = self.get()?;
         let p = &o.progress;
@@ -451,7 +451,7 @@ impl Aggregate for OrderState {
 
     fn apply(&mut self, event: &OrderEvent) {
         if let OrderEvent::Placed { order } = event {
-            self.order = Some(order.clone());
+            self.order = Some(order.as_ref().clone());
             return;
         }
         let Some(o) = &mut self.order else { return };

@@ -65,9 +65,14 @@ async fn upgrade(
     ws.on_upgrade(move |socket| session(socket, state, principal, params.after))
 }
 
+/// Closes with a code the client can read: sends the close frame, then waits briefly for the client's reply so the
+/// frame is not lost to a reset connection.
 async fn close(mut socket: WebSocket, code: u16, reason: &'static str) {
     let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
-    let _ = socket.send(Message::Close(Some(frame))).await;
+    if socket.send(Message::Close(Some(frame))).await.is_ok() {
+        let _ = tokio::time::timeout(Duration::from_secs(2), async { while let Some(Ok(_)) = socket.recv().await {} })
+            .await;
+    }
 }
 
 async fn send(socket: &mut WebSocket, value: serde_json::Value) -> bool {

@@ -29,7 +29,9 @@ async fn next_json(ws: &mut Socket, wait: Duration) -> Option<Value> {
                 return Some(json!({"type": "closed", "code": frame.map(|f| u16::from(f.code))}))
             }
             Ok(Some(Ok(_))) => continue,
-            _ => return None,
+            Ok(Some(Err(e))) => return Some(json!({"type": "error", "error": e.to_string()})),
+            Ok(None) => return Some(json!({"type": "ended"})),
+            Err(_) => return None,
         }
     }
 }
@@ -125,7 +127,9 @@ async fn checkout_pay_cancel_and_refund_end_to_end() {
     assert_eq!(app.post(&format!("/api/notifications/{first}/read"), Some(&bob.token), json!({})).await.status, 404);
 
     // Bob saw nothing of Alice's order, and cannot read it.
-    while let Some(msg) = next_json(&mut bob_ws, Duration::from_millis(300)).await {
+    while let Some(msg) =
+        next_json(&mut bob_ws, Duration::from_millis(300)).await.filter(|m| m["type"] == "notification")
+    {
         assert!(msg["notification"]["userId"].is_null() || msg["notification"]["userId"] == bob.id.as_str(), "{msg}");
     }
     assert_eq!(app.get(&format!("/api/orders/{order_id}"), Some(&bob.token)).await.status, 404);
@@ -243,9 +247,10 @@ async fn concurrent_checkouts_never_oversell() {
                 return None;
             }
             let id = r.body["id"].as_str().unwrap().to_string();
-            let o =
-                app.wait_order(&token, &id, |o| ["paid", "rejected"].contains(&o["status"].as_str().unwrap())).await;
-            Some(o["status"].as_str().unwrap().to_string())
+            app.wait_order(&token, &id, |o| ["paid", "rejected"].contains(&o["status"].as_str().unwrap())).await;
+            // Stock is committed in the step after payment: wait for the saga to finish.
+            let settled = app.state.orders.router().settled(&id, Duration::from_secs(10)).await.unwrap();
+            Some(settled.order.unwrap().status.as_str().to_string())
         });
     }
     let mut paid = 0;
@@ -377,7 +382,7 @@ async fn websocket_requires_auth_and_replays_what_was_missed() {
 
     // No credentials and no auth message: closed with 4401.
     let mut silent = connect(&app, None, "").await;
-    let closed = next_json(&mut silent, Duration::from_secs(5)).await.unwrap();
+    let closed = next_json(&mut silent, Duration::from_secs(5)).await.expect("no answer within 5 s");
     assert_eq!((closed["type"].as_str(), closed["code"].as_u64()), (Some("closed"), Some(4401)));
     // A wrong token in the auth message: closed too.
     let mut wrong = connect(&app, None, "").await;
@@ -406,7 +411,7 @@ async fn websocket_requires_auth_and_replays_what_was_missed() {
     let mut ws = connect(&app, Some(&user.token), &format!("?after={seen}")).await;
     assert_eq!(next_json(&mut ws, Duration::from_secs(5)).await.unwrap()["type"], "ready");
     let mut titles = Vec::new();
-    while let Some(msg) = next_json(&mut ws, Duration::from_millis(500)).await {
+    while let Some(msg) = next_json(&mut ws, Duration::from_millis(500)).await.filter(|m| m["type"] == "notification") {
         titles.push(msg["notification"]["data"]["title"].as_str().unwrap().to_string());
     }
     assert_eq!(titles, ["Second", "Third"]);

@@ -59,6 +59,11 @@ pub fn test_config(dir: &std::path::Path) -> Config {
     config.auth.argon2_iterations = 1;
     config.auth.bootstrap_admin =
         Some(commercex::config::BootstrapAdmin { email: ADMIN_EMAIL.into(), password: ADMIN_PASSWORD.into() });
+    // A fast simulated provider and short timeouts keep payment-failure paths quick.
+    config.payments.simulated_latency_ms = 5;
+    config.payments.timeout_ms = 300;
+    config.payments.max_attempts = 3;
+    config.notifications.ws_auth_timeout_ms = 500;
     config
 }
 

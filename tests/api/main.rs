@@ -7,3 +7,4 @@ mod checkout;
 mod errors;
 mod helpers;
 mod resilience;
+mod saga_faults;

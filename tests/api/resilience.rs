@@ -180,7 +180,16 @@ async fn killing_and_panicking_actors_under_load_loses_nothing_acknowledged() {
     let on_hand = app.get(&format!("/api/products/{stocked}"), None).await.body["stockOnHand"].as_i64().unwrap();
     assert!(on_hand >= acked && on_hand <= acked + maybe, "stock {on_hand}: {acked} acknowledged, {maybe} interrupted");
     // The recovered actor and the read model agree.
-    let from_actor = app.state.catalog.router().get(&stocked).await.unwrap();
+    // The last fault may still be queued in the actor's mailbox: retry like a client would.
+    let mut from_actor = app.state.catalog.router().get(&stocked).await;
+    for _ in 0..50 {
+        if from_actor.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        from_actor = app.state.catalog.router().get(&stocked).await;
+    }
+    let from_actor = from_actor.unwrap();
     assert_eq!(from_actor.product.unwrap().stock_on_hand, on_hand);
 
     let acked = cart_tally.acked.load(Ordering::Relaxed) as i64 + 1;
