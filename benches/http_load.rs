@@ -1,4 +1,6 @@
-//! Add-to-cart throughput and latency over real HTTP against an in-process server with the embedded store.
+//! Over real HTTP against an in-process server with the embedded store and the simulated payment provider (20 ms
+//! per call): add-to-cart throughput and latency, then every client checks out at once and the time from
+//! `POST /api/cart/checkout` to the order being paid is measured.
 //! Run: `cargo bench --bench http_load` (optional env: REQUESTS, CONCURRENCY).
 
 use std::sync::Arc;
@@ -43,9 +45,11 @@ async fn main() {
     }));
     let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build().unwrap();
 
+    let base_for_post = base.clone();
+    let client_for_post = client.clone();
     let post = move |path: String, token: Option<String>, body: Value| {
-        let client = client.clone();
-        let url = format!("{base}{path}");
+        let client = client_for_post.clone();
+        let url = format!("{base_for_post}{path}");
         async move {
             let mut req = client.post(url).json(&body);
             if let Some(t) = token {
@@ -70,6 +74,8 @@ async fn main() {
         tokens.push(s["accessToken"].as_str().unwrap().to_string());
     }
 
+    let tokens_again = tokens.clone();
+    let base_again = base.clone();
     let started = Instant::now();
     let per_client = requests / concurrency;
     let latencies = Arc::new(std::sync::Mutex::new(Vec::with_capacity(requests)));
@@ -99,6 +105,64 @@ async fn main() {
         ms(pct(0.50)),
         ms(pct(0.99)),
         rss_mib()
+    );
+
+    // Every client checks out at once; each then polls its order until it is paid.
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, token) in tokens_again.into_iter().enumerate() {
+        let (client, base) = (client.clone(), base_again.clone());
+        tasks.spawn(async move {
+            let t = Instant::now();
+            let res = client
+                .post(format!("{base}/api/cart/checkout"))
+                .bearer_auth(&token)
+                .header("idempotency-key", format!("bench-{i}"))
+                .json(&json!({"paymentMethod": "pm_card_visa"}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 202);
+            let accepted = t.elapsed();
+            let id = res.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+            loop {
+                let order: Value = client
+                    .get(format!("{base}/api/orders/{id}"))
+                    .bearer_auth(&token)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                if order["status"] == "paid" {
+                    return (accepted, t.elapsed());
+                }
+                let status = order["status"].as_str().unwrap_or_default();
+                assert!(["pending", "stock_reserved"].contains(&status), "order {id} ended {status}");
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        });
+    }
+    let mut accepted = Vec::new();
+    let mut paid = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        let (a, p) = r.unwrap();
+        accepted.push(a);
+        paid.push(p);
+    }
+    let elapsed = started.elapsed();
+    accepted.sort();
+    paid.sort();
+    let at = |v: &Vec<Duration>, p: f64| v[((v.len() as f64 * p) as usize).min(v.len() - 1)];
+    println!(
+        "checkout: {} concurrent checkouts paid in {:.0} ms ({:.0} orders/s); accepted p50 {:.1} ms, paid p50 {:.1} ms, paid p99 {:.1} ms",
+        paid.len(),
+        ms(elapsed),
+        paid.len() as f64 / elapsed.as_secs_f64(),
+        ms(at(&accepted, 0.5)),
+        ms(at(&paid, 0.5)),
+        ms(at(&paid, 0.99)),
     );
     let _ = stop.send(());
     server.await.unwrap().unwrap();
