@@ -36,7 +36,7 @@ use crate::notify::{NotificationHub, Notifier, RecordingMailer};
 use crate::orders::{OrderSaga, Orders};
 use crate::payments::{PaymentEffects, PaymentProvider, SimulatedProvider};
 use crate::ratelimit::RateLimiter;
-use crate::store::embedded::EmbeddedStore;
+use crate::store::embedded::{CloseWatch, EmbeddedStore};
 use crate::store::EventRecord;
 
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -46,8 +46,8 @@ const RESUME_EVERY: Duration = Duration::from_secs(5);
 pub struct Application {
     listener: TcpListener,
     state: AppState,
-    /// Lets shutdown wait until the last user of the store let go of it (the file is then closed).
-    store: std::sync::Weak<EmbeddedStore>,
+    /// Lets shutdown wait until the store file is closed.
+    store_closed: CloseWatch,
     bus: Arc<dyn EventBus>,
     stop_background: watch::Sender<bool>,
     background: Vec<JoinHandle<()>>,
@@ -79,7 +79,7 @@ impl Application {
             format!("cannot open the store in store.data_dir = {}", config.store.data_dir.display())
         })?;
         let store = Arc::new(store);
-        let weak_store = Arc::downgrade(&store);
+        let store_closed = store.close_watch();
         let secret = jwt_secret(&config)?;
 
         let committed = Arc::new(Notify::new());
@@ -196,7 +196,7 @@ impl Application {
             cookie_secure: config.auth.cookie_secure,
             http: Arc::new(config.http.clone()),
         };
-        Ok(Self { listener, state, store: weak_store, bus, stop_background, background })
+        Ok(Self { listener, state, store_closed, bus, stop_background, background })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -233,10 +233,10 @@ impl Application {
         }
         // Actors release the store as their tasks wind down; wait for the file to be closed.
         let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
-        while self.store.strong_count() > 0 && tokio::time::Instant::now() < deadline {
+        while !self.store_closed.is_closed() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        if self.store.strong_count() > 0 {
+        if !self.store_closed.is_closed() {
             tracing::warn!("the store was still in use at the end of shutdown");
         }
         tracing::info!("shutdown complete");

@@ -57,26 +57,42 @@ where
     e.to_string()
 }
 
+impl OrderSaga {
+    /// Runs one command per product, in turn. Returns the products done and, if a product refused, which and why.
+    /// When a product is unavailable after some progress, the progress is kept and the step later resumes with the
+    /// rest; with no progress at all the step fails and is retried.
+    async fn each_product(
+        &self,
+        commands: impl IntoIterator<Item = (String, ProductCommand)>,
+    ) -> Result<(Vec<String>, Option<(String, String)>), String> {
+        let mut done = Vec::new();
+        for (product_id, command) in commands {
+            match self.products.execute(&product_id, command).await {
+                Ok(_) => done.push(product_id),
+                Err(EntityError::Rejected(e)) => return Ok((done, Some((product_id, e.to_string())))),
+                Err(e) if done.is_empty() => return Err(unavailable(e)),
+                Err(_) => break,
+            }
+        }
+        Ok((done, None))
+    }
+}
+
 #[async_trait]
 impl Effects<OrderState> for OrderSaga {
     async fn run(&self, order_id: &str, effect: OrderEffect) -> Result<OrderCommand, String> {
         let oid = order_id.to_string();
         match effect {
             OrderEffect::Reserve { lines, expires_at } => {
-                let mut reserved = Vec::new();
-                for (product_id, quantity) in lines {
-                    let cmd = ProductCommand::Reserve { order_id: oid.clone(), quantity, expires_at };
-                    match self.products.execute(&product_id, cmd).await {
-                        Ok(_) => reserved.push(product_id),
-                        Err(EntityError::Rejected(e)) => {
-                            return Ok(OrderCommand::ReservationRefused { reserved, product_id, reason: e.to_string() })
-                        }
-                        // Keep what was reserved; the next attempt continues with the rest.
-                        Err(e) if reserved.is_empty() => return Err(unavailable(e)),
-                        Err(_) => break,
+                let commands = lines.into_iter().map(|(product_id, quantity)| {
+                    (product_id, ProductCommand::Reserve { order_id: oid.clone(), quantity, expires_at })
+                });
+                Ok(match self.each_product(commands).await? {
+                    (reserved, Some((product_id, reason))) => {
+                        OrderCommand::ReservationRefused { reserved, product_id, reason }
                     }
-                }
-                Ok(OrderCommand::Reserved { product_ids: reserved })
+                    (reserved, None) => OrderCommand::Reserved { product_ids: reserved },
+                })
             }
             OrderEffect::RedeemCoupon { code, user_id, subtotal, currency } => {
                 let cmd = CouponCommand::Redeem { order_id: oid, user_id, subtotal, currency };
@@ -107,19 +123,14 @@ impl Effects<OrderState> for OrderSaga {
                 }
             }
             OrderEffect::CommitStock { product_ids } => {
-                let mut committed = Vec::new();
-                for product_id in product_ids {
-                    let cmd = ProductCommand::CommitReservation { order_id: oid.clone() };
-                    match self.products.execute(&product_id, cmd).await {
-                        Ok(_) => committed.push(product_id),
-                        Err(EntityError::Rejected(e)) => {
-                            return Ok(OrderCommand::CommitRefused { committed, product_id, reason: e.to_string() })
-                        }
-                        Err(e) if committed.is_empty() => return Err(unavailable(e)),
-                        Err(_) => break,
+                let commands =
+                    product_ids.into_iter().map(|id| (id, ProductCommand::CommitReservation { order_id: oid.clone() }));
+                Ok(match self.each_product(commands).await? {
+                    (committed, Some((product_id, reason))) => {
+                        OrderCommand::CommitRefused { committed, product_id, reason }
                     }
-                }
-                Ok(OrderCommand::StockCommitted { product_ids: committed })
+                    (committed, None) => OrderCommand::StockCommitted { product_ids: committed },
+                })
             }
             OrderEffect::ClearCart { user_id, product_ids } => {
                 let cmd = CartCommand::CheckOut { order_id: oid, product_ids };

@@ -52,6 +52,15 @@ pub struct EmbeddedStore {
     db: Arc<Database>,
 }
 
+/// Tells when the database file is closed: every clone of the store dropped and every blocking operation finished.
+pub struct CloseWatch(std::sync::Weak<Database>);
+
+impl CloseWatch {
+    pub fn is_closed(&self) -> bool {
+        self.0.strong_count() == 0
+    }
+}
+
 fn db_err(e: impl Into<redb::Error>) -> StoreError {
     StoreError::Unavailable(e.into().to_string())
 }
@@ -124,6 +133,10 @@ impl EmbeddedStore {
         }
         txn.commit().map_err(db_err)?;
         Ok(Self { db: Arc::new(db) })
+    }
+
+    pub fn close_watch(&self) -> CloseWatch {
+        CloseWatch(Arc::downgrade(&self.db))
     }
 
     async fn run<T, F>(&self, f: F) -> Result<T, StoreError>

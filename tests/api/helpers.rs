@@ -110,15 +110,17 @@ pub async fn spawn_app_with_provider(
 
 impl TestApp {
     /// Graceful shutdown; returns the data directory for a restart.
-    pub async fn stop(mut self) -> Arc<TempDir> {
-        if let Some(tx) = self.shutdown.take() {
+    pub async fn stop(self) -> Arc<TempDir> {
+        let TestApp { state, dir, shutdown, server, .. } = self;
+        // Let go of the store first: shutdown waits until nobody holds it.
+        drop(state);
+        if let Some(tx) = shutdown {
             let _ = tx.send(());
         }
-        if let Some(server) = self.server.take() {
+        if let Some(server) = server {
             server.await.expect("server task").expect("server stopped cleanly");
         }
-        drop(self.state);
-        self.dir
+        dir
     }
 
     pub async fn request(&self, method: reqwest::Method, path: &str, token: Option<&str>, body: Option<Value>) -> Resp {
