@@ -91,11 +91,18 @@ impl Entity for Cart {
     type Effect = std::convert::Infallible;
 }
 
-/// What every entity actor needs: where to persist, whom to wake after a commit, and its timing settings.
+/// Told about every commit, after it is durable and before it is acknowledged.
+#[async_trait]
+pub trait CommitObserver: Send + Sync {
+    async fn committed(&self, stream: &str);
+}
+
+/// What every entity actor needs: where to persist, whom to tell after a commit, and its timing settings.
 pub struct EntityContext {
     pub store: Arc<dyn EventStore>,
     /// Woken after each commit so the outbox relay publishes promptly.
     pub committed: Arc<Notify>,
+    pub observers: Vec<Arc<dyn CommitObserver>>,
     pub snapshot_every: u64,
     pub idle_timeout: Duration,
     pub clock: Clock,

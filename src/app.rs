@@ -20,9 +20,9 @@ use crate::auth::tokens::{random_token, TokenKeys};
 use crate::auth::AuthService;
 use crate::bridge::outbox::OutboxRelay;
 use crate::bridge::{EventBus, InProcessBus};
-use crate::cache::InProcessCache;
+use crate::cache::{InProcessCache, ProductCache};
 use crate::carts::Carts;
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, ProductCacheInvalidation};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::domain::cart::Cart;
@@ -82,10 +82,15 @@ impl Application {
         let store_closed = store.close_watch();
         let secret = jwt_secret(&config)?;
 
+        let cache: Arc<dyn ProductCache> = Arc::new(InProcessCache::new(
+            Duration::from_secs(config.cache.product_ttl_secs),
+            config.cache.product_capacity,
+        ));
         let committed = Arc::new(Notify::new());
         let ctx = Arc::new(EntityContext {
             store: store.clone(),
             committed: committed.clone(),
+            observers: vec![Arc::new(ProductCacheInvalidation(cache.clone()))],
             snapshot_every: config.store.snapshot_every,
             idle_timeout: Duration::from_secs(config.actors.idle_timeout_secs),
             clock: Clock::new(),
@@ -118,10 +123,6 @@ impl Application {
         };
         let orders = EntityRouter::<OrderState>::start(ctx.clone(), Arc::new(saga), policy, timeout).await?;
 
-        let cache = Arc::new(InProcessCache::new(
-            Duration::from_secs(config.cache.product_ttl_secs),
-            config.cache.product_capacity,
-        ));
         let catalog = Catalog::new(products.clone(), store.clone(), cache);
         let carts_service = Carts::new(carts.clone(), catalog.clone());
         let orders_service = Orders::new(

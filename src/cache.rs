@@ -1,5 +1,8 @@
-//! Read-aside cache in front of product reads. Writers invalidate after every committed change (and a bus
-//! subscriber invalidates for changes made elsewhere); entries also expire, bounding staleness from races.
+//! Read-aside cache in front of product reads. The product's own actor invalidates the cache after every commit
+//! (and a bus subscriber does so for changes committed on other nodes); entries also expire.
+//!
+//! A lookup that misses hands out a ticket; filling the cache with what was then read from the store is refused if
+//! any invalidation happened in between, so a slow reader can never put back data older than a write it raced with.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -9,10 +12,20 @@ use async_trait::async_trait;
 
 use crate::domain::product::Product;
 
+/// Proof of when a cache miss happened; see [`ProductCache::put`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket(u64);
+
+pub enum Lookup {
+    Hit(Product),
+    Miss(Ticket),
+}
+
 #[async_trait]
 pub trait ProductCache: Send + Sync {
-    async fn get(&self, id: &str) -> Option<Product>;
-    async fn put(&self, product: &Product);
+    async fn get(&self, id: &str) -> Lookup;
+    /// Caches `product` unless an invalidation happened since the miss that issued `ticket`.
+    async fn put(&self, product: &Product, ticket: Ticket);
     async fn invalidate(&self, id: &str);
 }
 
@@ -20,46 +33,103 @@ pub trait ProductCache: Send + Sync {
 pub struct InProcessCache {
     ttl: Duration,
     capacity: usize,
-    entries: Mutex<HashMap<String, (Instant, Product)>>,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    entries: HashMap<String, (Instant, Product)>,
+    /// Bumped by every invalidation.
+    generation: u64,
 }
 
 impl InProcessCache {
     pub fn new(ttl: Duration, capacity: usize) -> Self {
-        Self { ttl, capacity, entries: Mutex::new(HashMap::new()) }
+        Self { ttl, capacity, inner: Mutex::new(Inner::default()) }
     }
 
-    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, Product)>> {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
 #[async_trait]
 impl ProductCache for InProcessCache {
-    async fn get(&self, id: &str) -> Option<Product> {
-        let mut entries = self.entries();
-        match entries.get(id) {
-            Some((at, p)) if at.elapsed() < self.ttl => Some(p.clone()),
+    async fn get(&self, id: &str) -> Lookup {
+        let mut inner = self.inner();
+        match inner.entries.get(id) {
+            Some((at, p)) if at.elapsed() < self.ttl => return Lookup::Hit(p.clone()),
             Some(_) => {
-                entries.remove(id);
-                None
+                inner.entries.remove(id);
             }
-            None => None,
+            None => {}
         }
+        Lookup::Miss(Ticket(inner.generation))
     }
 
-    async fn put(&self, product: &Product) {
-        let mut entries = self.entries();
-        if entries.len() >= self.capacity {
+    async fn put(&self, product: &Product, ticket: Ticket) {
+        let mut inner = self.inner();
+        if inner.generation != ticket.0 {
+            return;
+        }
+        if inner.entries.len() >= self.capacity {
             let ttl = self.ttl;
-            entries.retain(|_, (at, _)| at.elapsed() < ttl);
-            if entries.len() >= self.capacity {
-                entries.clear();
+            inner.entries.retain(|_, (at, _)| at.elapsed() < ttl);
+            if inner.entries.len() >= self.capacity {
+                inner.entries.clear();
             }
         }
-        entries.insert(product.id.clone(), (Instant::now(), product.clone()));
+        inner.entries.insert(product.id.clone(), (Instant::now(), product.clone()));
     }
 
     async fn invalidate(&self, id: &str) {
-        self.entries().remove(id);
+        let mut inner = self.inner();
+        inner.generation += 1;
+        inner.entries.remove(id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn product(price: i64) -> Product {
+        let now = chrono::Utc::now();
+        Product {
+            id: "p".into(),
+            title: "t".into(),
+            description: String::new(),
+            price,
+            currency: "USD".into(),
+            category: "c".into(),
+            image_url: None,
+            stock_on_hand: 1,
+            stock_reserved: 0,
+            version: 1,
+            deleted: false,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_raced_a_write_cannot_cache_stale_data() {
+        let cache = InProcessCache::new(Duration::from_secs(60), 10);
+        let Lookup::Miss(ticket) = cache.get("p").await else { panic!("empty cache hit") };
+        // Meanwhile a writer commits and invalidates; the slow reader then tries to cache what it read before.
+        cache.invalidate("p").await;
+        cache.put(&product(100), ticket).await;
+        assert!(matches!(cache.get("p").await, Lookup::Miss(_)));
+        let Lookup::Miss(ticket) = cache.get("p").await else { panic!() };
+        cache.put(&product(200), ticket).await;
+        assert!(matches!(cache.get("p").await, Lookup::Hit(p) if p.price == 200));
+    }
+
+    #[tokio::test]
+    async fn entries_expire() {
+        let cache = InProcessCache::new(Duration::ZERO, 10);
+        let Lookup::Miss(ticket) = cache.get("p").await else { panic!() };
+        cache.put(&product(1), ticket).await;
+        assert!(matches!(cache.get("p").await, Lookup::Miss(_)));
     }
 }

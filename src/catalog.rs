@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::actors::{EntityError, EntityRouter};
-use crate::cache::ProductCache;
+use crate::cache::{Lookup, ProductCache};
 use crate::domain::product::{Product, ProductCommand, ProductDetails, ProductError, ProductState};
 use crate::store::{CatalogStore, Page, ProductQuery, StoreError};
 
@@ -62,21 +62,20 @@ impl Catalog {
         self.write(id, ProductCommand::AdjustStock { delta, reason }).await
     }
 
+    /// The product's actor invalidates the cache after committing (see [`ProductCacheInvalidation`]).
     async fn write(&self, id: &str, command: ProductCommand) -> Result<Product, CatalogError> {
-        let result = self.products.execute(id, command).await;
-        // Invalidate whatever the outcome: an interrupted command may still have been committed.
-        self.cache.invalidate(id).await;
-        live(result?)
+        live(self.products.execute(id, command).await?)
     }
 
     /// A purchasable (not deleted) product.
     pub async fn get(&self, id: &str) -> Result<Product, CatalogError> {
-        if let Some(p) = self.cache.get(id).await {
-            return Ok(p);
-        }
+        let ticket = match self.cache.get(id).await {
+            Lookup::Hit(p) => return Ok(p),
+            Lookup::Miss(ticket) => ticket,
+        };
         match self.store.product(id).await? {
             Some(p) if !p.deleted => {
-                self.cache.put(&p).await;
+                self.cache.put(&p, ticket).await;
                 Ok(p)
             }
             _ => Err(EntityError::Rejected(ProductError::NotFound)),
@@ -89,5 +88,17 @@ impl Catalog {
 
     pub async fn invalidate(&self, id: &str) {
         self.cache.invalidate(id).await;
+    }
+}
+
+/// Invalidates a product's cache entry as soon as its actor committed a change, before the change is acknowledged.
+pub struct ProductCacheInvalidation(pub Arc<dyn ProductCache>);
+
+#[async_trait::async_trait]
+impl crate::actors::CommitObserver for ProductCacheInvalidation {
+    async fn committed(&self, stream: &str) {
+        if let Some(id) = stream.strip_prefix("product:") {
+            self.0.invalidate(id).await;
+        }
     }
 }

@@ -299,6 +299,9 @@ impl<A: Entity> EntityActor<A> {
                     state.snapshot_seq = new_seq;
                 }
                 self.ctx.committed.notify_one();
+                for observer in &self.ctx.observers {
+                    observer.committed(&state.stream).await;
+                }
                 for event_type in &types {
                     self.ctx.faults.check(&format!("after_commit:{event_type}"));
                 }
