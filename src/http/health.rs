@@ -18,7 +18,14 @@ async fn health() -> Json<Value> {
 /// The store answers and the entity supervisors accept work.
 async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     state.events.ping().await?;
-    if !state.catalog.router().is_running() || !state.carts.router().is_running() {
+    let supervisors = [
+        state.catalog.router().is_running(),
+        state.carts.router().is_running(),
+        state.orders.router().is_running(),
+        state.payments.is_running(),
+        state.coupons.is_running(),
+    ];
+    if supervisors.contains(&false) {
         return Err(ApiError::unavailable("entity supervisors are not running"));
     }
     Ok(Json(json!({ "status": "ready" })))

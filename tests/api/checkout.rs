@@ -395,6 +395,14 @@ async fn websocket_requires_auth_and_replays_what_was_missed() {
     assert!(tokio_tungstenite::connect_async(req).await.is_err());
 
     let user = app.signup("resume@example.com").await;
+    // The session cookie works as well as the header.
+    let url = format!("{}/ws/notifications", app.base.replace("http://", "ws://"));
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut().insert("cookie", format!("access_token={}", user.token).parse().unwrap());
+    let (mut by_cookie, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    assert_eq!(next_json(&mut by_cookie, Duration::from_secs(5)).await.unwrap()["userId"], user.id.as_str());
+    drop(by_cookie);
+
     let mut ws = connect(&app, Some(&user.token), "").await;
     next_json(&mut ws, Duration::from_secs(5)).await;
     app.create_product(&admin, "First", 100, 1).await;

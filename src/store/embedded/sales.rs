@@ -1,0 +1,191 @@
+//! Orders, payments, coupons, notifications and emails in the embedded store.
+
+use async_trait::async_trait;
+use redb::ReadableTable;
+
+use super::{
+    db_err, decode, encode, read_all, read_all_u64, read_doc, EmbeddedStore, COUNTERS, COUPONS, EMAILS, EMAIL_KEYS,
+    EMAIL_NEXT, NOTIFICATIONS, NOTIFICATION_KEYS, NOTIFICATION_NEXT, ORDERS, PAYMENTS,
+};
+use crate::domain::coupon::Coupon;
+use crate::domain::order::Order;
+use crate::domain::payment::{Payment, PaymentStatus};
+use crate::store::{page_of, Email, Notification, NotificationStore, OrderQuery, Page, SalesStore, StoreError};
+
+#[async_trait]
+impl SalesStore for EmbeddedStore {
+    async fn order(&self, id: &str) -> Result<Option<Order>, StoreError> {
+        let id = id.to_string();
+        self.run(move |db| read_doc(db, ORDERS, &id)).await
+    }
+
+    async fn list_orders(&self, query: &OrderQuery) -> Result<Page<Order>, StoreError> {
+        let q = query.clone();
+        self.run(move |db| {
+            let mut orders: Vec<Order> = read_all(db, ORDERS)?;
+            orders.retain(|o| {
+                q.user_id.as_ref().is_none_or(|u| &o.user_id == u) && q.status.is_none_or(|s| o.status == s)
+            });
+            orders.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| b.id.cmp(&a.id)));
+            Ok(page_of(orders, q.page, q.limit))
+        })
+        .await
+    }
+
+    async fn payments_for_order(&self, order_id: &str) -> Result<Vec<Payment>, StoreError> {
+        let order_id = order_id.to_string();
+        self.run(move |db| {
+            let mut payments: Vec<Payment> = read_all(db, PAYMENTS)?;
+            payments.retain(|p| p.order_id == order_id);
+            Ok(payments)
+        })
+        .await
+    }
+
+    async fn list_payments(
+        &self,
+        status: Option<PaymentStatus>,
+        page: u32,
+        limit: u32,
+    ) -> Result<Page<Payment>, StoreError> {
+        self.run(move |db| {
+            let mut payments: Vec<Payment> = read_all(db, PAYMENTS)?;
+            payments.retain(|p| status.is_none_or(|s| p.status == s));
+            payments.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| b.id.cmp(&a.id)));
+            Ok(page_of(payments, page, limit))
+        })
+        .await
+    }
+
+    async fn coupon(&self, code: &str) -> Result<Option<Coupon>, StoreError> {
+        let code = code.to_string();
+        self.run(move |db| read_doc(db, COUPONS, &code)).await
+    }
+
+    async fn list_coupons(&self, page: u32, limit: u32) -> Result<Page<Coupon>, StoreError> {
+        self.run(move |db| Ok(page_of(read_all(db, COUPONS)?, page, limit))).await
+    }
+}
+
+/// Takes the next value of a counter inside a write transaction.
+fn next_id(txn: &redb::WriteTransaction, counter: &str) -> Result<u64, StoreError> {
+    let mut counters = txn.open_table(COUNTERS).map_err(db_err)?;
+    let id = counters.get(counter).map_err(db_err)?.map_or(1, |v| v.value());
+    counters.insert(counter, id + 1).map_err(db_err)?;
+    Ok(id)
+}
+
+#[async_trait]
+impl NotificationStore for EmbeddedStore {
+    async fn insert_notification(&self, mut n: Notification) -> Result<Option<Notification>, StoreError> {
+        self.run(move |db| {
+            let key = format!("{}|{}", n.event_id, n.user_id.as_deref().unwrap_or("*"));
+            let txn = db.begin_write().map_err(db_err)?;
+            {
+                let mut keys = txn.open_table(NOTIFICATION_KEYS).map_err(db_err)?;
+                if keys.get(key.as_str()).map_err(db_err)?.is_some() {
+                    return Ok(None);
+                }
+                n.id = next_id(&txn, NOTIFICATION_NEXT)?;
+                keys.insert(key.as_str(), n.id).map_err(db_err)?;
+                txn.open_table(NOTIFICATIONS).map_err(db_err)?.insert(n.id, encode(&n)?.as_slice()).map_err(db_err)?;
+            }
+            txn.commit().map_err(db_err)?;
+            Ok(Some(n))
+        })
+        .await
+    }
+
+    async fn list_notifications(
+        &self,
+        user_id: &str,
+        page: u32,
+        limit: u32,
+    ) -> Result<(Page<Notification>, u64), StoreError> {
+        let user_id = user_id.to_string();
+        self.run(move |db| {
+            let mut mine: Vec<Notification> = read_all_u64(db, NOTIFICATIONS)?;
+            mine.retain(|n| n.user_id.as_deref() == Some(user_id.as_str()));
+            let unread = mine.iter().filter(|n| !n.read).count() as u64;
+            mine.reverse();
+            Ok((page_of(mine, page, limit), unread))
+        })
+        .await
+    }
+
+    async fn mark_read(&self, user_id: &str, id: u64) -> Result<bool, StoreError> {
+        let user_id = user_id.to_string();
+        self.run(move |db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            let found = {
+                let mut table = txn.open_table(NOTIFICATIONS).map_err(db_err)?;
+                let current: Option<Notification> =
+                    table.get(id).map_err(db_err)?.map(|v| decode(v.value())).transpose()?;
+                match current {
+                    Some(mut n) if n.user_id.as_deref() == Some(user_id.as_str()) => {
+                        n.read = true;
+                        table.insert(id, encode(&n)?.as_slice()).map_err(db_err)?;
+                        true
+                    }
+                    _ => false,
+                }
+            };
+            txn.commit().map_err(db_err)?;
+            Ok(found)
+        })
+        .await
+    }
+
+    async fn notifications_after(
+        &self,
+        user_id: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Notification>, StoreError> {
+        let user_id = user_id.to_string();
+        self.run(move |db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let table = txn.open_table(NOTIFICATIONS).map_err(db_err)?;
+            let mut out = Vec::new();
+            for row in table.range(after.saturating_add(1)..).map_err(db_err)? {
+                let n: Notification = decode(row.map_err(db_err)?.1.value())?;
+                if n.user_id.is_none() || n.user_id.as_deref() == Some(user_id.as_str()) {
+                    out.push(n);
+                    if out.len() >= limit {
+                        break;
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn insert_email(&self, mut email: Email) -> Result<bool, StoreError> {
+        self.run(move |db| {
+            let key = format!("{}|{}", email.event_id, email.template);
+            let txn = db.begin_write().map_err(db_err)?;
+            {
+                let mut keys = txn.open_table(EMAIL_KEYS).map_err(db_err)?;
+                if keys.get(key.as_str()).map_err(db_err)?.is_some() {
+                    return Ok(false);
+                }
+                email.id = next_id(&txn, EMAIL_NEXT)?;
+                keys.insert(key.as_str(), email.id).map_err(db_err)?;
+                txn.open_table(EMAILS).map_err(db_err)?.insert(email.id, encode(&email)?.as_slice()).map_err(db_err)?;
+            }
+            txn.commit().map_err(db_err)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn list_emails(&self, page: u32, limit: u32) -> Result<Page<Email>, StoreError> {
+        self.run(move |db| {
+            let mut emails: Vec<Email> = read_all_u64(db, EMAILS)?;
+            emails.reverse();
+            Ok(page_of(emails, page, limit))
+        })
+        .await
+    }
+}
