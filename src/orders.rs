@@ -234,8 +234,7 @@ pub struct Orders {
 /// The same user and idempotency key always name the same order.
 pub fn order_id_for(user_id: &str, idempotency_key: &str) -> String {
     let digest = Sha256::digest(format!("{user_id}\n{idempotency_key}").as_bytes());
-    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
-    format!("ord_{hex}")
+    format!("ord_{}", crate::auth::tokens::hex(&digest[..16]))
 }
 
 fn check_payment_method(method: &str) -> Result<(), CheckoutError> {
