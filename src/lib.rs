@@ -2,9 +2,9 @@
 //!
 //! | module      | job |
 //! |-------------|-----|
-//! | [`domain`]  | pure rules: products, carts, users; commands, events, invariants; no I/O |
-//! | [`actors`]  | one `ractor` actor per product and cart, supervised, recovered from the store, reached via the router |
-//! | [`store`]   | storage interfaces (journal + snapshots + outbox, catalog read model, users, revocations) and the embedded `redb` store |
+//! | [`domain`]  | pure rules: products, carts, orders (the saga as a state machine), payments, coupons, users; no I/O |
+//! | [`actors`]  | one `ractor` actor per product, cart, order, payment and coupon: supervised, recovered from the store, reached via the router, running the effects its state calls for; the resumer |
+//! | [`store`]   | storage interfaces (journal + snapshots + outbox + active streams, read models, users, revocations, notifications) and the embedded `redb` store |
 //! | [`bridge`]  | the event bus interface, the in-process bus and the outbox relay that publishes committed events |
 //! | [`auth`]    | accounts, argon2id hashing, JWT access tokens, rotating refresh tokens, revocation |
 //! | [`catalog`] | product service: writes through product actors, reads through the cache and read model |
@@ -14,7 +14,7 @@
 //! | [`payments`] | the payment provider interface, the simulated provider, payment effects |
 //! | [`cache`]   | read-aside product cache |
 //! | [`ratelimit`] | per-client token buckets for the auth endpoints |
-//! | [`http`]    | the axum REST facade and its error shape |
+//! | [`http`]    | the axum REST facade, the notification WebSocket and the error shape |
 //! | [`app`]     | wiring, start-up and graceful shutdown |
 //! | [`clock`], [`faults`] | the process clock (pausable in tests) and named fault points for fault-injection tests |
 //! | [`config`], [`telemetry`] | configuration loading and logging |
