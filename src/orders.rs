@@ -207,9 +207,18 @@ impl From<StoreError> for CheckoutError {
     }
 }
 
+/// For reads of other entities, which are never rejected: any failure is unavailability.
 impl<E: std::fmt::Display> From<EntityError<E>> for CheckoutError {
     fn from(e: EntityError<E>) -> Self {
         Self::Unavailable(e.to_string())
+    }
+}
+
+/// A command to an order: the order's own rejection, or unavailability.
+fn order_error(e: EntityError<OrderError>) -> CheckoutError {
+    match e {
+        EntityError::Rejected(e) => CheckoutError::Order(e),
+        EntityError::Unavailable(e) => CheckoutError::Unavailable(e),
     }
 }
 
@@ -335,10 +344,7 @@ impl Orders {
             shipping_address,
             reservation_expires_at: now + self.reservation_ttl,
         };
-        let state = self.orders.execute(&order_id, OrderCommand::Place(new)).await.map_err(|e| match e {
-            EntityError::Rejected(e) => CheckoutError::Order(e),
-            EntityError::Unavailable(e) => CheckoutError::Unavailable(e),
-        })?;
+        let state = self.orders.execute(&order_id, OrderCommand::Place(new)).await.map_err(order_error)?;
         let order = state.order.ok_or(CheckoutError::OrderNotFound)?;
         tracing::info!(order_id = %order.id, user_id = %user.id, total = order.total, "order placed");
         Ok(order)
@@ -366,10 +372,7 @@ impl Orders {
         if self.store.order(order_id).await?.is_none() {
             return Err(CheckoutError::OrderNotFound);
         }
-        let state = self.orders.execute(order_id, command).await.map_err(|e| match e {
-            EntityError::Rejected(e) => CheckoutError::Order(e),
-            EntityError::Unavailable(e) => CheckoutError::Unavailable(e),
-        })?;
+        let state = self.orders.execute(order_id, command).await.map_err(order_error)?;
         state.order.ok_or(CheckoutError::OrderNotFound)
     }
 }

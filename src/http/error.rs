@@ -7,7 +7,6 @@ use serde_json::json;
 
 use crate::auth::AuthError;
 use crate::carts::CartServiceError;
-use crate::catalog::CatalogError;
 use crate::domain::cart::CartError;
 use crate::domain::coupon::CouponError;
 use crate::domain::order::OrderError;
@@ -128,13 +127,9 @@ impl From<AuthError> for ApiError {
     }
 }
 
-impl From<CatalogError> for ApiError {
-    fn from(e: CatalogError) -> Self {
+impl From<ProductError> for ApiError {
+    fn from(product: ProductError) -> Self {
         use StatusCode as S;
-        let product = match e {
-            CatalogError::Unavailable(why) => return ApiError::unavailable(why),
-            CatalogError::Rejected(p) => p,
-        };
         let (status, code) = match &product {
             ProductError::NotFound => (S::NOT_FOUND, "product_not_found"),
             ProductError::AlreadyExists => (S::CONFLICT, "product_exists"),
@@ -183,6 +178,7 @@ impl From<CouponError> for ApiError {
     }
 }
 
+/// A domain rejection maps to its own error; an unavailable entity to 503.
 impl<E: Into<ApiError>> From<crate::actors::EntityError<E>> for ApiError {
     fn from(e: crate::actors::EntityError<E>) -> Self {
         match e {
