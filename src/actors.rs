@@ -9,6 +9,7 @@
 //! calls for the same effect again, which is why every effect must be idempotent.
 
 pub mod entity;
+pub mod live;
 pub mod resumer;
 pub mod router;
 pub mod supervisor;
@@ -107,6 +108,8 @@ pub struct EntityContext {
     pub idle_timeout: Duration,
     pub clock: Clock,
     pub faults: Arc<FaultPoints>,
+    /// The cap on live entity actors, shared by every kind on this node.
+    pub live_limit: Arc<live::LiveLimit>,
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch, Notify};
 use tokio::task::JoinHandle;
 
+use crate::actors::live::LiveLimit;
 use crate::actors::resumer::Resumer;
 use crate::actors::{EntityContext, EntityRouter, NoEffects, RestartPolicy};
 use crate::auth::password::PasswordHasher;
@@ -95,6 +96,7 @@ impl Application {
             idle_timeout: Duration::from_secs(config.actors.idle_timeout_secs),
             clock: Clock::new(),
             faults: Arc::new(FaultPoints::default()),
+            live_limit: LiveLimit::new(config.actors.max_live_entities),
         });
         let policy = RestartPolicy {
             max_restarts: config.actors.max_restarts,
@@ -163,7 +165,8 @@ impl Application {
         ];
 
         let (memory, iterations) = (config.auth.argon2_memory_kib, config.auth.argon2_iterations);
-        let hasher = tokio::task::spawn_blocking(move || PasswordHasher::new(memory, iterations))
+        let (workers, queue) = (config.hash_workers(), config.auth.hash_queue);
+        let hasher = tokio::task::spawn_blocking(move || PasswordHasher::new(memory, iterations, workers, queue))
             .await?
             .context("auth.argon2_memory_kib / auth.argon2_iterations")?;
         let auth = Arc::new(AuthService::new(

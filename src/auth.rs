@@ -43,6 +43,9 @@ pub enum AuthError {
     Store(#[from] StoreError),
     #[error("password hashing failed: {0}")]
     Hashing(String),
+    /// Every password-hashing slot is taken and the wait queue is full.
+    #[error("too many sign-ins in progress; try again shortly")]
+    Busy,
 }
 
 /// A signed-in request: who, and which token and session family it came with.
@@ -55,6 +58,26 @@ pub struct Principal {
 impl Principal {
     pub fn is_admin(&self) -> bool {
         self.user.role == Role::Admin
+    }
+}
+
+/// A session that ended before its access token expired, announced so that long-lived connections (the
+/// notification WebSocket) close at once instead of living on until the token expires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// Signed out, or the family was revoked after a refresh-token replay: every token of the family is dead.
+    Revoked { user_id: String, family: String },
+    /// The account was blocked: every session of the user is dead.
+    Blocked { user_id: String },
+}
+
+impl SessionEnd {
+    /// Whether this ends the session `claims` belong to.
+    pub fn ends(&self, claims: &AccessClaims) -> bool {
+        match self {
+            SessionEnd::Revoked { user_id, family } => *user_id == claims.sub && *family == claims.fam,
+            SessionEnd::Blocked { user_id } => *user_id == claims.sub,
+        }
     }
 }
 
@@ -93,6 +116,7 @@ pub struct AuthService {
     hasher: PasswordHasher,
     access_ttl: chrono::Duration,
     refresh_ttl: chrono::Duration,
+    ended: tokio::sync::broadcast::Sender<SessionEnd>,
 }
 
 fn family_key(family: &str) -> String {
@@ -119,7 +143,17 @@ impl AuthService {
             hasher,
             access_ttl: chrono::Duration::seconds(access_ttl_secs as i64),
             refresh_ttl: chrono::Duration::seconds(refresh_ttl_secs as i64),
+            ended: tokio::sync::broadcast::channel(1024).0,
         }
+    }
+
+    /// Sessions ended on this node from now on (sign-out, family revocation, blocking).
+    pub fn session_ends(&self) -> tokio::sync::broadcast::Receiver<SessionEnd> {
+        self.ended.subscribe()
+    }
+
+    fn announce(&self, end: SessionEnd) {
+        let _ = self.ended.send(end);
     }
 
     pub async fn signup(&self, email: &str, password: &str, name: &str) -> Result<Session, AuthError> {
@@ -206,11 +240,22 @@ impl AuthService {
     /// Exchanges a refresh token for a new pair. The presented token can never be used again; presenting it a
     /// second time revokes its whole family, including access tokens issued from it.
     pub async fn refresh(&self, refresh_token: &str) -> Result<Session, AuthError> {
-        let record = match self.users.use_refresh_token(&tokens::digest(refresh_token)).await? {
+        let digest = tokens::digest(refresh_token);
+        // A blocked account's refresh is refused without using the token, so after unblocking the session goes on
+        // instead of being revoked as a replay.
+        if let Some(record) = self.users.refresh_token(&digest).await? {
+            if !record.used
+                && self.users.user(&record.user_id).await?.is_some_and(|u| u.status == AccountStatus::Blocked)
+            {
+                return Err(AuthError::AccountBlocked);
+            }
+        }
+        let record = match self.users.use_refresh_token(&digest).await? {
             RefreshUse::Unknown => return Err(AuthError::InvalidToken),
             RefreshUse::Reused(record) => {
                 tracing::warn!(user_id = %record.user_id, family = %record.family_id, "refresh token replayed; revoking its family");
                 self.revocations.revoke(&family_key(&record.family_id), Utc::now() + self.refresh_ttl).await?;
+                self.announce(SessionEnd::Revoked { user_id: record.user_id, family: record.family_id });
                 return Err(AuthError::RefreshReused);
             }
             RefreshUse::Consumed(record) => record,
@@ -245,11 +290,24 @@ impl AuthService {
         Ok(Principal { user, claims })
     }
 
+    /// Checks again that an authenticated session is still valid: not revoked, account not blocked.
+    pub async fn recheck(&self, claims: &AccessClaims) -> Result<(), AuthError> {
+        if self.revocations.any_revoked(&[token_key(&claims.jti), family_key(&claims.fam)]).await? {
+            return Err(AuthError::TokenRevoked);
+        }
+        match self.users.user(&claims.sub).await? {
+            None => Err(AuthError::InvalidToken),
+            Some(u) if u.status == AccountStatus::Blocked => Err(AuthError::AccountBlocked),
+            Some(_) => Ok(()),
+        }
+    }
+
     /// Revokes the access token and its whole session family (so the refresh token dies with it).
     pub async fn signout(&self, principal: &Principal) -> Result<(), AuthError> {
         let until = chrono::DateTime::from_timestamp(principal.claims.exp, 0).unwrap_or_else(Utc::now);
         self.revocations.revoke(&token_key(&principal.claims.jti), until).await?;
         self.revocations.revoke(&family_key(&principal.claims.fam), Utc::now() + self.refresh_ttl).await?;
+        self.announce(SessionEnd::Revoked { user_id: principal.user.id.clone(), family: principal.claims.fam.clone() });
         Ok(())
     }
 
@@ -280,6 +338,9 @@ impl AuthService {
             return Err(AuthError::CannotBlockSelf);
         }
         let user = self.modify_user(user_id, |u| u.status = status).await?;
+        if status == AccountStatus::Blocked {
+            self.announce(SessionEnd::Blocked { user_id: user.id.clone() });
+        }
         tracing::info!(admin = %admin.user.id, user_id, ?status, "account status changed");
         Ok(user)
     }

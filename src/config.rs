@@ -46,6 +46,10 @@ pub struct AuthConfig {
     pub cookie_secure: bool,
     pub argon2_memory_kib: u32,
     pub argon2_iterations: u32,
+    /// Threads that hash and verify passwords; 0 means one per core.
+    pub hash_workers: usize,
+    /// Hashing jobs allowed to wait for a thread; past that, sign-up/sign-in answer 503 with `Retry-After`.
+    pub hash_queue: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bootstrap_admin: Option<BootstrapAdmin>,
 }
@@ -78,6 +82,8 @@ pub struct ActorsConfig {
     pub call_timeout_ms: u64,
     pub max_restarts: u32,
     pub restart_window_secs: u64,
+    /// Live entity actors on this node, all kinds together; past it the least recently used idle ones passivate.
+    pub max_live_entities: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -142,6 +148,8 @@ impl Default for AuthConfig {
             cookie_secure: false,
             argon2_memory_kib: 19 * 1024,
             argon2_iterations: 2,
+            hash_workers: 0,
+            hash_queue: 32,
             bootstrap_admin: None,
         }
     }
@@ -155,7 +163,13 @@ impl Default for StoreConfig {
 
 impl Default for ActorsConfig {
     fn default() -> Self {
-        Self { idle_timeout_secs: 300, call_timeout_ms: 5_000, max_restarts: 5, restart_window_secs: 60 }
+        Self {
+            idle_timeout_secs: 300,
+            call_timeout_ms: 5_000,
+            max_restarts: 5,
+            restart_window_secs: 60,
+            max_live_entities: 20_000,
+        }
     }
 }
 
@@ -276,6 +290,8 @@ impl Config {
             ("actors.idle_timeout_secs", self.actors.idle_timeout_secs),
             ("actors.call_timeout_ms", self.actors.call_timeout_ms),
             ("actors.restart_window_secs", self.actors.restart_window_secs),
+            ("actors.max_live_entities", self.actors.max_live_entities as u64),
+            ("auth.hash_queue", self.auth.hash_queue as u64),
             ("cache.product_capacity", self.cache.product_capacity as u64),
             ("checkout.reservation_ttl_secs", self.checkout.reservation_ttl_secs),
             ("payments.timeout_ms", self.payments.timeout_ms),
@@ -314,6 +330,14 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Password-hashing threads: `auth.hash_workers`, or one per core when it is 0.
+    pub fn hash_workers(&self) -> usize {
+        match self.auth.hash_workers {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        }
     }
 
     pub fn call_timeout(&self) -> std::time::Duration {

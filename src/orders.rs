@@ -191,6 +191,8 @@ pub enum CheckoutError {
     InvalidPaymentMethod,
     #[error("`Idempotency-Key` must be 1 to 255 visible ASCII characters")]
     InvalidIdempotencyKey,
+    #[error("this `Idempotency-Key` was already used for order {0} with a different request; use a new key for a new checkout")]
+    IdempotencyKeyReused(String),
     #[error(transparent)]
     Address(#[from] user::UserError),
     #[error("order not found")]
@@ -227,6 +229,33 @@ pub struct CheckoutRequest {
     pub payment_method: String,
     pub coupon_code: Option<String>,
     pub shipping_address: Option<Address>,
+}
+
+impl CheckoutRequest {
+    /// What identifies the request besides the cart: replaying the key with other values is a different request.
+    fn fingerprint(&self) -> String {
+        let address = self.shipping_address.as_ref().map(|a| serde_json::to_string(a).unwrap_or_default());
+        let coupon = self.coupon_code.as_deref().map(|c| coupon::normalize_code(c).unwrap_or_else(|_| c.to_string()));
+        let text = format!("{}\n{coupon:?}\n{address:?}", self.payment_method);
+        crate::auth::tokens::hex(&Sha256::digest(text.as_bytes())[..16])
+    }
+}
+
+/// Stripe's rule for a repeated idempotency key: the original order when the request is the same, an error when it
+/// differs. The cart is part of the request: it still holds exactly the order's lines (the order has not cleared
+/// them yet, or it failed), or it is empty because the order checked it out. Anything else was put in the cart
+/// after that order and calls for a new key.
+fn same_request(existing: Order, fingerprint: &str, cart: &Cart) -> Result<Order, CheckoutError> {
+    use std::collections::BTreeMap;
+    let ordered: BTreeMap<&str, u32> = existing.lines.iter().map(|l| (l.product_id.as_str(), l.quantity)).collect();
+    let in_cart: BTreeMap<&str, u32> = cart.lines.iter().map(|l| (l.product_id.as_str(), l.quantity)).collect();
+    let same_body = existing.request_hash.as_deref().is_none_or(|h| h == fingerprint);
+    let same_cart = in_cart.is_empty() || in_cart == ordered;
+    if same_body && same_cart {
+        Ok(existing)
+    } else {
+        Err(CheckoutError::IdempotencyKeyReused(existing.id))
+    }
 }
 
 #[derive(Clone)]
@@ -288,8 +317,11 @@ impl Orders {
             return Err(CheckoutError::InvalidIdempotencyKey);
         }
         let order_id = order_id_for(&user.id, idempotency_key);
-        if let Some(existing) = self.orders.get(&order_id).await?.order {
-            return Ok(existing);
+        let fingerprint = request.fingerprint();
+        // The read model, not the order's actor: a key that placed nothing must not start an actor.
+        if let Some(existing) = self.store.order(&order_id).await? {
+            let cart = self.carts.router().get(&user.id).await?;
+            return same_request(existing, &fingerprint, &cart);
         }
         check_payment_method(&request.payment_method)?;
         let shipping_address = match &request.shipping_address {
@@ -343,9 +375,14 @@ impl Orders {
             payment_method: request.payment_method,
             shipping_address,
             reservation_expires_at: now + self.reservation_ttl,
+            request_hash: Some(fingerprint.clone()),
         };
-        let state = self.orders.execute(&order_id, OrderCommand::Place(new)).await.map_err(order_error)?;
+        let state = self.orders.execute(&order_id, OrderCommand::Place(Box::new(new))).await.map_err(order_error)?;
         let order = state.order.ok_or(CheckoutError::OrderNotFound)?;
+        // A concurrent checkout with the same key may have placed the order first.
+        if order.request_hash.as_deref() != Some(fingerprint.as_str()) {
+            return Err(CheckoutError::IdempotencyKeyReused(order.id));
+        }
         tracing::info!(order_id = %order.id, user_id = %user.id, total = order.total, "order placed");
         Ok(order)
     }

@@ -222,6 +222,8 @@ pub trait UserStore: Send + Sync {
     async fn update_user(&self, user: &User) -> Result<(), StoreError>;
     async fn list_users(&self, page: u32, limit: u32) -> Result<Page<User>, StoreError>;
     async fn insert_refresh_token(&self, hash: &str, token: &RefreshToken) -> Result<(), StoreError>;
+    /// The stored token, without using it.
+    async fn refresh_token(&self, hash: &str) -> Result<Option<RefreshToken>, StoreError>;
     /// Atomically marks the token used and says whether it was already.
     async fn use_refresh_token(&self, hash: &str) -> Result<RefreshUse, StoreError>;
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::task::JoinHandle;
 
+use super::live::Usage;
 use super::{Effects, Entity, EntityContext};
 use crate::store::{Commit, EventRecord, Snapshot, StoreError};
 
@@ -25,6 +26,8 @@ pub enum EntityMsg<A: Entity> {
     RetryEffect,
     /// Periodic self-check: run due commands; passivate when idle with nothing to do.
     Tick,
+    /// The node is at its cap of live entities: passivate now unless there is work in flight.
+    Passivate,
     /// Panics inside the handler, to prove that supervision and recovery lose nothing.
     #[cfg(feature = "fault-injection")]
     Panic,
@@ -65,11 +68,17 @@ pub struct EntityState<A: Entity> {
     effect_running: bool,
     effect_failures: u32,
     waiters: Vec<RpcReplyPort<A>>,
+    usage: Arc<Usage>,
 }
 
 impl<A: Entity> EntityState<A> {
     fn settled(&self) -> bool {
         !self.effect_running && self.aggregate.next_effect().is_none()
+    }
+
+    /// Nothing in flight: no effect pending or running, nobody waiting, no time-bound state.
+    fn can_passivate(&self) -> bool {
+        self.settled() && self.waiters.is_empty() && !self.aggregate.keep_alive()
     }
 }
 
@@ -99,9 +108,13 @@ pub fn recover<A: Entity>(history: crate::store::History) -> Result<(A, u64, u64
 impl<A: Entity> Actor for EntityActor<A> {
     type Msg = EntityMsg<A>;
     type State = EntityState<A>;
-    type Arguments = String;
+    type Arguments = (String, Arc<Usage>);
 
-    async fn pre_start(&self, myself: ActorRef<Self::Msg>, id: String) -> Result<Self::State, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        (id, usage): (String, Arc<Usage>),
+    ) -> Result<Self::State, ActorProcessingErr> {
         let stream = stream_name::<A>(&id);
         let started = Instant::now();
         let history = self.ctx.store.history(&stream).await?;
@@ -121,6 +134,7 @@ impl<A: Entity> Actor for EntityActor<A> {
             effect_running: false,
             effect_failures: 0,
             waiters: Vec::new(),
+            usage,
         })
     }
 
@@ -141,10 +155,30 @@ impl<A: Entity> Actor for EntityActor<A> {
         msg: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        let request = matches!(msg, EntityMsg::Execute(..) | EntityMsg::Get(_) | EntityMsg::Settled(_));
+        self.handle_msg(&myself, msg, state).await?;
+        let idle = state.can_passivate();
+        state.usage.set_busy(!idle);
+        // A request that found no entity (a read, or a command that was refused) leaves no actor behind.
+        if request && idle && state.seq == 0 {
+            state.ticker.abort();
+            myself.drain()?;
+        }
+        Ok(())
+    }
+}
+
+impl<A: Entity> EntityActor<A> {
+    async fn handle_msg(
+        &self,
+        myself: &ActorRef<EntityMsg<A>>,
+        msg: EntityMsg<A>,
+        state: &mut EntityState<A>,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             EntityMsg::Execute(command, reply) => {
                 state.last_active = Instant::now();
-                self.execute(&myself, command, Some(reply), state).await
+                self.execute(myself, command, Some(reply), state).await
             }
             EntityMsg::Get(reply) => {
                 state.last_active = Instant::now();
@@ -165,7 +199,7 @@ impl<A: Entity> Actor for EntityActor<A> {
                 match outcome {
                     Ok(command) => {
                         state.effect_failures = 0;
-                        self.execute(&myself, command, None, state).await
+                        self.execute(myself, command, None, state).await
                     }
                     Err(error) => {
                         state.effect_failures += 1;
@@ -177,17 +211,23 @@ impl<A: Entity> Actor for EntityActor<A> {
                 }
             }
             EntityMsg::RetryEffect => {
-                self.start_effect(&myself, state);
+                self.start_effect(myself, state);
                 Ok(())
             }
-            EntityMsg::Tick => self.tick(&myself, state).await,
+            EntityMsg::Tick => self.tick(myself, state).await,
+            EntityMsg::Passivate => {
+                if state.can_passivate() {
+                    tracing::debug!(stream = %state.stream, "passivating to stay under the live entity cap");
+                    state.ticker.abort();
+                    myself.drain()?;
+                }
+                Ok(())
+            }
             #[cfg(feature = "fault-injection")]
             EntityMsg::Panic => panic!("injected fault in {}", state.stream),
         }
     }
-}
 
-impl<A: Entity> EntityActor<A> {
     async fn tick(
         &self,
         myself: &ActorRef<EntityMsg<A>>,
@@ -197,7 +237,7 @@ impl<A: Entity> EntityActor<A> {
             return self.execute(myself, command, None, state).await;
         }
         let idle = state.last_active.elapsed() >= self.ctx.idle_timeout;
-        if idle && state.settled() && state.waiters.is_empty() && !state.aggregate.keep_alive() {
+        if idle && state.can_passivate() {
             tracing::debug!(stream = %state.stream, "passivating idle entity");
             state.ticker.abort();
             // Drain: messages already queued are still served; later senders see a closed mailbox and the router

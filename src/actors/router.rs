@@ -9,7 +9,8 @@ use ractor::{Actor, ActorRef, ActorStatus, RpcReplyPort};
 use tokio::time::Instant;
 
 use super::entity::{EntityError, EntityMsg};
-use super::supervisor::{EnsureError, EntitySupervisor, LiveMap, SupervisorMsg};
+use super::live::LiveMap;
+use super::supervisor::{EnsureError, EntitySupervisor, SupervisorMsg};
 use super::{Effects, Entity, EntityContext, RestartPolicy};
 
 pub struct EntityRouter<A: Entity> {
@@ -34,6 +35,7 @@ impl<A: Entity> EntityRouter<A> {
         call_timeout: Duration,
     ) -> Result<Self, ractor::SpawnErr> {
         let live = LiveMap::<A>::default();
+        ctx.live_limit.register(live.clone());
         let supervisor = EntitySupervisor::<A>::new(ctx, effects, live.clone(), policy);
         let (supervisor, _) = Actor::spawn(None, supervisor, ()).await?;
         Ok(Self { supervisor, live, call_timeout })
@@ -57,7 +59,7 @@ impl<A: Entity> EntityRouter<A> {
 
     /// Number of entity actors currently running on this node.
     pub fn live_count(&self) -> usize {
-        self.live.read().unwrap_or_else(|p| p.into_inner()).len()
+        self.live.len()
     }
 
     pub fn is_running(&self) -> bool {
@@ -70,7 +72,7 @@ impl<A: Entity> EntityRouter<A> {
     }
 
     fn local(&self, id: &str) -> Option<ActorRef<EntityMsg<A>>> {
-        self.live.read().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
+        self.live.get(id).map(|slot| slot.actor)
     }
 
     /// The id of the actor currently hosting the entity on this node, if any (fault-injection tests).
@@ -99,8 +101,11 @@ impl<A: Entity> EntityRouter<A> {
         let deadline = Instant::now() + self.call_timeout;
         let mut backoff = Duration::from_millis(1);
         loop {
-            let actor = match self.local(id).filter(|a| a.get_status() == ActorStatus::Running) {
-                Some(actor) => Some(actor),
+            let actor = match self.live.get(id).filter(|s| s.actor.get_status() == ActorStatus::Running) {
+                Some(slot) => {
+                    slot.usage.touch();
+                    Some(slot.actor)
+                }
                 None => self.ensure(id, deadline).await?,
             };
             if let Some(actor) = actor {
@@ -148,7 +153,7 @@ impl<A: Entity> EntityRouter<A> {
     /// Stops restarting, drains every entity (queued commands are still served), then stops the supervisor.
     pub async fn shutdown(&self, timeout: Duration) {
         let _ = self.supervisor.cast(SupervisorMsg::StopRestarting);
-        let children: Vec<_> = self.live.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        let children = self.live.actors();
         let mut drains = tokio::task::JoinSet::new();
         for child in children {
             drains.spawn(async move { child.drain_and_wait(Some(timeout)).await });

@@ -3,16 +3,14 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::marker::PhantomData;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, ActorStatus, RpcReplyPort, SupervisionEvent};
 
 use super::entity::{EntityActor, EntityMsg};
+use super::live::{LiveMap, Slot, Usage};
 use super::{Effects, Entity, EntityContext, RestartPolicy};
-
-/// Live entity actors by id, shared read-only with the router for its fast path.
-pub type LiveMap<A> = Arc<RwLock<HashMap<String, ActorRef<EntityMsg<A>>>>>;
 
 /// The exit reason ractor gives an actor that stopped by draining its mailbox.
 const DRAINED: &str = "Drained";
@@ -60,24 +58,21 @@ fn is_serving(status: ActorStatus) -> bool {
 }
 
 impl<A: Entity> EntitySupervisor<A> {
-    fn live_write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, ActorRef<EntityMsg<A>>>> {
-        self.live.write().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     async fn ensure(
         &self,
         myself: &ActorRef<SupervisorMsg<A>>,
         id: &str,
         state: &mut SupervisorState,
     ) -> Result<ActorRef<EntityMsg<A>>, EnsureError> {
-        let existing = self.live.read().unwrap_or_else(|p| p.into_inner()).get(id).cloned();
-        if let Some(actor) = existing {
-            return if is_serving(actor.get_status()) { Ok(actor) } else { Err(EnsureError::Busy) };
+        if let Some(slot) = self.live.get(id) {
+            return if is_serving(slot.actor.get_status()) { Ok(slot.actor) } else { Err(EnsureError::Busy) };
         }
+        self.ctx.live_limit.make_room();
+        let usage = Arc::new(Usage::default());
         let (actor, _) = Actor::spawn_linked(
             None,
             EntityActor::<A>::new(self.ctx.clone(), self.effects.clone()),
-            id.to_string(),
+            (id.to_string(), usage.clone()),
             myself.get_cell(),
         )
         .await
@@ -86,16 +81,13 @@ impl<A: Entity> EntitySupervisor<A> {
             EnsureError::StartFailed(e.to_string())
         })?;
         state.ids.insert(actor.get_id(), id.to_string());
-        self.live_write().insert(id.to_string(), actor.clone());
+        self.live.insert(id.to_string(), Slot { actor: actor.clone(), usage });
         Ok(actor)
     }
 
     fn forget(&self, cell: &ActorCell, state: &mut SupervisorState) -> Option<String> {
         let id = state.ids.remove(&cell.get_id())?;
-        let mut live = self.live_write();
-        if live.get(&id).is_some_and(|a| a.get_id() == cell.get_id()) {
-            live.remove(&id);
-        }
+        self.live.remove_actor(&id, cell.get_id());
         Some(id)
     }
 
@@ -135,7 +127,7 @@ impl<A: Entity> Actor for EntitySupervisor<A> {
                 let _ = reply.send(result);
             }
             SupervisorMsg::Restart(id) => {
-                let running = self.live.read().unwrap_or_else(|p| p.into_inner()).contains_key(&id);
+                let running = self.live.get(&id).is_some();
                 if !state.stopping && !running && self.ensure(&myself, &id, state).await.is_ok() {
                     tracing::info!(kind = A::KIND, %id, "entity restarted after failure");
                 }

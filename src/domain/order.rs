@@ -133,6 +133,10 @@ pub struct Order {
     pub progress: SagaProgress,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+    /// Fingerprint of the checkout request that placed the order, so that the same idempotency key sent with a
+    /// different request is recognised (absent on orders placed before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_hash: Option<String>,
 }
 
 impl Order {
@@ -232,12 +236,13 @@ pub struct NewOrder {
     pub payment_method: String,
     pub shipping_address: Option<Address>,
     pub reservation_expires_at: Timestamp,
+    pub request_hash: Option<String>,
 }
 
 #[derive(Debug, Clone)]
 pub enum OrderCommand {
     /// Creates the order; a repeat (same checkout) is a no-op.
-    Place(NewOrder),
+    Place(Box<NewOrder>),
     Cancel {
         reason: String,
     },
@@ -381,6 +386,7 @@ impl Aggregate for OrderState {
                 progress: SagaProgress::default(),
                 created_at: now,
                 updated_at: now,
+                request_hash: new.request_hash.clone(),
             };
             return Ok(vec![OrderEvent::Placed { order: Box::new(order) }]);
         }
@@ -547,9 +553,10 @@ mod tests {
             payment_method: "pm_card_visa".into(),
             shipping_address: None,
             reservation_expires_at: now + chrono::Duration::minutes(15),
+            request_hash: None,
         };
-        run(&mut s, OrderCommand::Place(new.clone())).unwrap();
-        run(&mut s, OrderCommand::Place(new)).unwrap();
+        run(&mut s, OrderCommand::Place(Box::new(new.clone()))).unwrap();
+        run(&mut s, OrderCommand::Place(Box::new(new))).unwrap();
         s
     }
 

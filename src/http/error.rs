@@ -118,6 +118,11 @@ impl From<AuthError> for ApiError {
             AuthError::CannotBlockSelf => (S::UNPROCESSABLE_ENTITY, "cannot_block_self"),
             AuthError::Store(s) => return s.clone().into(),
             AuthError::Hashing(detail) => return ApiError::internal(detail.clone()),
+            AuthError::Busy => {
+                let mut err = ApiError::new(S::SERVICE_UNAVAILABLE, "auth_busy", e.to_string());
+                err.retry_after_secs = Some(1);
+                return err;
+            }
         };
         let mut err = ApiError::new(status, code, e.to_string());
         if status == S::UNAUTHORIZED {
@@ -212,6 +217,7 @@ impl From<CheckoutError> for ApiError {
             CheckoutError::InsufficientStock { .. } => (S::CONFLICT, "insufficient_stock"),
             CheckoutError::InvalidPaymentMethod => (S::UNPROCESSABLE_ENTITY, "invalid_payment_method"),
             CheckoutError::InvalidIdempotencyKey => (S::BAD_REQUEST, "invalid_idempotency_key"),
+            CheckoutError::IdempotencyKeyReused(_) => (S::UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
             CheckoutError::OrderNotFound => (S::NOT_FOUND, "order_not_found"),
         };
         ApiError::new(status, code, e.to_string())

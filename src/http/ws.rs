@@ -5,7 +5,9 @@
 //! 4401 otherwise). The server then sends `{"type":"ready","userId":...}`, the notifications missed since `after`
 //! (query parameter, or `after` in the auth message) and from then on every new notification of the user plus public
 //! broadcasts, as `{"type":"notification","notification":{...}}`. `{"type":"resume","after":N}` replays from N;
-//! `{"type":"ping"}` is answered with `{"type":"pong"}`. The socket closes (4401) when the access token expires.
+//! `{"type":"ping"}` is answered with `{"type":"pong"}`. The socket closes with 4401 when the access token expires or
+//! its session is signed out or revoked, and with 4403 when the account is blocked: at once for sessions ended on
+//! this node, and within 30 s (a periodic re-check) otherwise.
 
 use std::time::Duration;
 
@@ -21,10 +23,13 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::extract::{CurrentUser, Query};
 use super::AppState;
-use crate::auth::Principal;
+use crate::auth::{AuthError, Principal, SessionEnd};
 use crate::store::Notification;
 
 const UNAUTHORIZED: u16 = 4401;
+const FORBIDDEN: u16 = 4403;
+/// Sessions ended on another node are noticed by this periodic check (on this node, at once).
+const RECHECK_EVERY: Duration = Duration::from_secs(30);
 const BACKLOG_LIMIT: usize = 500;
 
 pub fn router() -> Router<AppState> {
@@ -102,6 +107,11 @@ async fn session(mut socket: WebSocket, state: AppState, principal: Option<Princ
     tokio::pin!(expiry);
     // Subscribe before reading the backlog so nothing falls between the two.
     let mut live = state.hub.subscribe();
+    let mut ended = state.auth.session_ends();
+    if let Err(e) = state.auth.recheck(&principal.claims).await {
+        return close_ended(socket, &e).await;
+    }
+    let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + RECHECK_EVERY, RECHECK_EVERY);
     if !send(&mut socket, json!({ "type": "ready", "userId": user_id })).await {
         return;
     }
@@ -153,8 +163,31 @@ async fn session(mut socket: WebSocket, state: AppState, principal: Option<Princ
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
                 Some(Ok(_)) => {}
             },
+            end = ended.recv() => match end {
+                Ok(end) if end.ends(&principal.claims) => {
+                    let code = if matches!(end, SessionEnd::Blocked { .. }) { AuthError::AccountBlocked } else { AuthError::TokenRevoked };
+                    return close_ended(socket, &code).await;
+                }
+                Ok(_) => {}
+                Err(RecvError::Lagged(_)) => if let Err(e) = state.auth.recheck(&principal.claims).await {
+                    return close_ended(socket, &e).await;
+                },
+                Err(RecvError::Closed) => break,
+            },
+            _ = recheck.tick() => if let Err(e) = state.auth.recheck(&principal.claims).await {
+                return close_ended(socket, &e).await;
+            },
             _ = &mut expiry => return close(socket, UNAUTHORIZED, "token expired").await,
         }
+    }
+}
+
+/// Closes a socket whose session ended: 4403 for a blocked account, 4401 otherwise (signed out, revoked, or the
+/// check itself failed: revocation checks fail closed).
+async fn close_ended(socket: WebSocket, why: &AuthError) {
+    match why {
+        AuthError::AccountBlocked => close(socket, FORBIDDEN, "account blocked").await,
+        _ => close(socket, UNAUTHORIZED, "session ended").await,
     }
 }
 

@@ -110,10 +110,18 @@ pub(super) fn read_all_u64<T: DeserializeOwned>(
 
 impl EmbeddedStore {
     /// Opens (creating if needed) `commercex.redb` in `data_dir`. Fails if another process has it open.
+    ///
+    /// The store holds password hashes and refresh-token digests: the directory is made private to the owner
+    /// (0700) and the file readable by the owner only (0600), also when they were created earlier with looser modes.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(data_dir)
-            .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", data_dir.display())))?;
-        let db = Database::create(data_dir.join("commercex.redb")).map_err(db_err)?;
+        let io = |what: &str, e: std::io::Error| {
+            StoreError::Unavailable(format!("cannot {what} {}: {e}", data_dir.display()))
+        };
+        std::fs::create_dir_all(data_dir).map_err(|e| io("create", e))?;
+        restrict(data_dir, 0o700).map_err(|e| io("restrict", e))?;
+        let file = data_dir.join("commercex.redb");
+        let db = Database::create(&file).map_err(db_err)?;
+        restrict(&file, 0o600).map_err(|e| io("restrict the store file in", e))?;
         let txn = db.begin_write().map_err(db_err)?;
         {
             txn.open_table(EVENTS).map_err(db_err)?;
@@ -153,6 +161,17 @@ impl EmbeddedStore {
             .await
             .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
     }
+}
+
+#[cfg(unix)]
+fn restrict(path: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
+#[cfg(not(unix))]
+fn restrict(_path: &Path, _mode: u32) -> std::io::Result<()> {
+    Ok(())
 }
 
 fn commit_blocking(db: &Database, commit: Commit) -> Result<(), StoreError> {
@@ -354,6 +373,20 @@ mod tests {
         store.outbox_ack(&pending[..4].iter().map(|e| e.position).collect::<Vec<_>>()).await.unwrap();
         let rest = store.outbox_pending(100).await.unwrap();
         assert_eq!(rest.iter().map(|e| e.event.seq).collect::<Vec<_>>(), vec![5, 6]);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_data_directory_and_store_file_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+        drop(EmbeddedStore::open(&data).unwrap());
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&data), 0o700);
+        assert_eq!(mode(&data.join("commercex.redb")), 0o600);
     }
 
     #[tokio::test]

@@ -2,39 +2,12 @@
 
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::helpers::{spawn_app, spawn_app_with_provider, TestApp};
-
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn connect(app: &TestApp, token: Option<&str>, query: &str) -> Socket {
-    let url = format!("{}/ws/notifications{query}", app.base.replace("http://", "ws://"));
-    let mut req = url.into_client_request().unwrap();
-    if let Some(t) = token {
-        req.headers_mut().insert("authorization", format!("Bearer {t}").parse().unwrap());
-    }
-    tokio_tungstenite::connect_async(req).await.expect("websocket connects").0
-}
-
-/// The next JSON message, or `None` if nothing arrives within `wait`.
-async fn next_json(ws: &mut Socket, wait: Duration) -> Option<Value> {
-    loop {
-        match tokio::time::timeout(wait, ws.next()).await {
-            Ok(Some(Ok(Message::Text(t)))) => return Some(serde_json::from_str(t.as_str()).unwrap()),
-            Ok(Some(Ok(Message::Close(frame)))) => {
-                return Some(json!({"type": "closed", "code": frame.map(|f| u16::from(f.code))}))
-            }
-            Ok(Some(Ok(_))) => continue,
-            Ok(Some(Err(e))) => return Some(json!({"type": "error", "error": e.to_string()})),
-            Ok(None) => return Some(json!({"type": "ended"})),
-            Err(_) => return None,
-        }
-    }
-}
+use crate::helpers::{connect, next_json, spawn_app, spawn_app_with_provider, Socket, TestApp};
 
 /// Collects this socket's order statuses for `order_id` until `last` arrives.
 async fn statuses_until(ws: &mut Socket, order_id: &str, last: &str) -> (Vec<String>, Vec<Value>) {
@@ -184,6 +157,16 @@ async fn checkout_is_idempotent_and_validates_input() {
     assert_eq!(app.get("/api/orders", t).await.body["total"], 1);
     assert_eq!(app.provider.captures_for_order(&id).len(), 1);
     assert_eq!(stock(&app, &p).await, (9, 0));
+
+    // The same key with a different request is refused, not answered with the first order (Stripe's rule).
+    let other_method = app.checkout(&user.token, "same-key", json!({"paymentMethod": "pm_card_mastercard"})).await;
+    assert_eq!((other_method.status, other_method.code()), (422, "idempotency_key_reused"), "{:?}", other_method.body);
+    app.post("/api/cart/items", t, json!({"productId": p, "quantity": 2})).await;
+    let other_cart = app.checkout(&user.token, "same-key", json!({"paymentMethod": "pm_card_visa"})).await;
+    assert_eq!((other_cart.status, other_cart.code()), (422, "idempotency_key_reused"), "{:?}", other_cart.body);
+    assert_eq!(app.get("/api/orders", t).await.body["total"], 1, "nothing was placed");
+    let fresh = app.checkout(&user.token, "new-key", json!({"paymentMethod": "pm_card_visa"})).await;
+    assert_eq!((fresh.status, fresh.body["total"].as_i64()), (202, Some(6000)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,10 +7,13 @@ use commercex::app::Application;
 use commercex::config::Config;
 use commercex::http::AppState;
 use commercex::payments::SimulatedProvider;
+use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
 
 pub const JWT_SECRET: &str = "integration-test-secret-0123456789abcdef";
 pub const ADMIN_EMAIL: &str = "admin@commercex.test";
@@ -237,5 +240,32 @@ pub async fn eventually(what: &str, deadline: Duration, mut check: impl FnMut() 
     while !check() {
         assert!(start.elapsed() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+pub async fn connect(app: &TestApp, token: Option<&str>, query: &str) -> Socket {
+    let url = format!("{}/ws/notifications{query}", app.base.replace("http://", "ws://"));
+    let mut req = url.into_client_request().unwrap();
+    if let Some(t) = token {
+        req.headers_mut().insert("authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    tokio_tungstenite::connect_async(req).await.expect("websocket connects").0
+}
+
+/// The next JSON message, or `None` if nothing arrives within `wait`.
+pub async fn next_json(ws: &mut Socket, wait: Duration) -> Option<Value> {
+    loop {
+        match tokio::time::timeout(wait, ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => return Some(serde_json::from_str(t.as_str()).unwrap()),
+            Ok(Some(Ok(Message::Close(frame)))) => {
+                return Some(json!({"type": "closed", "code": frame.map(|f| u16::from(f.code))}))
+            }
+            Ok(Some(Ok(_))) => continue,
+            Ok(Some(Err(e))) => return Some(json!({"type": "error", "error": e.to_string()})),
+            Ok(None) => return Some(json!({"type": "ended"})),
+            Err(_) => return None,
+        }
     }
 }

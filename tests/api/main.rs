@@ -6,5 +6,7 @@ mod catalog;
 mod checkout;
 mod errors;
 mod helpers;
+mod live_entities;
 mod resilience;
 mod saga_faults;
+mod sessions;

@@ -103,6 +103,11 @@ impl UserStore for EmbeddedStore {
         .await
     }
 
+    async fn refresh_token(&self, hash: &str) -> Result<Option<RefreshToken>, StoreError> {
+        let hash = hash.to_string();
+        self.run(move |db| read_doc(db, REFRESH, &hash)).await
+    }
+
     async fn use_refresh_token(&self, hash: &str) -> Result<RefreshUse, StoreError> {
         let hash = hash.to_string();
         self.run(move |db| {

@@ -1,0 +1,200 @@
+//! The live entity actors of this node and the cap on their number.
+//!
+//! Each kind keeps its running actors in a [`LiveMap`]; every entry carries its [`Usage`]: when the router last
+//! sent it a message and whether the entity has work in flight (an effect running or due, a held reservation,
+//! a caller waiting for it to settle). All kinds share one [`LiveLimit`]. When a supervisor is about to start an
+//! actor and the node is at `actors.max_live_entities`, the least recently used idle entities of any kind are asked
+//! to passivate, a batch at a time, as Akka's active-entity limit does. An entity asked to passivate checks again
+//! inside its own mailbox order that it has nothing in flight, so an entity with work is never evicted.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::Instant;
+
+use ractor::ActorRef;
+
+use super::entity::EntityMsg;
+use super::Entity;
+
+const IDLE: u8 = 0;
+const BUSY: u8 = 1;
+/// Asked to passivate; not a candidate again until it reports its state.
+const PASSIVATING: u8 = 2;
+
+fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// Shared between an entity actor, its supervisor and the router.
+#[derive(Debug)]
+pub struct Usage {
+    last_used: AtomicU64,
+    state: AtomicU8,
+}
+
+impl Default for Usage {
+    fn default() -> Self {
+        Self { last_used: AtomicU64::new(now_ms()), state: AtomicU8::new(IDLE) }
+    }
+}
+
+impl Usage {
+    /// A caller is about to send the entity a message.
+    pub fn touch(&self) {
+        self.last_used.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Set by the entity itself after every message it handles.
+    pub fn set_busy(&self, busy: bool) {
+        self.state.store(if busy { BUSY } else { IDLE }, Ordering::Relaxed);
+    }
+
+    fn claim_for_passivation(&self) -> bool {
+        self.state.compare_exchange(IDLE, PASSIVATING, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+    }
+}
+
+pub struct Slot<A: Entity> {
+    pub actor: ActorRef<EntityMsg<A>>,
+    pub usage: Arc<Usage>,
+}
+
+impl<A: Entity> Clone for Slot<A> {
+    fn clone(&self) -> Self {
+        Self { actor: self.actor.clone(), usage: self.usage.clone() }
+    }
+}
+
+/// Live entity actors of one kind by id, shared with the router for its fast path.
+pub struct LiveMap<A: Entity>(Arc<RwLock<HashMap<String, Slot<A>>>>);
+
+impl<A: Entity> Clone for LiveMap<A> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<A: Entity> Default for LiveMap<A> {
+    fn default() -> Self {
+        Self(Arc::default())
+    }
+}
+
+impl<A: Entity> LiveMap<A> {
+    pub fn get(&self, id: &str) -> Option<Slot<A>> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
+    }
+
+    pub fn insert(&self, id: String, slot: Slot<A>) {
+        self.0.write().unwrap_or_else(|p| p.into_inner()).insert(id, slot);
+    }
+
+    /// Removes the entry if it still belongs to the actor with this id.
+    pub fn remove_actor(&self, id: &str, actor: ractor::ActorId) {
+        let mut map = self.0.write().unwrap_or_else(|p| p.into_inner());
+        if map.get(id).is_some_and(|s| s.actor.get_id() == actor) {
+            map.remove(id);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn actors(&self) -> Vec<ActorRef<EntityMsg<A>>> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).values().map(|s| s.actor.clone()).collect()
+    }
+}
+
+/// One kind's live actors as the node-wide limit sees them.
+trait Passivator: Send + Sync {
+    fn live(&self) -> usize;
+    /// Up to `n` idle entities, least recently used first, as `(last used, id)`.
+    fn idle(&self, n: usize) -> Vec<(u64, String)>;
+    fn passivate(&self, id: &str);
+}
+
+impl<A: Entity> Passivator for LiveMap<A> {
+    fn live(&self) -> usize {
+        self.len()
+    }
+
+    fn idle(&self, n: usize) -> Vec<(u64, String)> {
+        let map = self.0.read().unwrap_or_else(|p| p.into_inner());
+        let mut idle: Vec<(u64, String)> = map
+            .iter()
+            .filter(|(_, s)| s.usage.state.load(Ordering::Relaxed) == IDLE)
+            .map(|(id, s)| (s.usage.last_used.load(Ordering::Relaxed), id.clone()))
+            .collect();
+        if idle.len() > n {
+            idle.select_nth_unstable(n);
+            idle.truncate(n);
+        }
+        idle
+    }
+
+    fn passivate(&self, id: &str) {
+        if let Some(slot) = self.get(id) {
+            if slot.usage.claim_for_passivation() {
+                let _ = slot.actor.cast(EntityMsg::Passivate);
+            }
+        }
+    }
+}
+
+/// The node-wide cap on live entity actors, shared by every kind's supervisor.
+pub struct LiveLimit {
+    cap: usize,
+    kinds: RwLock<Vec<Arc<dyn Passivator>>>,
+}
+
+impl LiveLimit {
+    pub fn new(cap: usize) -> Arc<Self> {
+        Arc::new(Self { cap: cap.max(1), kinds: RwLock::default() })
+    }
+
+    pub fn register<A: Entity>(&self, live: LiveMap<A>) {
+        self.kinds.write().unwrap_or_else(|p| p.into_inner()).push(Arc::new(live));
+    }
+
+    pub fn cap(&self) -> usize {
+        self.cap
+    }
+
+    /// Live entity actors on this node, all kinds together.
+    pub fn live(&self) -> usize {
+        self.kinds.read().unwrap_or_else(|p| p.into_inner()).iter().map(|k| k.live()).sum()
+    }
+
+    /// Called before starting an actor: at the cap, asks the least recently used idle entities to passivate, a
+    /// batch at a time so that the scan is paid once per batch rather than once per start. Returns how many were
+    /// asked.
+    pub fn make_room(&self) -> usize {
+        let kinds = self.kinds.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let live: usize = kinds.iter().map(|k| k.live()).sum();
+        if live < self.cap {
+            return 0;
+        }
+        let batch = live + 1 - self.cap + self.cap / 32;
+        let mut candidates: Vec<(u64, usize, String)> = kinds
+            .iter()
+            .enumerate()
+            .flat_map(|(kind, k)| k.idle(batch).into_iter().map(move |(used, id)| (used, kind, id)))
+            .collect();
+        candidates.sort_unstable();
+        candidates.truncate(batch);
+        for (_, kind, id) in &candidates {
+            kinds[*kind].passivate(id);
+        }
+        if !candidates.is_empty() {
+            tracing::debug!(live, cap = self.cap, asked = candidates.len(), "passivating least recently used entities");
+        }
+        candidates.len()
+    }
+}
