@@ -8,8 +8,10 @@
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 
-use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher as _, PasswordVerifier, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
+use std::cell::RefCell;
+
+use argon2::password_hash::{rand_core::OsRng, Output, ParamsString, PasswordHash, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use tokio::sync::oneshot;
 
 use super::AuthError;
@@ -28,7 +30,7 @@ pub struct PasswordHasher {
 impl PasswordHasher {
     /// Starts `workers` hashing threads behind a queue of `queue` waiting jobs.
     pub fn new(memory_kib: u32, iterations: u32, workers: usize, queue: usize) -> Result<Self, AuthError> {
-        let params = Params::new(memory_kib, iterations, 1, None).map_err(|e| AuthError::Hashing(e.to_string()))?;
+        let params = Params::new(memory_kib, iterations, 1, None).map_err(hashing_error)?;
         let decoy = hash_with(&params, &super::tokens::random_token())?.into();
         let (jobs, rx) = mpsc::sync_channel::<Job>(queue);
         let rx = Arc::new(Mutex::new(rx));
@@ -65,14 +67,10 @@ impl PasswordHasher {
     /// cases cost one full verification, so the answer's timing does not tell whether the account exists.
     pub async fn verify(&self, password: String, hash: Option<String>) -> Result<bool, AuthError> {
         let decoy = self.decoy.clone();
-        let params = self.params.clone();
         self.submit(move || {
             let real = hash.is_some();
             let stored = hash.as_deref().unwrap_or(&decoy);
-            let parsed = PasswordHash::new(stored).map_err(|e| AuthError::Hashing(e.to_string()))?;
-            // Verification uses the parameters recorded in the hash, so changing the config does not lock users out.
-            let matches = argon2(&params).verify_password(password.as_bytes(), &parsed).is_ok();
-            Ok(matches && real)
+            Ok(matches(stored, &password)? && real)
         })
         .await?
     }
@@ -90,16 +88,65 @@ fn worker(jobs: &Mutex<Receiver<Job>>) {
     }
 }
 
-fn argon2(params: &Params) -> Argon2<'static> {
-    Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone())
+thread_local! {
+    /// Each hashing thread keeps its argon2 memory and reuses it, so memory is taken once per thread rather than
+    /// once per hash (the allocator would otherwise keep a growing pile of freed 19 MiB areas).
+    static MEMORY: RefCell<Vec<Block>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Runs argon2 into `out` with this thread's memory area.
+fn compute(argon2: &Argon2<'_>, params: &Params, password: &[u8], salt: &[u8], out: &mut [u8]) -> argon2::Result<()> {
+    MEMORY.with(|memory| {
+        let mut memory = memory.borrow_mut();
+        let blocks = params.block_count();
+        if memory.len() < blocks {
+            memory.resize(blocks, Block::default());
+        }
+        argon2.hash_password_into_with_memory(password, salt, out, &mut memory[..blocks])
+    })
+}
+
+fn hashing_error(e: impl std::fmt::Display) -> AuthError {
+    AuthError::Hashing(e.to_string())
+}
+
+/// A PHC string (`$argon2id$v=19$m=...,t=...,p=1$salt$hash`) for `password` with a fresh salt.
 fn hash_with(params: &Params, password: &str) -> Result<String, AuthError> {
     let salt = SaltString::generate(&mut OsRng);
-    argon2(params)
-        .hash_password(password.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| AuthError::Hashing(e.to_string()))
+    let mut salt_bytes = [0u8; 64];
+    let salt_bytes = salt.as_salt().decode_b64(&mut salt_bytes).map_err(hashing_error)?;
+    let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
+    let length = params.output_len().unwrap_or(Params::DEFAULT_OUTPUT_LEN);
+    let output = Output::init_with(length, |out| {
+        compute(&argon2, params, password.as_bytes(), salt_bytes, out).map_err(Into::into)
+    })
+    .map_err(hashing_error)?;
+    let hash = PasswordHash {
+        algorithm: Algorithm::Argon2id.ident(),
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(params).map_err(hashing_error)?,
+        salt: Some(salt.as_salt()),
+        hash: Some(output),
+    };
+    Ok(hash.to_string())
+}
+
+/// Whether `password` matches the PHC string `stored`, with the parameters recorded in it (so changing the config
+/// does not lock users out). The comparison is constant-time.
+fn matches(stored: &str, password: &str) -> Result<bool, AuthError> {
+    let parsed = PasswordHash::new(stored).map_err(hashing_error)?;
+    let algorithm = Algorithm::try_from(parsed.algorithm).map_err(hashing_error)?;
+    let version = parsed.version.map(Version::try_from).transpose().map_err(hashing_error)?.unwrap_or_default();
+    let params = Params::try_from(&parsed).map_err(hashing_error)?;
+    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+        return Err(AuthError::Hashing("stored hash lacks its salt or output".into()));
+    };
+    let mut salt_bytes = [0u8; 64];
+    let salt_bytes = salt.decode_b64(&mut salt_bytes).map_err(hashing_error)?;
+    let argon2 = Argon2::new(algorithm, version, params.clone());
+    let mut out = vec![0u8; expected.len()];
+    compute(&argon2, &params, password.as_bytes(), salt_bytes, &mut out).map_err(hashing_error)?;
+    Ok(Output::new(&out).map_err(hashing_error)? == expected)
 }
 
 #[cfg(test)]
@@ -118,6 +165,24 @@ mod tests {
         assert!(h.verify("s3cret-pass".into(), Some(a.clone())).await.unwrap());
         assert!(!h.verify("wrong-pass1".into(), Some(a)).await.unwrap());
         assert!(!h.verify("s3cret-pass".into(), None).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn hashes_are_standard_phc_strings_both_ways() {
+        use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _};
+        let h = PasswordHasher::new(1024, 1, 1, 4).unwrap();
+        // A hash made by the argon2 crate's own API (as stored before) verifies, and ours verifies with it.
+        let params = Params::new(2048, 2, 1, None).unwrap();
+        let theirs = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone())
+            .hash_password(b"old-pass-1", &SaltString::generate(&mut OsRng))
+            .unwrap()
+            .to_string();
+        assert!(h.verify("old-pass-1".into(), Some(theirs.clone())).await.unwrap());
+        assert!(!h.verify("old-pass-2".into(), Some(theirs)).await.unwrap());
+        let ours = h.hash("new-pass-1".into()).await.unwrap();
+        let parsed = PasswordHash::new(&ours).unwrap();
+        assert!(Argon2::default().verify_password(b"new-pass-1", &parsed).is_ok());
+        assert!(ours.starts_with("$argon2id$v=19$m=1024,t=1,p=1$"));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
