@@ -4,6 +4,7 @@
 
 pub mod cart;
 pub mod coupon;
+pub mod currency;
 pub mod order;
 pub mod payment;
 pub mod product;

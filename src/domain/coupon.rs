@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Aggregate, Timestamp};
+use super::{currency, Aggregate, Timestamp};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -153,10 +153,8 @@ fn check_terms(t: &CouponTerms) -> Result<(), CouponError> {
     match &t.discount {
         Discount::Percent { percent } if !(1..=100).contains(percent) => return invalid("percent", "must be 1 to 100"),
         Discount::Fixed { amount, .. } if *amount <= 0 => return invalid("amount", "must be positive"),
-        Discount::Fixed { currency, .. }
-            if currency.len() != 3 || !currency.chars().all(|c| c.is_ascii_uppercase()) =>
-        {
-            return invalid("currency", "must be a three-letter ISO 4217 code")
+        Discount::Fixed { currency, .. } if !currency::is_active(currency) => {
+            return invalid("currency", "must be an active ISO 4217 currency code such as USD, EUR or JPY")
         }
         _ => {}
     }
@@ -302,6 +300,24 @@ mod tests {
         let fixed = coupon(Discount::Fixed { amount: 5000, currency: "USD".into() }, None, None).coupon.unwrap();
         assert_eq!(fixed.discount_for("o", "u", 1200, "USD", now), Ok(1200));
         assert_eq!(fixed.discount_for("o", "u", 1200, "EUR", now), Err(CouponError::CurrencyMismatch("USD".into())));
+    }
+
+    #[test]
+    fn fixed_discounts_need_an_active_currency() {
+        let create = |discount| {
+            let terms = CouponTerms { discount, min_order: None, expires_at: None, usage_limit: None, per_user_limit: None };
+            CouponState::default().decide("C", &CouponCommand::Create(terms), chrono::Utc::now())
+        };
+        assert!(create(Discount::Fixed { amount: 500, currency: "JPY".into() }).is_ok());
+        for bad in ["ZZZ", "usd", "XAU"] {
+            assert!(
+                matches!(
+                    create(Discount::Fixed { amount: 500, currency: bad.into() }),
+                    Err(CouponError::Invalid { field: "currency", .. })
+                ),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

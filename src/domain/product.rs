@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{required_text, Aggregate, Timestamp};
+use super::{currency, required_text, Aggregate, Timestamp};
 
 pub const MAX_PRICE_MINOR: i64 = 100_000_000_000;
 pub const MAX_STOCK: i64 = 1_000_000_000;
@@ -234,8 +234,8 @@ fn resolve(details: &ProductDetails, base: Option<&Product>) -> Result<Resolved,
         return Err(invalid("price", format!("must be between 0 and {MAX_PRICE_MINOR} minor units")));
     }
     let currency = pick(&details.currency, base.map(|p| p.currency.clone()), "currency")?;
-    if currency.len() != 3 || !currency.chars().all(|c| c.is_ascii_uppercase()) {
-        return Err(invalid("currency", "must be a three-letter ISO 4217 code such as USD"));
+    if !currency::is_active(&currency) {
+        return Err(invalid("currency", "must be an active ISO 4217 currency code such as USD, EUR or JPY"));
     }
     let category = pick(&details.category, base.map(|p| p.category.clone()), "category")?;
     let category = required_text(&category, 100).map_err(|m| invalid("category", m))?;
@@ -523,6 +523,22 @@ mod tests {
             now(),
         );
         assert!(matches!(err, Err(ProductError::Invalid { field: "stock", .. })));
+    }
+
+    #[test]
+    fn currencies_must_be_active_iso_codes() {
+        for (code, ok) in [("USD", true), ("JPY", true), ("KWD", true), ("ZZZ", false), ("XXX", false), ("US", false)] {
+            let d = ProductDetails { currency: Some(code.into()), ..details() };
+            let r = ProductState::default().decide("p", &ProductCommand::Create { details: d, initial_stock: 1 }, now());
+            assert_eq!(r.is_ok(), ok, "{code}");
+            if !ok {
+                assert!(matches!(r, Err(ProductError::Invalid { field: "currency", .. })), "{code}");
+            }
+        }
+        let mut s = created(1);
+        let patch = ProductDetails { currency: Some("ZZZ".into()), ..Default::default() };
+        assert!(run(&mut s, ProductCommand::Update { expected_version: 1, details: patch }).is_err());
+        assert_eq!(s.product.as_ref().unwrap().currency, "USD");
     }
 
     #[test]

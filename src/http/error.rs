@@ -151,7 +151,7 @@ impl From<CartServiceError> for ApiError {
             CartServiceError::Cart(c) => match c {
                 CartError::InvalidQuantity => (S::UNPROCESSABLE_ENTITY, "invalid_quantity"),
                 CartError::InsufficientStock { .. } => (S::CONFLICT, "insufficient_stock"),
-                CartError::CurrencyMismatch { .. } => (S::CONFLICT, "currency_mismatch"),
+                CartError::CurrencyMismatch { .. } => (S::UNPROCESSABLE_ENTITY, "currency_mismatch"),
                 CartError::CartFull => (S::UNPROCESSABLE_ENTITY, "cart_full"),
                 CartError::LineNotFound => (S::NOT_FOUND, "cart_item_not_found"),
             },
@@ -194,6 +194,7 @@ impl From<OrderError> for ApiError {
             OrderError::NotFound => (StatusCode::NOT_FOUND, "order_not_found"),
             OrderError::Empty => (StatusCode::UNPROCESSABLE_ENTITY, "cart_empty"),
             OrderError::InvalidTransition { .. } => (StatusCode::CONFLICT, "invalid_transition"),
+            OrderError::CurrencyMismatch { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "currency_mismatch"),
         };
         ApiError::new(status, code, e.to_string())
     }
