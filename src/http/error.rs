@@ -96,6 +96,7 @@ impl From<UserError> for ApiError {
             UserError::InvalidEmail => "invalid_email",
             UserError::WeakPassword(_) => "weak_password",
             UserError::Invalid { .. } => "validation_failed",
+            UserError::InvalidText(_) => "invalid_text",
         };
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, e.to_string())
     }
@@ -134,6 +135,7 @@ impl From<ProductError> for ApiError {
             ProductError::NotFound => (S::NOT_FOUND, "product_not_found"),
             ProductError::AlreadyExists => (S::CONFLICT, "product_exists"),
             ProductError::Invalid { .. } => (S::UNPROCESSABLE_ENTITY, "validation_failed"),
+            ProductError::InvalidText(_) => (S::UNPROCESSABLE_ENTITY, "invalid_text"),
             ProductError::VersionConflict { .. } => (S::CONFLICT, "version_conflict"),
             ProductError::InsufficientStock { .. } => (S::CONFLICT, "insufficient_stock"),
             ProductError::ReservationUnavailable => (S::CONFLICT, "reservation_unavailable"),
@@ -167,6 +169,7 @@ impl From<CouponError> for ApiError {
             CouponError::NotFound => (S::NOT_FOUND, "coupon_not_found"),
             CouponError::AlreadyExists => (S::CONFLICT, "coupon_exists"),
             CouponError::Invalid { .. } => (S::UNPROCESSABLE_ENTITY, "validation_failed"),
+            CouponError::InvalidText(_) => (S::UNPROCESSABLE_ENTITY, "invalid_text"),
             CouponError::Inactive => (S::UNPROCESSABLE_ENTITY, "coupon_inactive"),
             CouponError::Expired => (S::UNPROCESSABLE_ENTITY, "coupon_expired"),
             CouponError::UsageLimitReached => (S::CONFLICT, "coupon_usage_limit_reached"),

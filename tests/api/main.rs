@@ -9,3 +9,4 @@ mod errors;
 mod helpers;
 mod resilience;
 mod saga_faults;
+mod user_text;
