@@ -5,6 +5,7 @@ mod cart;
 mod catalog;
 mod checkout;
 mod currency;
+mod emails;
 mod errors;
 mod helpers;
 mod resilience;
