@@ -288,7 +288,8 @@ mod tests {
             ("lines", "  1 x {{name}}{{reason}}".to_string()),
             ("reason", "{{".to_string()),
         ];
-        let text = render("Hi {{name}}, order {{order}} of {{total}}:\n{{lines}}\n{{reason}}}} {{unknown}} {{", &values);
+        let text =
+            render("Hi {{name}}, order {{order}} of {{total}}:\n{{lines}}\n{{reason}}}} {{unknown}} {{", &values);
         assert_eq!(
             text,
             "Hi {{total}} {{order}} {{orderId}}, order ord_1 of 9.99 USD:\n  1 x {{name}}{{reason}}\n{{}} {{unknown}} {{"

@@ -312,7 +312,8 @@ mod tests {
     #[test]
     fn fixed_discounts_need_an_active_currency() {
         let create = |discount| {
-            let terms = CouponTerms { discount, min_order: None, expires_at: None, usage_limit: None, per_user_limit: None };
+            let terms =
+                CouponTerms { discount, min_order: None, expires_at: None, usage_limit: None, per_user_limit: None };
             CouponState::default().decide("C", &CouponCommand::Create(terms), chrono::Utc::now())
         };
         assert!(create(Discount::Fixed { amount: 500, currency: "JPY".into() }).is_ok());

@@ -541,7 +541,8 @@ mod tests {
     fn currencies_must_be_active_iso_codes() {
         for (code, ok) in [("USD", true), ("JPY", true), ("KWD", true), ("ZZZ", false), ("XXX", false), ("US", false)] {
             let d = ProductDetails { currency: Some(code.into()), ..details() };
-            let r = ProductState::default().decide("p", &ProductCommand::Create { details: d, initial_stock: 1 }, now());
+            let r =
+                ProductState::default().decide("p", &ProductCommand::Create { details: d, initial_stock: 1 }, now());
             assert_eq!(r.is_ok(), ok, "{code}");
             if !ok {
                 assert!(matches!(r, Err(ProductError::Invalid { field: "currency", .. })), "{code}");
@@ -562,7 +563,10 @@ mod tests {
             ("title", ProductDetails { title: Some("Mug\u{202E}gpj.exe".into()), ..details() }),
             ("description", ProductDetails { description: Some("nul\u{0}byte".into()), ..details() }),
             ("category", ProductDetails { category: Some("kitchen\u{1B}[2J".into()), ..details() }),
-            ("imageUrl", ProductDetails { image_url: Some(Some("https://img.example/\u{200B}a.png".into())), ..details() }),
+            (
+                "imageUrl",
+                ProductDetails { image_url: Some(Some("https://img.example/\u{200B}a.png".into())), ..details() },
+            ),
         ];
         for (field, d) in bad {
             assert!(

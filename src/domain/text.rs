@@ -96,8 +96,25 @@ mod tests {
     use proptest::prelude::*;
 
     const DANGEROUS: [char; 20] = [
-        '\u{0}', '\u{7}', '\u{8}', '\u{1B}', '\u{7F}', '\u{85}', '\u{9B}', '\u{61C}', '\u{200B}', '\u{200E}',
-        '\u{200F}', '\u{2028}', '\u{2029}', '\u{202A}', '\u{202E}', '\u{2066}', '\u{2069}', '\u{2060}', '\u{FEFF}',
+        '\u{0}',
+        '\u{7}',
+        '\u{8}',
+        '\u{1B}',
+        '\u{7F}',
+        '\u{85}',
+        '\u{9B}',
+        '\u{61C}',
+        '\u{200B}',
+        '\u{200E}',
+        '\u{200F}',
+        '\u{2028}',
+        '\u{2029}',
+        '\u{202A}',
+        '\u{202E}',
+        '\u{2066}',
+        '\u{2069}',
+        '\u{2060}',
+        '\u{FEFF}',
         '\u{E0041}',
     ];
 
@@ -125,7 +142,9 @@ mod tests {
 
     #[test]
     fn ordinary_text_in_any_script_is_accepted() {
-        for text in ["Crème brûlée", "Ｗｉｄｅ mug", "שלום", "مرحبا", "नमस्ते", "کتاب‌ها", "👩‍👩‍👧 family", "{{total}}", "50% off!"] {
+        for text in
+            ["Crème brûlée", "Ｗｉｄｅ mug", "שלום", "مرحبا", "नमस्ते", "کتاب‌ها", "👩‍👩‍👧 family", "{{total}}", "50% off!"]
+        {
             assert!(check("title", text, Lines::Single).is_ok(), "{text:?}");
         }
     }
@@ -133,10 +152,7 @@ mod tests {
     #[test]
     fn the_message_names_the_field_and_the_character() {
         let e = required_text("name", "Eve\u{202E}gnp.exe", 100).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "`name` must not contain control or invisible formatting characters (found U+202E)"
-        );
+        assert_eq!(e.to_string(), "`name` must not contain control or invisible formatting characters (found U+202E)");
         assert_eq!(required_text("name", "  ", 100).unwrap_err().to_string(), "`name` must not be empty");
         assert_eq!(required_text("name", " Ada ", 100), Ok("Ada".to_string()));
         assert_eq!(long_text("description", " a\nb ", 5), Ok("a\nb".to_string()));

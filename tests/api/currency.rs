@@ -21,8 +21,9 @@ async fn a_product_switched_to_another_currency_is_never_charged_in_the_carts() 
     assert_eq!(add(&app, t, &lamp, 1).await.body["currency"], "USD");
 
     // The attack: with the lamp in a dollar cart, its price becomes 100 yen.
-    let switched =
-        app.patch(&format!("/api/products/{lamp}"), Some(&admin), json!({"version": 1, "currency": "JPY", "price": 100})).await;
+    let switched = app
+        .patch(&format!("/api/products/{lamp}"), Some(&admin), json!({"version": 1, "currency": "JPY", "price": 100}))
+        .await;
     assert_eq!(switched.status, 200, "{:?}", switched.body);
 
     // The cart shows the lamp at its new currency, outside the dollar subtotal.
@@ -91,9 +92,8 @@ async fn a_cart_holds_one_currency() {
 async fn only_active_iso_4217_codes_are_accepted() {
     let app = spawn_app().await;
     let admin = app.admin().await;
-    let product = |currency: &str| {
-        json!({"title": "Tea", "price": 500, "currency": currency, "category": "food", "stock": 1})
-    };
+    let product =
+        |currency: &str| json!({"title": "Tea", "price": 500, "currency": currency, "category": "food", "stock": 1});
     for bad in ["ZZZ", "XXX", "XTS", "XAU", "usd", "US", "DEM"] {
         let r = app.post("/api/products", Some(&admin), product(bad)).await;
         assert_eq!((r.status, r.code()), (422, "validation_failed"), "{bad}");
@@ -118,9 +118,7 @@ async fn only_active_iso_4217_codes_are_accepted() {
     assert_eq!((r.status, r.code()), (422, "validation_failed"));
     assert_eq!(app.get(&path, None).await.body["currency"], "EUR");
 
-    let coupon = |currency: &str| {
-        json!({"code": format!("FIX{currency}"), "discount": {"kind": "fixed", "amount": 500, "currency": currency}})
-    };
+    let coupon = |currency: &str| json!({"code": format!("FIX{currency}"), "discount": {"kind": "fixed", "amount": 500, "currency": currency}});
     let r = app.post("/api/admin/coupons", Some(&admin), coupon("ZZZ")).await;
     assert_eq!((r.status, r.code()), (422, "validation_failed"));
     assert_eq!(app.post("/api/admin/coupons", Some(&admin), coupon("JPY")).await.status, 201);

@@ -11,7 +11,8 @@ async fn email_to(app: &TestApp, admin: &str, to: &str, template: &str) -> Value
     let start = tokio::time::Instant::now();
     loop {
         let emails = app.get("/api/admin/emails?limit=100", Some(admin)).await.body;
-        let found = emails["items"].as_array().into_iter().flatten().find(|e| e["to"] == to && e["template"] == template);
+        let found =
+            emails["items"].as_array().into_iter().flatten().find(|e| e["to"] == to && e["template"] == template);
         if let Some(e) = found {
             return e.clone();
         }

@@ -6,7 +6,17 @@ use serde_json::{json, Value};
 use crate::helpers::{spawn_app, spawn_app_with, Resp, ADMIN_PASSWORD};
 
 const DANGEROUS: [&str; 12] = [
-    "\u{0}", "\u{7}", "\u{1B}[2J", "\r", "\n", "\u{7F}", "\u{85}", "\u{202E}", "\u{2067}", "\u{200F}", "\u{200B}",
+    "\u{0}",
+    "\u{7}",
+    "\u{1B}[2J",
+    "\r",
+    "\n",
+    "\u{7F}",
+    "\u{85}",
+    "\u{202E}",
+    "\u{2067}",
+    "\u{200F}",
+    "\u{200B}",
     "\u{FEFF}",
 ];
 
@@ -46,11 +56,19 @@ async fn profile_fields_refuse_control_and_bidi_characters() {
     assert_eq!((me["name"].as_str(), me["phone"].as_str(), me["address"].as_str()), (Some("Test User"), None, None));
 
     let r = app
-        .post("/api/users/signup", None, json!({"email": "eve@example.com", "password": "pass-word-1", "name": "Eve\u{202E}"}))
+        .post(
+            "/api/users/signup",
+            None,
+            json!({"email": "eve@example.com", "password": "pass-word-1", "name": "Eve\u{202E}"}),
+        )
         .await;
     assert_invalid_text(&r, "name", "signup name");
     let r = app
-        .post("/api/users/signup", None, json!({"email": "eve\u{202E}@example.com", "password": "pass-word-1", "name": "Eve"}))
+        .post(
+            "/api/users/signup",
+            None,
+            json!({"email": "eve\u{202E}@example.com", "password": "pass-word-1", "name": "Eve"}),
+        )
         .await;
     assert_invalid_text(&r, "email", "signup email");
     assert_eq!(app.signin("eve@example.com", "pass-word-1").await.status, 401, "no account was created");
@@ -92,7 +110,11 @@ async fn catalog_and_coupon_text_refuses_control_and_bidi_characters() {
     assert_eq!((product["title"].as_str(), product["stockOnHand"].as_i64()), (Some("Mug"), Some(3)));
 
     let r = app
-        .post("/api/admin/coupons", a, json!({"code": "SAVE\u{202E}01", "discount": {"kind": "percent", "percent": 10}}))
+        .post(
+            "/api/admin/coupons",
+            a,
+            json!({"code": "SAVE\u{202E}01", "discount": {"kind": "percent", "percent": 10}}),
+        )
         .await;
     assert_invalid_text(&r, "code", "coupon code");
 
@@ -100,7 +122,8 @@ async fn catalog_and_coupon_text_refuses_control_and_bidi_characters() {
     app.post("/api/cart/items", Some(&user.token), json!({"productId": product["id"], "quantity": 1})).await;
     let r = app.checkout(&user.token, "k1", json!({"paymentMethod": "pm_card_visa", "couponCode": "SAVE\u{0}"})).await;
     assert_invalid_text(&r, "code", "checkout coupon code");
-    let address = json!({"line1": "1 Main St\u{1B}]0;pwned\u{7}", "city": "London", "postalCode": "N1 9GU", "country": "GB"});
+    let address =
+        json!({"line1": "1 Main St\u{1B}]0;pwned\u{7}", "city": "London", "postalCode": "N1 9GU", "country": "GB"});
     let r = app.checkout(&user.token, "k2", json!({"paymentMethod": "pm_card_visa", "shippingAddress": address})).await;
     assert_invalid_text(&r, "address.line1", "shipping address");
     assert_eq!(app.get("/api/orders", Some(&user.token)).await.body["total"], 0);
@@ -111,8 +134,9 @@ async fn emails_are_one_account_whatever_their_unicode_form() {
     let app = spawn_app().await;
     let alice = app.signup("alice@example.com").await;
     let fullwidth = "Ａｌｉｃｅ@Example.com";
-    let r =
-        app.post("/api/users/signup", None, json!({"email": fullwidth, "password": "pass-word-1", "name": "Imposter"})).await;
+    let r = app
+        .post("/api/users/signup", None, json!({"email": fullwidth, "password": "pass-word-1", "name": "Imposter"}))
+        .await;
     assert_eq!((r.status, r.code()), (409, "email_taken"));
     let r = app.signin(fullwidth, "pass-word-1").await;
     assert_eq!(r.status, 200, "{:?}", r.body);
@@ -120,7 +144,11 @@ async fn emails_are_one_account_whatever_their_unicode_form() {
 
     // Stored in the normalised form whichever form signs up first.
     let r = app
-        .post("/api/users/signup", None, json!({"email": "ＢＯＢ@ｅｘａｍｐｌｅ.com", "password": "pass-word-1", "name": "Bob"}))
+        .post(
+            "/api/users/signup",
+            None,
+            json!({"email": "ＢＯＢ@ｅｘａｍｐｌｅ.com", "password": "pass-word-1", "name": "Bob"}),
+        )
         .await;
     assert_eq!((r.status, r.body["user"]["email"].as_str()), (201, Some("bob@example.com")));
     assert_eq!(app.signin("bob@example.com", "pass-word-1").await.status, 200);
@@ -137,7 +165,11 @@ async fn the_bootstrap_admin_email_is_normalised_too() {
     let r = app.signin("root@example.com", ADMIN_PASSWORD).await;
     assert_eq!((r.status, r.body["user"]["role"].as_str()), (200, Some("admin")), "{:?}", r.body);
     let r = app
-        .post("/api/users/signup", None, json!({"email": "ROOT@example.com", "password": "pass-word-1", "name": "Root"}))
+        .post(
+            "/api/users/signup",
+            None,
+            json!({"email": "ROOT@example.com", "password": "pass-word-1", "name": "Root"}),
+        )
         .await;
     assert_eq!((r.status, r.code()), (409, "email_taken"));
 }
