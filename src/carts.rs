@@ -113,7 +113,13 @@ impl Carts {
                 Err(EntityError::Rejected(_)) => None,
                 Err(EntityError::Unavailable(why)) => return Err(CartServiceError::Unavailable(why)),
             };
-            lines.push(cart::priced_line(line, product.as_ref().map(|p| (p.title.as_str(), p.price, p.available()))));
+            let entry = product.as_ref().map(|p| cart::CatalogEntry {
+                title: &p.title,
+                price: p.price,
+                currency: &p.currency,
+                available: p.available(),
+            });
+            lines.push(cart::priced_line(line, cart.currency.as_deref(), entry));
         }
         let (items, subtotal, item_count) = cart::price_lines(lines);
         Ok(CartView { items, currency: cart.currency, subtotal, item_count, updated_at: cart.updated_at })

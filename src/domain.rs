@@ -4,14 +4,18 @@
 
 pub mod cart;
 pub mod coupon;
+pub mod currency;
 pub mod order;
 pub mod payment;
 pub mod product;
+pub mod text;
 pub mod user;
 
 use std::fmt::Debug;
 
 use serde::{de::DeserializeOwned, Serialize};
+
+pub(crate) use text::required_text;
 
 pub type Timestamp = chrono::DateTime<chrono::Utc>;
 
@@ -28,16 +32,4 @@ pub trait Aggregate: Clone + Default + Debug + Serialize + DeserializeOwned + Se
     fn apply(&mut self, event: &Self::Event);
     /// The public name of an event, e.g. `product.created`.
     fn event_type(event: &Self::Event) -> &'static str;
-}
-
-/// Checks a required free-text field: trimmed, non-empty, at most `max` characters.
-pub(crate) fn required_text(value: &str, max: usize) -> Result<String, String> {
-    let v = value.trim();
-    if v.is_empty() {
-        return Err("must not be empty".into());
-    }
-    if v.chars().count() > max {
-        return Err(format!("must be at most {max} characters"));
-    }
-    Ok(v.to_string())
 }

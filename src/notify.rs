@@ -50,14 +50,39 @@ impl MailSender for RecordingMailer {
     }
 }
 
-/// `{{name}}` placeholders filled from `values`.
+/// Fills the template's `{{name}}` placeholders from `values` in one pass over the template text. A value is
+/// copied in as it is and never scanned again, so text a user chose (a name, a product title, a reason) that looks
+/// like a placeholder stays literal text. A placeholder with no value is left as written.
 pub fn render(template: &str, values: &[(&str, String)]) -> String {
-    values.iter().fold(template.to_string(), |text, (k, v)| text.replace(&format!("{{{{{k}}}}}"), v))
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(open) = rest.find("{{") {
+        let after = &rest[open + 2..];
+        let Some(close) = after.find("}}") else { break };
+        out.push_str(&rest[..open]);
+        let key = &after[..close];
+        match values.iter().find(|(k, _)| *k == key) {
+            Some((_, value)) => out.push_str(value),
+            None => out.push_str(&rest[open..open + 2 + close + 2]),
+        }
+        rest = &after[close + 2..];
+    }
+    out.push_str(rest);
+    out
 }
 
-/// Amount in minor units as `12.34 USD`.
+/// Amount in minor units with as many decimals as the currency has: `12.34 USD`, `1234 JPY`, `1.234 KWD`.
 pub fn money(amount: i64, currency: &str) -> String {
-    format!("{}{}.{:02} {currency}", if amount < 0 { "-" } else { "" }, amount.abs() / 100, amount.abs() % 100)
+    let sign = if amount < 0 { "-" } else { "" };
+    let abs = amount.unsigned_abs();
+    match crate::domain::currency::minor_units(currency).unwrap_or(2) {
+        0 => format!("{sign}{abs} {currency}"),
+        digits => {
+            let unit = 10u64.pow(u32::from(digits));
+            let width = usize::from(digits);
+            format!("{sign}{}.{:0width$} {currency}", abs / unit, abs % unit)
+        }
+    }
 }
 
 struct Template {
@@ -249,5 +274,25 @@ mod tests {
             assert!(!render(t.subject, &all).contains("{{"), "{}", t.name);
         }
         assert_eq!(money(5, "EUR"), "0.05 EUR");
+        assert_eq!(money(-1250, "USD"), "-12.50 USD");
+        assert_eq!(money(100, "JPY"), "100 JPY");
+        assert_eq!(money(1234, "KWD"), "1.234 KWD");
+    }
+
+    #[test]
+    fn values_are_never_expanded_as_templates() {
+        let values = [
+            ("name", "{{total}} {{order}} {{orderId}}".to_string()),
+            ("order", "ord_1".to_string()),
+            ("total", "9.99 USD".to_string()),
+            ("lines", "  1 x {{name}}{{reason}}".to_string()),
+            ("reason", "{{".to_string()),
+        ];
+        let text =
+            render("Hi {{name}}, order {{order}} of {{total}}:\n{{lines}}\n{{reason}}}} {{unknown}} {{", &values);
+        assert_eq!(
+            text,
+            "Hi {{total}} {{order}} {{orderId}}, order ord_1 of 9.99 USD:\n  1 x {{name}}{{reason}}\n{{}} {{unknown}} {{"
+        );
     }
 }

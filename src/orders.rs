@@ -13,7 +13,7 @@ use crate::catalog::Catalog;
 use crate::clock::Clock;
 use crate::domain::cart::{Cart, CartCommand};
 use crate::domain::coupon::{self, CouponCommand, CouponError, CouponState};
-use crate::domain::order::{NewOrder, Order, OrderCommand, OrderEffect, OrderError, OrderLine, OrderState};
+use crate::domain::order::{self, NewOrder, Order, OrderCommand, OrderEffect, OrderError, OrderLine, OrderState};
 use crate::domain::payment::{PaymentCommand, PaymentError, PaymentState, PaymentStatus};
 use crate::domain::product::{ProductCommand, ProductState};
 use crate::domain::user::{self, Address, User};
@@ -332,16 +332,25 @@ impl Orders {
         if cart.lines.is_empty() {
             return Err(CheckoutError::CartEmpty);
         }
-        let mut lines = Vec::with_capacity(cart.lines.len());
+        let mut products = Vec::with_capacity(cart.lines.len());
         for line in &cart.lines {
-            let product = match self.catalog.get(&line.product_id).await {
-                Ok(p) => p,
+            match self.catalog.get(&line.product_id).await {
+                Ok(p) => products.push((p, line.quantity)),
                 Err(EntityError::Rejected(_)) => {
                     return Err(CheckoutError::ProductUnavailable(line.product_id.clone()))
                 }
                 Err(e) => return Err(e.into()),
-            };
-            if product.available() < i64::from(line.quantity) {
+            }
+        }
+        // Prices come from the catalog now, so the currency must too: a product that changed currency since it
+        // was added is refused rather than charged in the cart's currency.
+        let currency = order::order_currency(
+            cart.currency.as_deref(),
+            products.iter().map(|(p, _)| (p.id.as_str(), p.currency.as_str())),
+        )?;
+        let mut lines = Vec::with_capacity(products.len());
+        for (product, quantity) in products {
+            if product.available() < i64::from(quantity) {
                 let available = product.available();
                 return Err(CheckoutError::InsufficientStock { product_id: product.id, available });
             }
@@ -349,11 +358,10 @@ impl Orders {
                 product_id: product.id,
                 title: product.title,
                 unit_price: product.price,
-                quantity: line.quantity,
-                line_total: product.price * i64::from(line.quantity),
+                quantity,
+                line_total: product.price * i64::from(quantity),
             });
         }
-        let currency = cart.currency.clone().unwrap_or_else(|| "USD".into());
         let subtotal: i64 = lines.iter().map(|l| l.line_total).sum();
         let now = self.clock.now();
         let (coupon_code, discount) = match &request.coupon_code {

@@ -220,10 +220,22 @@ pub struct PricedLine {
     pub product_id: String,
     pub title: Option<String>,
     pub unit_price: Option<i64>,
+    /// The currency the product is priced in now.
+    pub currency: Option<String>,
     pub quantity: u32,
     pub line_total: i64,
-    /// False when the product was deleted or no longer has this quantity in stock.
+    /// False when the product was deleted, no longer has this quantity in stock, or is now priced in another
+    /// currency than the cart.
     pub available: bool,
+}
+
+/// What the catalog says about a line's product at the moment the cart is shown.
+#[derive(Debug, Clone, Copy)]
+pub struct CatalogEntry<'a> {
+    pub title: &'a str,
+    pub price: i64,
+    pub currency: &'a str,
+    pub available: i64,
 }
 
 /// Totals computed by the server from current catalog prices; unavailable lines are shown but not counted.
@@ -233,20 +245,22 @@ pub fn price_lines(lines: Vec<PricedLine>) -> (Vec<PricedLine>, i64, u64) {
     (lines, subtotal, items)
 }
 
-pub fn priced_line(line: &CartLine, product: Option<(&str, i64, i64)>) -> PricedLine {
+pub fn priced_line(line: &CartLine, cart_currency: Option<&str>, product: Option<CatalogEntry<'_>>) -> PricedLine {
     match product {
-        Some((title, price, available)) => PricedLine {
+        Some(p) => PricedLine {
             product_id: line.product_id.clone(),
-            title: Some(title.to_string()),
-            unit_price: Some(price),
+            title: Some(p.title.to_string()),
+            unit_price: Some(p.price),
+            currency: Some(p.currency.to_string()),
             quantity: line.quantity,
-            line_total: price * i64::from(line.quantity),
-            available: available >= i64::from(line.quantity),
+            line_total: p.price * i64::from(line.quantity),
+            available: p.available >= i64::from(line.quantity) && cart_currency.is_none_or(|c| c == p.currency),
         },
         None => PricedLine {
             product_id: line.product_id.clone(),
             title: None,
             unit_price: None,
+            currency: None,
             quantity: line.quantity,
             line_total: 0,
             available: false,
@@ -306,15 +320,20 @@ mod tests {
     fn totals_skip_unavailable_lines() {
         let now = chrono::Utc::now();
         let line = |id: &str, q| CartLine { product_id: id.into(), quantity: q, added_at: now };
+        let entry = |title, price, currency, available| Some(CatalogEntry { title, price, currency, available });
+        let usd = Some("USD");
         let lines = vec![
-            priced_line(&line("a", 2), Some(("A", 150, 10))),
-            priced_line(&line("b", 1), None),
-            priced_line(&line("c", 4), Some(("C", 100, 3))),
+            priced_line(&line("a", 2), usd, entry("A", 150, "USD", 10)),
+            priced_line(&line("b", 1), usd, None),
+            priced_line(&line("c", 4), usd, entry("C", 100, "USD", 3)),
+            // Switched to yen after it was added: shown, but never summed into a dollar subtotal.
+            priced_line(&line("d", 1), usd, entry("D", 100, "JPY", 10)),
         ];
         let (lines, subtotal, items) = price_lines(lines);
         assert_eq!(subtotal, 300);
         assert_eq!(items, 2);
-        assert!(!lines[1].available && !lines[2].available);
+        assert!(!lines[1].available && !lines[2].available && !lines[3].available);
+        assert_eq!(lines[3].currency.as_deref(), Some("JPY"));
     }
 
     proptest! {
@@ -345,7 +364,7 @@ mod tests {
             }
             let priced: Vec<_> = c.lines.iter().map(|l| {
                 let i = ids.iter().position(|x| *x == l.product_id).unwrap();
-                priced_line(l, Some(("t", prices[i], i64::MAX)))
+                priced_line(l, c.currency.as_deref(), Some(CatalogEntry { title: "t", price: prices[i], currency: "USD", available: i64::MAX }))
             }).collect();
             let expected: i64 = c.lines.iter().map(|l| {
                 let i = ids.iter().position(|x| *x == l.product_id).unwrap();

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Aggregate, Timestamp};
+use super::text::{self, InvalidText, Lines};
+use super::{currency, Aggregate, Timestamp};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -84,6 +85,8 @@ pub enum CouponError {
     AlreadyExists,
     #[error("`{field}` {message}")]
     Invalid { field: &'static str, message: String },
+    #[error(transparent)]
+    InvalidText(#[from] InvalidText),
     #[error("this coupon is not active")]
     Inactive,
     #[error("this coupon has expired")]
@@ -100,6 +103,7 @@ pub enum CouponError {
 
 /// Upper-cases and checks a coupon code: 3 to 32 letters, digits, `-` or `_`.
 pub fn normalize_code(raw: &str) -> Result<String, CouponError> {
+    text::check("code", raw, Lines::Single)?;
     let code = raw.trim().to_ascii_uppercase();
     let ok = (3..=32).contains(&code.len()) && code.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     if ok {
@@ -153,10 +157,11 @@ fn check_terms(t: &CouponTerms) -> Result<(), CouponError> {
     match &t.discount {
         Discount::Percent { percent } if !(1..=100).contains(percent) => return invalid("percent", "must be 1 to 100"),
         Discount::Fixed { amount, .. } if *amount <= 0 => return invalid("amount", "must be positive"),
-        Discount::Fixed { currency, .. }
-            if currency.len() != 3 || !currency.chars().all(|c| c.is_ascii_uppercase()) =>
-        {
-            return invalid("currency", "must be a three-letter ISO 4217 code")
+        Discount::Fixed { currency, .. } => {
+            text::check("currency", currency, Lines::Single)?;
+            if !currency::is_active(currency) {
+                return invalid("currency", "must be an active ISO 4217 currency code such as USD, EUR or JPY");
+            }
         }
         _ => {}
     }
@@ -302,6 +307,35 @@ mod tests {
         let fixed = coupon(Discount::Fixed { amount: 5000, currency: "USD".into() }, None, None).coupon.unwrap();
         assert_eq!(fixed.discount_for("o", "u", 1200, "USD", now), Ok(1200));
         assert_eq!(fixed.discount_for("o", "u", 1200, "EUR", now), Err(CouponError::CurrencyMismatch("USD".into())));
+    }
+
+    #[test]
+    fn fixed_discounts_need_an_active_currency() {
+        let create = |discount| {
+            let terms =
+                CouponTerms { discount, min_order: None, expires_at: None, usage_limit: None, per_user_limit: None };
+            CouponState::default().decide("C", &CouponCommand::Create(terms), chrono::Utc::now())
+        };
+        assert!(create(Discount::Fixed { amount: 500, currency: "JPY".into() }).is_ok());
+        for bad in ["ZZZ", "usd", "XAU"] {
+            assert!(
+                matches!(
+                    create(Discount::Fixed { amount: 500, currency: bad.into() }),
+                    Err(CouponError::Invalid { field: "currency", .. })
+                ),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn codes_refuse_control_and_bidi_characters() {
+        assert_eq!(normalize_code(" save10 "), Ok("SAVE10".into()));
+        assert_eq!(
+            normalize_code("SAVE\u{202E}01"),
+            Err(CouponError::InvalidText(InvalidText { field: "code", ch: '\u{202E}' }))
+        );
+        assert!(matches!(normalize_code("SAVE 10"), Err(CouponError::Invalid { .. })));
     }
 
     #[test]

@@ -320,6 +320,32 @@ pub enum OrderError {
     Empty,
     #[error("an order in status {from} cannot become {to}")]
     InvalidTransition { from: &'static str, to: &'static str },
+    #[error(
+        "product {product_id} is now priced in {product_currency} but the cart is in {order_currency}; \
+         remove it from the cart to check out"
+    )]
+    CurrencyMismatch { product_id: String, product_currency: String, order_currency: String },
+}
+
+/// One order has one currency: the cart's. Every line's product must still be priced in it; a line whose product
+/// changed currency is refused, never charged as if its price were in the cart's currency. A cart with no recorded
+/// currency takes its first line's.
+pub fn order_currency<'a>(
+    cart_currency: Option<&str>,
+    lines: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<String, OrderError> {
+    let mut currency = cart_currency.map(str::to_string);
+    for (product_id, product_currency) in lines {
+        let order_currency = currency.get_or_insert_with(|| product_currency.to_string());
+        if order_currency != product_currency {
+            return Err(OrderError::CurrencyMismatch {
+                product_id: product_id.to_string(),
+                product_currency: product_currency.to_string(),
+                order_currency: order_currency.clone(),
+            });
+        }
+    }
+    currency.ok_or(OrderError::Empty)
 }
 
 impl OrderState {
@@ -648,6 +674,28 @@ mod tests {
         assert_eq!(order(&s).next_step(), Some(OrderEffect::Refund { payment_id: "pay-o1".into() }));
     }
 
+    #[test]
+    fn an_order_never_mixes_currencies() {
+        let lines = [("a", "USD"), ("b", "USD")];
+        assert_eq!(order_currency(Some("USD"), lines), Ok("USD".into()));
+        assert_eq!(order_currency(None, lines), Ok("USD".into()));
+        // The reported attack: a USD cart whose product was switched to JPY must not become a USD order.
+        let err = order_currency(Some("USD"), [("a", "USD"), ("b", "JPY")]).unwrap_err();
+        assert_eq!(
+            err,
+            OrderError::CurrencyMismatch {
+                product_id: "b".into(),
+                product_currency: "JPY".into(),
+                order_currency: "USD".into()
+            }
+        );
+        assert!(err.to_string().contains("product b is now priced in JPY but the cart is in USD"));
+        assert!(order_currency(Some("USD"), [("a", "JPY")]).is_err(), "a single relabelled line too");
+        assert!(order_currency(None, [("a", "EUR"), ("b", "USD")]).is_err());
+        assert_eq!(order_currency(Some("USD"), []), Ok("USD".into()));
+        assert_eq!(order_currency(None, []), Err(OrderError::Empty));
+    }
+
     fn any_command() -> impl Strategy<Value = OrderCommand> {
         let ids = || proptest::collection::vec(prop_oneof![Just("a".to_string()), Just("b".to_string())], 0..3);
         prop_oneof![
@@ -674,6 +722,26 @@ mod tests {
     }
 
     proptest! {
+        /// Whatever the lines, an accepted currency is the one every line is priced in.
+        #[test]
+        fn accepted_currency_is_every_lines_currency(
+            cart in proptest::option::of(prop_oneof![Just("USD"), Just("EUR")]),
+            lines in proptest::collection::vec(prop_oneof![Just("USD"), Just("EUR"), Just("JPY")], 0..6),
+        ) {
+            let ids: Vec<String> = (0..lines.len()).map(|i| format!("p{i}")).collect();
+            let r = order_currency(cart, ids.iter().map(String::as_str).zip(lines.iter().copied()));
+            match r {
+                Ok(c) => {
+                    prop_assert!(lines.iter().all(|l| *l == c));
+                    prop_assert!(cart.is_none_or(|cart| cart == c));
+                }
+                Err(OrderError::CurrencyMismatch { product_currency, order_currency, .. }) => {
+                    prop_assert_ne!(product_currency, order_currency)
+                }
+                Err(e) => prop_assert!(cart.is_none() && lines.is_empty(), "{e}"),
+            }
+        }
+
         /// Whatever commands arrive in whatever order, the status history only ever takes legal transitions, and
         /// a refused command changes nothing.
         #[test]

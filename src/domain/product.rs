@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{required_text, Aggregate, Timestamp};
+use super::text::{self, InvalidText, Lines, TextError};
+use super::{currency, required_text, Aggregate, Timestamp};
 
 pub const MAX_PRICE_MINOR: i64 = 100_000_000_000;
 pub const MAX_STOCK: i64 = 1_000_000_000;
@@ -167,6 +168,8 @@ pub enum ProductError {
     AlreadyExists,
     #[error("`{field}` {message}")]
     Invalid { field: &'static str, message: String },
+    #[error(transparent)]
+    InvalidText(#[from] InvalidText),
     #[error("stale version {expected}: the product is at version {actual}")]
     VersionConflict { expected: u64, actual: u64 },
     #[error("stock cannot go below zero or below reserved stock: {available} available, change of {delta}")]
@@ -177,6 +180,15 @@ pub enum ProductError {
 
 fn invalid(field: &'static str, message: impl Into<String>) -> ProductError {
     ProductError::Invalid { field, message: message.into() }
+}
+
+impl From<TextError> for ProductError {
+    fn from(e: TextError) -> Self {
+        match e {
+            TextError::Forbidden(e) => e.into(),
+            TextError::Rule { field, message } => invalid(field, message),
+        }
+    }
 }
 
 /// State of one product stream: the product (`None` until created) and its reservations by order id.
@@ -224,26 +236,26 @@ fn resolve(details: &ProductDetails, base: Option<&Product>) -> Result<Resolved,
         new.clone().or(old).ok_or_else(|| invalid(field, "is required"))
     }
     let title = pick(&details.title, base.map(|p| p.title.clone()), "title")?;
-    let title = required_text(&title, 200).map_err(|m| invalid("title", m))?;
+    let title = required_text("title", &title, 200)?;
     let description = pick(&details.description, base.map(|p| p.description.clone()), "description")?;
-    if description.chars().count() > 5000 {
-        return Err(invalid("description", "must be at most 5000 characters"));
-    }
+    let description = text::long_text("description", &description, 5000)?;
     let price = pick(&details.price, base.map(|p| p.price), "price")?;
     if !(0..=MAX_PRICE_MINOR).contains(&price) {
         return Err(invalid("price", format!("must be between 0 and {MAX_PRICE_MINOR} minor units")));
     }
     let currency = pick(&details.currency, base.map(|p| p.currency.clone()), "currency")?;
-    if currency.len() != 3 || !currency.chars().all(|c| c.is_ascii_uppercase()) {
-        return Err(invalid("currency", "must be a three-letter ISO 4217 code such as USD"));
+    text::check("currency", &currency, Lines::Single)?;
+    if !currency::is_active(&currency) {
+        return Err(invalid("currency", "must be an active ISO 4217 currency code such as USD, EUR or JPY"));
     }
     let category = pick(&details.category, base.map(|p| p.category.clone()), "category")?;
-    let category = required_text(&category, 100).map_err(|m| invalid("category", m))?;
+    let category = required_text("category", &category, 100)?;
     let image_url = match &details.image_url {
         Some(v) => v.clone(),
         None => base.and_then(|p| p.image_url.clone()),
     };
     if let Some(url) = &image_url {
+        text::check("imageUrl", url, Lines::Single)?;
         let ok = (url.starts_with("https://") || url.starts_with("http://"))
             && url.len() <= 2000
             && !url.contains(char::is_whitespace);
@@ -251,7 +263,7 @@ fn resolve(details: &ProductDetails, base: Option<&Product>) -> Result<Resolved,
             return Err(invalid("imageUrl", "must be an http(s) URL of at most 2000 characters"));
         }
     }
-    Ok(Resolved { title, description: description.trim().to_string(), price, currency, category, image_url })
+    Ok(Resolved { title, description, price, currency, category, image_url })
 }
 
 impl Aggregate for ProductState {
@@ -318,7 +330,7 @@ impl Aggregate for ProductState {
                 if *delta == 0 || delta.abs() > MAX_STOCK {
                     return Err(invalid("delta", format!("must be non-zero and at most {MAX_STOCK} in size")));
                 }
-                let reason = required_text(reason, 200).map_err(|m| invalid("reason", m))?;
+                let reason = required_text("reason", reason, 200)?;
                 let after = current.stock_on_hand + delta;
                 if after < current.stock_reserved || after > MAX_STOCK {
                     return Err(ProductError::InsufficientStock { available: current.available(), delta: *delta });
@@ -523,6 +535,52 @@ mod tests {
             now(),
         );
         assert!(matches!(err, Err(ProductError::Invalid { field: "stock", .. })));
+    }
+
+    #[test]
+    fn currencies_must_be_active_iso_codes() {
+        for (code, ok) in [("USD", true), ("JPY", true), ("KWD", true), ("ZZZ", false), ("XXX", false), ("US", false)] {
+            let d = ProductDetails { currency: Some(code.into()), ..details() };
+            let r =
+                ProductState::default().decide("p", &ProductCommand::Create { details: d, initial_stock: 1 }, now());
+            assert_eq!(r.is_ok(), ok, "{code}");
+            if !ok {
+                assert!(matches!(r, Err(ProductError::Invalid { field: "currency", .. })), "{code}");
+            }
+        }
+        let mut s = created(1);
+        let patch = ProductDetails { currency: Some("ZZZ".into()), ..Default::default() };
+        assert!(run(&mut s, ProductCommand::Update { expected_version: 1, details: patch }).is_err());
+        assert_eq!(s.product.as_ref().unwrap().currency, "USD");
+    }
+
+    #[test]
+    fn text_fields_refuse_control_and_bidi_characters() {
+        let create = |d: ProductDetails| {
+            ProductState::default().decide("p", &ProductCommand::Create { details: d, initial_stock: 1 }, now())
+        };
+        let bad = [
+            ("title", ProductDetails { title: Some("Mug\u{202E}gpj.exe".into()), ..details() }),
+            ("description", ProductDetails { description: Some("nul\u{0}byte".into()), ..details() }),
+            ("category", ProductDetails { category: Some("kitchen\u{1B}[2J".into()), ..details() }),
+            (
+                "imageUrl",
+                ProductDetails { image_url: Some(Some("https://img.example/\u{200B}a.png".into())), ..details() },
+            ),
+        ];
+        for (field, d) in bad {
+            assert!(
+                matches!(create(d), Err(ProductError::InvalidText(InvalidText { field: f, .. })) if f == field),
+                "{field}"
+            );
+        }
+        let multi_line = ProductDetails { description: Some("Blue.\n\tDishwasher safe.\r\n".into()), ..details() };
+        let events = create(multi_line).unwrap();
+        let ProductEvent::Created { product } = &events[0] else { panic!("{events:?}") };
+        assert_eq!(product.description, "Blue.\n\tDishwasher safe.");
+        let mut s = created(1);
+        let err = run(&mut s, ProductCommand::AdjustStock { delta: 1, reason: "found\u{85}".into() });
+        assert!(matches!(err, Err(ProductError::InvalidText(InvalidText { field: "reason", .. }))));
     }
 
     #[test]

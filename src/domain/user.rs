@@ -1,7 +1,9 @@
 //! User accounts: identity rules, profile validation, roles.
 
 use serde::{Deserialize, Serialize};
+use unicode_normalization::UnicodeNormalization;
 
+use super::text::{self, InvalidText, Lines, TextError};
 use super::{required_text, Timestamp};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,7 +35,7 @@ pub struct Address {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct User {
     pub id: String,
-    /// Normalised (trimmed, lower-case); unique.
+    /// Normalised (trimmed, NFKC, lower-case); unique.
     pub email: String,
     pub name: String,
     pub phone: Option<String>,
@@ -55,10 +57,26 @@ pub enum UserError {
     WeakPassword(&'static str),
     #[error("`{field}` {message}")]
     Invalid { field: &'static str, message: String },
+    #[error(transparent)]
+    InvalidText(#[from] InvalidText),
 }
 
+impl From<TextError> for UserError {
+    fn from(e: TextError) -> Self {
+        match e {
+            TextError::Forbidden(e) => e.into(),
+            TextError::Rule { field, message } => UserError::Invalid { field, message },
+        }
+    }
+}
+
+/// The one form of an email address that sign-up, sign-in and the bootstrap admin compare: Unicode NFKC (so
+/// fullwidth `Ａｌｉｃｅ` and compatibility forms fold to `Alice`), lower-cased, NFKC again (lower-casing can
+/// leave a non-normalised sequence), trimmed. Two spellings that normalise alike are one account.
 pub fn normalize_email(raw: &str) -> Result<String, UserError> {
-    let email = raw.trim().to_lowercase();
+    text::check("email", raw, Lines::Single)?;
+    let email: String = raw.nfkc().collect::<String>().to_lowercase().nfkc().collect();
+    let email = email.trim().to_string();
     let (local, domain) = email.split_once('@').ok_or(UserError::InvalidEmail)?;
     let ok = !local.is_empty()
         && local.len() <= 64
@@ -96,10 +114,11 @@ pub fn check_password(password: &str, email: &str) -> Result<(), UserError> {
 }
 
 pub fn check_name(name: &str) -> Result<String, UserError> {
-    required_text(name, 100).map_err(|message| UserError::Invalid { field: "name", message })
+    Ok(required_text("name", name, 100)?)
 }
 
 pub fn check_phone(phone: &str) -> Result<String, UserError> {
+    text::check("phone", phone, Lines::Single)?;
     let p = phone.trim();
     let digits = p.chars().filter(char::is_ascii_digit).count();
     let allowed = p.chars().all(|c| c.is_ascii_digit() || " +-().".contains(c));
@@ -111,9 +130,8 @@ pub fn check_phone(phone: &str) -> Result<String, UserError> {
 }
 
 pub fn check_address(a: &Address) -> Result<Address, UserError> {
-    let field = |field: &'static str, v: &str, max| {
-        required_text(v, max).map_err(|message| UserError::Invalid { field, message })
-    };
+    let field = |field: &'static str, v: &str, max| -> Result<String, UserError> { Ok(required_text(field, v, max)?) };
+    text::check("address.country", &a.country, Lines::Single)?;
     let country = a.country.trim().to_ascii_uppercase();
     if country.len() != 2 || !country.chars().all(|c| c.is_ascii_alphabetic()) {
         return Err(UserError::Invalid {
@@ -123,13 +141,14 @@ pub fn check_address(a: &Address) -> Result<Address, UserError> {
     }
     Ok(Address {
         line1: field("address.line1", &a.line1, 200)?,
-        line2: a
-            .line2
-            .as_deref()
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(|s| field("address.line2", s, 200))
-            .transpose()?,
+        line2: match a.line2.as_deref() {
+            Some(l) if !l.trim().is_empty() => Some(field("address.line2", l, 200)?),
+            Some(l) => {
+                text::check("address.line2", l, Lines::Single)?;
+                None
+            }
+            None => None,
+        },
         city: field("address.city", &a.city, 100)?,
         postal_code: field("address.postalCode", &a.postal_code, 20)?,
         country,
@@ -148,6 +167,47 @@ mod tests {
         {
             assert_eq!(normalize_email(bad), Err(UserError::InvalidEmail), "{bad}");
         }
+    }
+
+    #[test]
+    fn emails_fold_compatibility_forms_and_case() {
+        assert_eq!(normalize_email("Ａｌｉｃｅ@Example.com").unwrap(), "alice@example.com");
+        assert_eq!(normalize_email("ａｌｉｃｅ＠ｅｘａｍｐｌｅ．ｃｏｍ").unwrap(), "alice@example.com");
+        assert_eq!(normalize_email("ＡＬＩＣＥ@EXAMPLE.COM").unwrap(), normalize_email("alice@example.com").unwrap());
+        assert_eq!(normalize_email("ﬁnn@example.com").unwrap(), "finn@example.com");
+        assert_eq!(
+            normalize_email("alice\u{202E}@example.com"),
+            Err(UserError::InvalidText(InvalidText { field: "email", ch: '\u{202E}' }))
+        );
+    }
+
+    #[test]
+    fn profile_text_refuses_control_and_bidi_characters() {
+        fn forbidden<T>(r: Result<T, UserError>, field: &str) -> bool {
+            matches!(r, Err(UserError::InvalidText(InvalidText { field: f, .. })) if f == field)
+        }
+        assert!(forbidden(check_name("Mallory\u{202E}"), "name"));
+        assert!(forbidden(check_name("Eve\n"), "name"));
+        assert!(forbidden(check_phone("+1 555\u{0}0100"), "phone"));
+        let good = Address {
+            line1: "1 Main St".into(),
+            line2: None,
+            city: "Paris".into(),
+            postal_code: "75001".into(),
+            country: "FR".into(),
+        };
+        let cases = [
+            ("address.line1", Address { line1: "1 Main\u{1B}[31m St".into(), ..good.clone() }),
+            ("address.line2", Address { line2: Some("Flat\u{2066}2".into()), ..good.clone() }),
+            ("address.line2", Address { line2: Some("\u{0}".into()), ..good.clone() }),
+            ("address.city", Address { city: "Par\u{7F}is".into(), ..good.clone() }),
+            ("address.postalCode", Address { postal_code: "75\u{200F}001".into(), ..good.clone() }),
+            ("address.country", Address { country: "F\u{0}".into(), ..good.clone() }),
+        ];
+        for (field, a) in cases {
+            assert!(forbidden(check_address(&a), field), "{field}");
+        }
+        assert!(check_address(&good).is_ok());
     }
 
     #[test]

@@ -96,6 +96,7 @@ impl From<UserError> for ApiError {
             UserError::InvalidEmail => "invalid_email",
             UserError::WeakPassword(_) => "weak_password",
             UserError::Invalid { .. } => "validation_failed",
+            UserError::InvalidText(_) => "invalid_text",
         };
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, e.to_string())
     }
@@ -139,6 +140,7 @@ impl From<ProductError> for ApiError {
             ProductError::NotFound => (S::NOT_FOUND, "product_not_found"),
             ProductError::AlreadyExists => (S::CONFLICT, "product_exists"),
             ProductError::Invalid { .. } => (S::UNPROCESSABLE_ENTITY, "validation_failed"),
+            ProductError::InvalidText(_) => (S::UNPROCESSABLE_ENTITY, "invalid_text"),
             ProductError::VersionConflict { .. } => (S::CONFLICT, "version_conflict"),
             ProductError::InsufficientStock { .. } => (S::CONFLICT, "insufficient_stock"),
             ProductError::ReservationUnavailable => (S::CONFLICT, "reservation_unavailable"),
@@ -156,7 +158,7 @@ impl From<CartServiceError> for ApiError {
             CartServiceError::Cart(c) => match c {
                 CartError::InvalidQuantity => (S::UNPROCESSABLE_ENTITY, "invalid_quantity"),
                 CartError::InsufficientStock { .. } => (S::CONFLICT, "insufficient_stock"),
-                CartError::CurrencyMismatch { .. } => (S::CONFLICT, "currency_mismatch"),
+                CartError::CurrencyMismatch { .. } => (S::UNPROCESSABLE_ENTITY, "currency_mismatch"),
                 CartError::CartFull => (S::UNPROCESSABLE_ENTITY, "cart_full"),
                 CartError::LineNotFound => (S::NOT_FOUND, "cart_item_not_found"),
             },
@@ -172,6 +174,7 @@ impl From<CouponError> for ApiError {
             CouponError::NotFound => (S::NOT_FOUND, "coupon_not_found"),
             CouponError::AlreadyExists => (S::CONFLICT, "coupon_exists"),
             CouponError::Invalid { .. } => (S::UNPROCESSABLE_ENTITY, "validation_failed"),
+            CouponError::InvalidText(_) => (S::UNPROCESSABLE_ENTITY, "invalid_text"),
             CouponError::Inactive => (S::UNPROCESSABLE_ENTITY, "coupon_inactive"),
             CouponError::Expired => (S::UNPROCESSABLE_ENTITY, "coupon_expired"),
             CouponError::UsageLimitReached => (S::CONFLICT, "coupon_usage_limit_reached"),
@@ -199,6 +202,7 @@ impl From<OrderError> for ApiError {
             OrderError::NotFound => (StatusCode::NOT_FOUND, "order_not_found"),
             OrderError::Empty => (StatusCode::UNPROCESSABLE_ENTITY, "cart_empty"),
             OrderError::InvalidTransition { .. } => (StatusCode::CONFLICT, "invalid_transition"),
+            OrderError::CurrencyMismatch { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "currency_mismatch"),
         };
         ApiError::new(status, code, e.to_string())
     }

@@ -1,9 +1,11 @@
 //! Extractors whose rejections use the API's error shape, and the authentication extractors.
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+mod input;
+
+use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -11,35 +13,37 @@ use serde::Serialize;
 use super::{ApiError, AppState};
 use crate::auth::{AuthError, Principal};
 
-/// JSON body or response. Malformed JSON, wrong types, unknown fields and oversized bodies become 4xx errors.
+/// JSON body or response. A body must be a JSON object sent as `application/json`; malformed JSON, wrong types,
+/// missing and unknown fields and oversized bodies become 4xx errors that name the field by its JSON path.
 pub struct Json<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(value)) => Ok(Json(value)),
-            Err(rejection) => Err(json_rejection(rejection)),
+        if !json_content_type(req.headers()) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "expected `Content-Type: application/json`",
+            ));
         }
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "request body is too large")
+            } else {
+                ApiError::bad_request("invalid_body", "the request body could not be read")
+            }
+        })?;
+        input::parse_body(&bytes).map(Json)
     }
 }
 
-fn json_rejection(rejection: JsonRejection) -> ApiError {
-    let text = rejection.body_text();
-    match rejection {
-        JsonRejection::JsonSyntaxError(_) => ApiError::bad_request("malformed_json", text),
-        JsonRejection::JsonDataError(_) => ApiError::bad_request("invalid_body", text),
-        JsonRejection::MissingJsonContentType(_) => ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "expected `Content-Type: application/json`",
-        ),
-        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "request body is too large")
-        }
-        _ => ApiError::bad_request("invalid_body", text),
-    }
+/// `application/json`, or any `application/*+json`, with or without parameters.
+fn json_content_type(headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else { return false };
+    let essence = value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 /// Parses an optional JSON body from raw bytes (empty means `T::default()`).
@@ -47,10 +51,7 @@ pub fn optional_json<T: DeserializeOwned + Default>(bytes: &[u8]) -> Result<T, A
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(bytes).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => ApiError::bad_request("invalid_body", e.to_string()),
-        _ => ApiError::bad_request("malformed_json", e.to_string()),
-    })
+    input::parse_body(bytes)
 }
 
 impl<T: Serialize> IntoResponse for Json<T> {
@@ -68,7 +69,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|q| Query(q.0))
-            .map_err(|r: QueryRejection| ApiError::bad_request("invalid_query", r.body_text()))
+            .map_err(input::query_error)
     }
 }
 
@@ -78,10 +79,7 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T>
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        axum::extract::Path::<T>::from_request_parts(parts, state)
-            .await
-            .map(|p| Path(p.0))
-            .map_err(|r: PathRejection| ApiError::bad_request("invalid_path", r.body_text()))
+        axum::extract::Path::<T>::from_request_parts(parts, state).await.map(|p| Path(p.0)).map_err(input::path_error)
     }
 }
 

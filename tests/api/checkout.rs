@@ -23,6 +23,20 @@ async fn statuses_until(ws: &mut Socket, order_id: &str, last: &str) -> (Vec<Str
     (statuses, all)
 }
 
+/// The recorded emails, once `done` holds for them: the notifier sends them after the status change is visible.
+async fn emails_until(app: &TestApp, admin: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let start = tokio::time::Instant::now();
+    loop {
+        let emails = app.get("/api/admin/emails?limit=100", Some(admin)).await.body["items"].as_array().cloned();
+        let emails = emails.unwrap_or_default();
+        if done(&emails) {
+            return emails;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "emails never got there: {emails:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn stock(app: &TestApp, id: &str) -> (i64, i64) {
     let p = app.get(&format!("/api/products/{id}"), None).await.body;
     (p["stockOnHand"].as_i64().unwrap(), p["stockReserved"].as_i64().unwrap())
@@ -81,15 +95,10 @@ async fn checkout_pay_cancel_and_refund_end_to_end() {
     assert!(captures[0].refunded);
     assert_eq!(app.get(&format!("/api/payments?orderId={order_id}"), t).await.body["items"][0]["status"], "refunded");
 
-    let emails = app.get("/api/admin/emails", Some(&admin)).await.body;
-    let templates: Vec<&str> = emails["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["to"] == "alice@example.com")
-        .map(|e| e["template"].as_str().unwrap())
-        .collect();
-    assert!(templates.contains(&"order_confirmation") && templates.contains(&"order_refunded"), "{templates:?}");
+    let sent = |emails: &[Value], template: &str| {
+        emails.iter().any(|e| e["to"] == "alice@example.com" && e["template"] == template)
+    };
+    emails_until(&app, &admin, |e| sent(e, "order_confirmation") && sent(e, "order_refunded")).await;
 
     let listed = app.get("/api/notifications", t).await.body;
     let unread = listed["unreadCount"].as_u64().unwrap();
@@ -152,6 +161,7 @@ async fn checkout_is_idempotent_and_validates_input() {
     assert_eq!(ids.len(), 1, "one key, one order");
     let id = ids.into_iter().next().unwrap();
     app.wait_status(&user.token, &id, "paid").await;
+    app.state.orders.router().settled(&id, Duration::from_secs(10)).await.unwrap();
     let again = app.checkout(&user.token, "same-key", json!({"paymentMethod": "pm_card_visa"})).await;
     assert_eq!((again.status, again.body["id"].as_str()), (202, Some(id.as_str())));
     assert_eq!(app.get("/api/orders", t).await.body["total"], 1);
@@ -190,6 +200,8 @@ async fn payment_outcomes_drive_the_order() {
         let payment = app.get(&format!("/api/payments?orderId={id}"), Some(&user.token)).await.body["items"][0].clone();
         if status == "paid" {
             assert_eq!(payment["attempts"], 2, "two transient failures, then captured");
+            // Paid comes before the stock commit: wait for the saga to finish before counting stock.
+            app.state.orders.router().settled(&id, Duration::from_secs(10)).await.unwrap();
         } else {
             let last = order["history"].as_array().unwrap().last().unwrap().clone();
             assert!(last["reason"].as_str().unwrap().contains(reason), "{method}: {last}");
@@ -202,9 +214,9 @@ async fn payment_outcomes_drive_the_order() {
         }
     }
     assert_eq!(stock(&app, &p).await, (9, 0));
-    let emails = app.get("/api/admin/emails", Some(&admin)).await.body;
-    let failed = emails["items"].as_array().unwrap().iter().filter(|e| e["template"] == "payment_failed").count();
-    assert_eq!(failed, 3);
+    let failed = |emails: &[Value]| emails.iter().filter(|e| e["template"] == "payment_failed").count();
+    let emails = emails_until(&app, &admin, |e| failed(e) >= 3).await;
+    assert_eq!(failed(&emails), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -350,12 +362,8 @@ async fn admins_ship_and_deliver_paid_orders() {
     assert_eq!(app.get("/api/admin/orders?status=lost", Some(&admin)).await.status, 400);
     let payments = app.get("/api/admin/payments?status=captured", Some(&admin)).await.body;
     assert_eq!(payments["total"], 1);
-    let emails = app.get("/api/admin/emails", Some(&admin)).await.body;
-    assert!(emails["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|e| e["template"] == "order_shipped" && e["to"] == "ship@example.com"));
+    emails_until(&app, &admin, |e| e.iter().any(|e| e["template"] == "order_shipped" && e["to"] == "ship@example.com"))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -48,6 +48,97 @@ async fn bad_requests_get_clear_errors_never_500() {
     assert_eq!(app.get("/api/cart", Some(&user.token)).await.body["itemCount"], 0);
 }
 
+/// Words that would reveal the server's Rust types rather than say what the client got wrong.
+const INTERNAL: [&str; 12] =
+    ["struct", "Body", "enum", "Option", "i64", "u32", "u64", "Patch", "Params", "serde", "Failed to", "Vec"];
+
+#[tokio::test]
+async fn malformed_bodies_are_explained_in_the_clients_terms() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let user = app.signup("typo@example.com").await;
+    let raw = |method: reqwest::Method, path: &str, token: Option<&str>, body: &str| {
+        let mut req =
+            app.client.request(method, format!("{}{path}", app.base)).header("content-type", "application/json");
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.body(body.to_string()).send()
+    };
+    let product = r#""title": "Mug", "price": 1299, "currency": "USD", "category": "kitchen""#;
+    let post = reqwest::Method::POST;
+    let patch = reqwest::Method::PATCH;
+    let (a, u) = (Some(admin.as_str()), Some(user.token.as_str()));
+    let cases = [
+        (post.clone(), "/api/products", a, "[]".to_string(), "body must be a JSON object"),
+        // Before, an array of the fields in declaration order was accepted as a product.
+        (post.clone(), "/api/products", a, r#"["Mug", "", 1299, "USD", "kitchen", null, 3]"#.into(), "body must be a JSON object"),
+        (post.clone(), "/api/products", a, r#""Mug""#.into(), "body must be a JSON object"),
+        (post.clone(), "/api/products", a, r#"{"title": "Mug", "price": "12.99", "currency": "USD", "category": "c"}"#.into(),
+            "field `price`: expected an integer (minor units), got a string"),
+        (post.clone(), "/api/products", a, format!(r#"{{{product}, "stock": -1.5}}"#), "field `stock`: expected an integer, got -1.5"),
+        (post.clone(), "/api/products", a, format!(r#"{{{product}, "foo": 1}}"#),
+            "unknown field `foo`, expected one of `title`, `description`, `price`, `currency`, `category`, `imageUrl`, `stock`"),
+        (post.clone(), "/api/products", a, r#"{"title": "Mug", "currency": "USD", "category": "c"}"#.into(), "missing field `price`"),
+        (post.clone(), "/api/cart/items", u, r#"{"productId": "p", "quantity": "2"}"#.into(),
+            "field `quantity`: expected an integer, got a string"),
+        (patch.clone(), "/api/users/me", u, r#"{"address": {"line1": 5, "city": "x", "postalCode": "y", "country": "GB"}}"#.into(),
+            "field `address.line1`: expected a string, got 5"),
+        (patch.clone(), "/api/users/me", u, r#"{"address": {"line1": "1 Main St"}}"#.into(), "missing field `address.city`"),
+        (post.clone(), "/api/admin/coupons", a, r#"{"code": "SAVE", "discount": {"kind": "bogo"}}"#.into(),
+            "field `discount.kind`: unknown value `bogo`, expected `percent` or `fixed`"),
+        (post.clone(), "/api/admin/coupons", a, r#"{"code": "SAVE", "discount": {"kind": "percent", "percent": 10}, "usageLimit": -1}"#.into(),
+            "field `usageLimit`: expected an integer from 0 to 4294967295, got -1"),
+        (post.clone(), "/api/admin/coupons", a, r#"{"code": "SAVE", "discount": {"kind": "percent", "percent": 10}, "expiresAt": "soon"}"#.into(),
+            "field `expiresAt`: input contains invalid characters"),
+        (post.clone(), "/api/users/signup", None, r#"{"email": "a@b.co", "password": true, "name": "A"}"#.into(),
+            "field `password`: expected a string, got true"),
+        (post.clone(), "/api/users/refresh", None, "[1]".into(), "body must be a JSON object"),
+        (post.clone(), "/api/users/refresh", None, r#"{"refreshToken": 1}"#.into(), "field `refreshToken`: expected a string, got 1"),
+    ];
+    for (method, path, token, body, expected) in cases {
+        let res = raw(method, path, token, &body).await.unwrap();
+        let status = res.status().as_u16();
+        let json: serde_json::Value = res.json().await.unwrap();
+        let message = json["error"]["message"].as_str().unwrap_or_default();
+        assert_eq!((status, json["error"]["code"].as_str()), (400, Some("invalid_body")), "{path} {body}: {json}");
+        assert_eq!(message, expected, "{path} {body}");
+        for word in INTERNAL {
+            assert!(!message.contains(word), "{path} {body}: `{word}` in {message}");
+        }
+    }
+    let broken = raw(post, "/api/products", a, r#"{"title": "Mug""#).await.unwrap();
+    let json: serde_json::Value = broken.json().await.unwrap();
+    assert_eq!(json["error"]["code"], "malformed_json");
+    assert!(
+        json["error"]["message"].as_str().unwrap().starts_with("body is not valid JSON: EOF while parsing"),
+        "{json}"
+    );
+    assert_eq!(app.get("/api/products", None).await.body["total"], 0, "none of them created anything");
+
+    // Query strings and path parameters speak the same language.
+    let cases = [
+        (app.get("/api/products?limit=ten", None).await, "invalid_query", "query parameter `limit`: expected an integer"),
+        (
+            app.get("/api/products?colour=red", None).await,
+            "invalid_query",
+            "unknown query parameter `colour`, expected one of `page`, `limit`, `q`, `category`, `minPrice`, `maxPrice`, `sort`",
+        ),
+        (
+            app.post("/api/notifications/abc/read", u, json!({})).await,
+            "invalid_path",
+            "path parameter: expected a non-negative integer",
+        ),
+    ];
+    for (r, code, expected) in cases {
+        let message = r.body["error"]["message"].as_str().unwrap_or_default();
+        assert_eq!((r.status, r.code(), message), (400, code, expected));
+        for word in INTERNAL {
+            assert!(!message.contains(word), "`{word}` in {message}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn responses_carry_request_ids_and_security_headers() {
     let app = spawn_app().await;
