@@ -1,5 +1,6 @@
 //! The REST facade: one router per resource, assembled by [`app`] with the cross-cutting layers (request ids,
-//! tracing, panic catching, security headers, CORS, body limit, request deadline).
+//! tracing, panic catching, security headers, CORS, body limit, request deadline), and the accept loop that serves
+//! it.
 
 mod admin;
 mod cart;
@@ -11,6 +12,7 @@ mod notifications;
 mod orders;
 mod payments;
 mod products;
+pub mod server;
 mod users;
 mod ws;
 
