@@ -1,10 +1,11 @@
 //! The REST facade: one router per resource, assembled by [`app`] with the cross-cutting layers (request ids,
-//! tracing, panic catching, security headers, CORS, body limit, request deadline), and the accept loop that serves
-//! it.
+//! tracing, panic catching, security headers, CORS, body limit, cross-site checks, request deadline), and the
+//! accept loop that serves it.
 
 mod admin;
 mod cart;
 mod coupons;
+pub mod csrf;
 pub mod error;
 pub mod extract;
 mod health;
@@ -84,6 +85,7 @@ pub fn app(state: AppState) -> Router {
         .layer(SetResponseHeaderLayer::if_not_present(header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
         .option_layer(cors)
         .layer(middleware::from_fn_with_state(http.body_limit_bytes, refuse_declared_oversize))
+        .layer(middleware::from_fn_with_state(state.clone(), csrf::refuse_cross_site_writes))
         .layer(DefaultBodyLimit::max(http.body_limit_bytes))
         .layer(middleware::from_fn_with_state(Duration::from_millis(http.request_timeout_ms), deadline));
 
