@@ -248,6 +248,8 @@ pub async fn raw_connect(app: &TestApp) -> tokio::net::TcpStream {
 /// What the server sent on a raw connection until it closed it or `wait` passed.
 #[derive(Debug)]
 pub struct RawReply {
+    pub bytes: Vec<u8>,
+    /// The bytes as text, lossily.
     pub text: String,
     /// The server closed (or reset) the connection.
     pub closed: bool,
@@ -266,7 +268,8 @@ pub async fn read_until_closed(stream: &mut tokio::net::TcpStream, wait: Duratio
             Err(_) => break false,
         }
     };
-    RawReply { text: String::from_utf8_lossy(&received).into_owned(), closed, waited: start.elapsed() }
+    let text = String::from_utf8_lossy(&received).into_owned();
+    RawReply { bytes: received, text, closed, waited: start.elapsed() }
 }
 
 /// Reads one HTTP/1.1 response with a `Content-Length` body: its status and body, or `None` if it did not arrive

@@ -10,3 +10,4 @@ mod errors;
 mod helpers;
 mod resilience;
 mod saga_faults;
+mod websocket_guards;
