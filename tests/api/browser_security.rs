@@ -124,7 +124,8 @@ async fn session_cookies_are_secure_when_the_client_came_over_https() {
         assert!(all_secure(&set_cookies(&res)), "{https:?}: {:?}", set_cookies(&res));
     }
     // Clearing them on sign-out over HTTPS uses the same attribute.
-    let token = signin(&app, &[]).await.unwrap().json::<Value>().await.unwrap()["accessToken"].as_str().unwrap().to_string();
+    let token =
+        signin(&app, &[]).await.unwrap().json::<Value>().await.unwrap()["accessToken"].as_str().unwrap().to_string();
     let out = app
         .client
         .post(format!("{}/api/users/signout", app.base))

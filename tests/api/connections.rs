@@ -65,7 +65,8 @@ async fn idle_keep_alive_connections_are_closed_but_busy_ones_and_websockets_are
     let mut conn = raw_connect(&app).await;
     for _ in 0..4 {
         conn.write_all(GET_HEALTH).await.unwrap();
-        let (status, _) = read_response(&mut conn, Duration::from_secs(5)).await.expect("kept-alive connection answers");
+        let (status, _) =
+            read_response(&mut conn, Duration::from_secs(5)).await.expect("kept-alive connection answers");
         assert_eq!(status, 200);
         sleep(Duration::from_millis(300)).await;
     }
