@@ -71,6 +71,8 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, shutdown:
     let permits = Arc::new(Semaphore::new(limits.max_connections.min(Semaphore::MAX_PERMITS)));
     // Each connection task holds a receiver until it ends, so `closed()` below waits for all of them.
     let (stop, stopped) = watch::channel(false);
+    // Refusals are logged at most every 10 s, with their count, so a flood does not flood the log as well.
+    let (mut refused, mut warned_at) = (0u64, None::<Instant>);
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -88,9 +90,13 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, shutdown:
                 tokio::spawn(connection(stream, peer, permit, app.clone(), limits, stopped.clone()));
             }
             Err(_) => {
-                tracing::debug!(%peer, "connection refused: http.max_connections reached");
                 // A fresh socket's send buffer is empty, so this never waits; then the socket is dropped.
                 let _ = stream.try_write(OVER_CAPACITY);
+                refused += 1;
+                if warned_at.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                    tracing::warn!(%peer, refused, limit = limits.max_connections, "http.max_connections reached: connections refused");
+                    (refused, warned_at) = (0, Some(Instant::now()));
+                }
             }
         }
     }

@@ -92,12 +92,15 @@ async fn idle_keep_alive_connections_are_closed_but_busy_ones_and_websockets_are
 #[tokio::test]
 async fn connections_past_the_cap_are_refused_while_open_ones_keep_working() {
     let app = spawn_app_with(|c| c.http.max_connections = 3).await;
-    let mut open = Vec::new();
-    for _ in 0..3 {
-        open.push(raw_connect(&app).await);
-    }
+    // Signed up without HTTP, so no pooled client connection takes a place.
+    let session = app.state.auth.signup("capped@example.com", "pass-word-1", "Capped").await.unwrap();
+    let mut req = format!("{}/ws/notifications", app.base.replace("http://", "ws://")).into_client_request().unwrap();
+    req.headers_mut().insert("authorization", format!("Bearer {}", session.access_token).parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.expect("websocket connects");
+    assert!(matches!(ws.next().await, Some(Ok(Message::Text(t))) if t.contains("ready")));
+    let mut open = vec![raw_connect(&app).await, raw_connect(&app).await];
 
-    // The fourth is told to retry and closed at once.
+    // The WebSocket and two plain connections fill the cap: the next one is told to retry and closed at once.
     let mut extra = raw_connect(&app).await;
     let reply = read_until_closed(&mut extra, Duration::from_secs(5)).await;
     assert!(reply.closed, "a connection over the cap was kept open: {reply:?}");
@@ -109,9 +112,11 @@ async fn connections_past_the_cap_are_refused_while_open_ones_keep_working() {
         conn.write_all(GET_HEALTH).await.unwrap();
         assert_eq!(read_response(conn, Duration::from_secs(5)).await.map(|r| r.0), Some(200));
     }
+    ws.send(Message::Text(json!({"type": "ping"}).to_string().into())).await.unwrap();
+    assert!(matches!(ws.next().await, Some(Ok(Message::Text(t))) if t.contains("pong")));
 
-    // Closing one makes room for a new one.
-    drop(open.pop());
+    // Closing the WebSocket makes room for a new connection.
+    drop(ws);
     let start = Instant::now();
     loop {
         let mut conn = raw_connect(&app).await;
