@@ -94,7 +94,8 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, shutdown:
                 let _ = stream.try_write(OVER_CAPACITY);
                 refused += 1;
                 if warned_at.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
-                    tracing::warn!(%peer, refused, limit = limits.max_connections, "http.max_connections reached: connections refused");
+                    let limit = limits.max_connections;
+                    tracing::warn!(%peer, refused, limit, "http.max_connections reached: connections refused");
                     (refused, warned_at) = (0, Some(Instant::now()));
                 }
             }

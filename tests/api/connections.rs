@@ -15,7 +15,7 @@ const GET_HEALTH: &[u8] = b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n";
 
 #[tokio::test]
 async fn slow_or_silent_request_heads_are_cut_off() {
-    let app = spawn_app_with(|c| c.http.header_read_timeout_ms = 500).await;
+    let app = spawn_app_with(|c| c.http.header_read_timeout_ms = 1000).await;
 
     // A head that arrives in pieces, but whole within the limit, is served.
     let mut prompt = raw_connect(&app).await;
@@ -37,10 +37,10 @@ async fn slow_or_silent_request_heads_are_cut_off() {
     for (what, reply) in [("silent", silent), ("half-sent", partial)] {
         assert!(reply.closed, "the {what} connection was still open after 5 s");
         assert_eq!(reply.text, "", "the {what} connection got an answer");
-        assert!(reply.waited >= Duration::from_millis(400), "{what}: closed before the timeout ({reply:?})");
+        assert!(reply.waited >= Duration::from_millis(900), "{what}: closed before the timeout ({reply:?})");
     }
 
-    // One header line every 200 ms: each line comes well within 500 ms, but the head never completes in time.
+    // One header line every 200 ms: each line comes well within the second, but the head never completes in time.
     let mut trickle = raw_connect(&app).await;
     trickle.write_all(b"GET /health HTTP/1.1\r\n").await.unwrap();
     let start = Instant::now();
@@ -54,16 +54,16 @@ async fn slow_or_silent_request_heads_are_cut_off() {
         }
     }
     assert!(closed, "a head trickled over 5 s kept its connection open");
-    assert!(start.elapsed() < Duration::from_secs(2), "closed only after {:?}", start.elapsed());
+    assert!(start.elapsed() < Duration::from_secs(3), "closed only after {:?}", start.elapsed());
 }
 
 #[tokio::test]
 async fn idle_keep_alive_connections_are_closed_but_busy_ones_and_websockets_are_not() {
-    let app = spawn_app_with(|c| c.http.keep_alive_timeout_ms = 500).await;
+    let app = spawn_app_with(|c| c.http.keep_alive_timeout_ms = 1000).await;
 
     // Requests 300 ms apart keep one connection alive for well over the idle timeout.
     let mut conn = raw_connect(&app).await;
-    for _ in 0..4 {
+    for _ in 0..6 {
         conn.write_all(GET_HEALTH).await.unwrap();
         let (status, _) =
             read_response(&mut conn, Duration::from_secs(5)).await.expect("kept-alive connection answers");
@@ -75,7 +75,7 @@ async fn idle_keep_alive_connections_are_closed_but_busy_ones_and_websockets_are
     // Then silence: closed once idle for the timeout.
     let reply = read_until_closed(&mut conn, Duration::from_secs(5)).await;
     assert!(reply.closed, "an idle keep-alive connection was still open after 5 s");
-    assert!(reply.waited >= Duration::from_millis(400), "closed before the idle timeout: {reply:?}");
+    assert!(reply.waited >= Duration::from_millis(900), "closed before the idle timeout: {reply:?}");
 
     // An open WebSocket is not an idle HTTP connection.
     let user = app.signup("idle-ws@example.com").await;
@@ -83,7 +83,7 @@ async fn idle_keep_alive_connections_are_closed_but_busy_ones_and_websockets_are
     req.headers_mut().insert("authorization", format!("Bearer {}", user.token).parse().unwrap());
     let (mut ws, _) = tokio_tungstenite::connect_async(req).await.expect("websocket connects");
     assert!(matches!(ws.next().await, Some(Ok(Message::Text(t))) if t.contains("ready")));
-    sleep(Duration::from_millis(1500)).await;
+    sleep(Duration::from_millis(2500)).await;
     ws.send(Message::Text(json!({"type": "ping"}).to_string().into())).await.unwrap();
     let reply = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.expect("an answer to the ping");
     assert!(matches!(reply, Some(Ok(Message::Text(t))) if t.contains("pong")));

@@ -67,7 +67,8 @@ async fn a_declared_body_over_the_limit_is_refused_before_it_is_sent() {
     for (method, path, auth) in routes {
         let mut conn = raw_connect(&app).await;
         let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n{auth}Content-Length: 10000000\r\n\r\n"
+            "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n{auth}\
+             Content-Length: 10000000\r\n\r\n"
         );
         conn.write_all(head.as_bytes()).await.unwrap();
         // Not one byte of the body is sent: the answer comes anyway.
