@@ -221,8 +221,8 @@ impl Application {
         let addr = self.listener.local_addr()?;
         tracing::info!(%addr, "commercex listening");
         let state = self.state.clone();
-        let app = http::app(self.state).into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await.context("http server")?;
+        let limits = http::server::Limits::from(state.http.as_ref());
+        http::server::serve(self.listener, http::app(self.state), limits, shutdown).await;
         tracing::info!("http intake stopped; draining entity actors");
         // Orders first: they are the ones calling the other entities.
         state.orders.router().shutdown(DRAIN_TIMEOUT).await;

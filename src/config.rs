@@ -33,6 +33,13 @@ pub struct HttpConfig {
     pub cors_allowed_origins: Vec<String>,
     /// Requests per minute per client address on signup/signin/refresh.
     pub auth_rate_limit_per_minute: u32,
+    /// A request head (request line and headers) must arrive whole within this time, from the connection's start or
+    /// from the first byte of a later request on it.
+    pub header_read_timeout_ms: u64,
+    /// A connection with no request in flight is closed after this long (open WebSockets are never idle).
+    pub keep_alive_timeout_ms: u64,
+    /// Open connections (WebSockets included); past it new connections get a 503 and are closed.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -42,7 +49,8 @@ pub struct AuthConfig {
     pub jwt_secret: String,
     pub access_token_ttl_secs: u64,
     pub refresh_token_ttl_secs: u64,
-    /// Mark auth cookies `Secure` (set this when serving over HTTPS).
+    /// Always mark auth cookies `Secure`; otherwise they are `Secure` when the request came over HTTPS (as a
+    /// TLS-terminating proxy says with `X-Forwarded-Proto` or `Forwarded`).
     pub cookie_secure: bool,
     pub argon2_memory_kib: u32,
     pub argon2_iterations: u32,
@@ -135,6 +143,9 @@ impl Default for HttpConfig {
             request_timeout_ms: 10_000,
             cors_allowed_origins: Vec::new(),
             auth_rate_limit_per_minute: 30,
+            header_read_timeout_ms: 10_000,
+            keep_alive_timeout_ms: 60_000,
+            max_connections: 10_000,
         }
     }
 }
@@ -282,6 +293,9 @@ impl Config {
             ("http.body_limit_bytes", self.http.body_limit_bytes as u64),
             ("http.request_timeout_ms", self.http.request_timeout_ms),
             ("http.auth_rate_limit_per_minute", u64::from(self.http.auth_rate_limit_per_minute)),
+            ("http.header_read_timeout_ms", self.http.header_read_timeout_ms),
+            ("http.keep_alive_timeout_ms", self.http.keep_alive_timeout_ms),
+            ("http.max_connections", self.http.max_connections as u64),
             ("auth.access_token_ttl_secs", self.auth.access_token_ttl_secs),
             ("auth.refresh_token_ttl_secs", self.auth.refresh_token_ttl_secs),
             ("auth.argon2_memory_kib", u64::from(self.auth.argon2_memory_kib)),

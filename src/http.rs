@@ -1,9 +1,11 @@
 //! The REST facade: one router per resource, assembled by [`app`] with the cross-cutting layers (request ids,
-//! tracing, panic catching, security headers, CORS, body limit, request deadline).
+//! tracing, panic catching, security headers, CORS, body limit, cross-site checks, request deadline), and the
+//! accept loop that serves it.
 
 mod admin;
 mod cart;
 mod coupons;
+pub mod csrf;
 pub mod error;
 pub mod extract;
 mod health;
@@ -11,6 +13,7 @@ mod notifications;
 mod orders;
 mod payments;
 mod products;
+pub mod server;
 mod users;
 mod ws;
 
@@ -81,6 +84,8 @@ pub fn app(state: AppState) -> Router {
         ))
         .layer(SetResponseHeaderLayer::if_not_present(header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
         .option_layer(cors)
+        .layer(middleware::from_fn_with_state(http.body_limit_bytes, refuse_declared_oversize))
+        .layer(middleware::from_fn_with_state(state.clone(), csrf::refuse_cross_site_writes))
         .layer(DefaultBodyLimit::max(http.body_limit_bytes))
         .layer(middleware::from_fn_with_state(Duration::from_millis(http.request_timeout_ms), deadline));
 
@@ -118,6 +123,16 @@ fn cors_layer(origins: &[String]) -> CorsLayer {
     } else {
         layer.allow_credentials(true)
     }
+}
+
+/// Answers 413 to a request whose `Content-Length` is over the limit before reading any of its body, whatever the
+/// route. Bodies without a declared length are cut off by the body limit as they are read.
+async fn refuse_declared_oversize(State(limit): State<usize>, req: Request, next: Next) -> Response {
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return ApiError::payload_too_large().into_response();
+    }
+    next.run(req).await
 }
 
 /// Answers 503 when a request runs past its deadline.

@@ -14,7 +14,7 @@
 //! | [`payments`] | the payment provider interface, the simulated provider, payment effects |
 //! | [`cache`]   | read-aside product cache |
 //! | [`ratelimit`] | per-client token buckets for the auth endpoints |
-//! | [`http`]    | the axum REST facade, the notification WebSocket and the error shape |
+//! | [`http`]    | the axum REST facade, the accept loop with its connection limits, cross-site checks, the notification WebSocket and the error shape |
 //! | [`app`]     | wiring, start-up and graceful shutdown |
 //! | [`clock`], [`faults`] | the process clock (pausable in tests) and named fault points for fault-injection tests |
 //! | [`config`], [`telemetry`] | configuration loading and logging |

@@ -30,7 +30,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
         }
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "request body is too large")
+                ApiError::payload_too_large()
             } else {
                 ApiError::bad_request("invalid_body", "the request body could not be read")
             }
@@ -98,6 +98,21 @@ pub fn cookie<'a>(parts: &'a axum::http::HeaderMap, name: &str) -> Option<&'a st
         .map(|(_, v)| v)
 }
 
+/// The client reached us over HTTPS, as a TLS-terminating proxy in front says: `X-Forwarded-Proto: https` or
+/// `Forwarded: proto=https` (the first, client-facing, hop of each). A client faking it over plain HTTP only gets
+/// cookies it will not send back over plain HTTP.
+pub fn request_is_https(headers: &axum::http::HeaderMap) -> bool {
+    let first = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.split(',').next());
+    let forwarded_proto = first("x-forwarded-proto").map(str::trim);
+    let forwarded = first("forwarded")
+        .into_iter()
+        .flat_map(|hop| hop.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(key, _)| key.trim().eq_ignore_ascii_case("proto"))
+        .map(|(_, value)| value.trim().trim_matches('"'));
+    [forwarded_proto, forwarded].into_iter().flatten().any(|proto| proto.eq_ignore_ascii_case("https"))
+}
+
 /// The access token from `Authorization: Bearer` or, failing that, the `access_token` cookie.
 fn access_token(parts: &Parts) -> Result<&str, AuthError> {
     if let Some(value) = parts.headers.get(header::AUTHORIZATION) {
@@ -139,5 +154,27 @@ impl FromRequestParts<AppState> for AdminUser {
         } else {
             Err(ApiError::forbidden())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn https(pairs: &[(&'static str, &str)]) -> bool {
+        let headers: axum::http::HeaderMap =
+            pairs.iter().map(|(k, v)| (header::HeaderName::from_static(k), v.parse().unwrap())).collect();
+        request_is_https(&headers)
+    }
+
+    #[test]
+    fn https_is_read_from_the_first_forwarded_hop() {
+        assert!(!https(&[]));
+        assert!(https(&[("x-forwarded-proto", "HTTPS")]));
+        assert!(https(&[("x-forwarded-proto", "https, http")]));
+        assert!(!https(&[("x-forwarded-proto", "http, https")]));
+        assert!(https(&[("forwarded", "for=192.0.2.60;proto=https;by=203.0.113.43")]));
+        assert!(https(&[("forwarded", "for=\"[2001:db8::1]\"; Proto=\"https\", for=10.0.0.1;proto=http")]));
+        assert!(!https(&[("forwarded", "for=192.0.2.60;proto=http, for=10.0.0.1;proto=https")]));
     }
 }

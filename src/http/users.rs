@@ -6,7 +6,7 @@ use axum::routing::{get, post};
 use axum::{middleware, Router};
 use serde::{Deserialize, Serialize};
 
-use super::extract::{cookie, optional_json, CurrentUser, Json, ACCESS_COOKIE, REFRESH_COOKIE};
+use super::extract::{cookie, optional_json, request_is_https, CurrentUser, Json, ACCESS_COOKIE, REFRESH_COOKIE};
 use super::{auth_rate_limit, ApiError, AppState};
 use crate::auth::{ProfilePatch, Session};
 use crate::domain::user::{AccountStatus, Address, Role, User};
@@ -82,6 +82,11 @@ fn cookie_header(name: &str, value: &str, path: &str, max_age: u64, secure: bool
         .ok()
 }
 
+/// Cookies are `Secure` when configured so, and always when the client came over HTTPS.
+fn secure_cookies(state: &AppState, headers: &HeaderMap) -> bool {
+    state.cookie_secure || request_is_https(headers)
+}
+
 /// The session as JSON plus the same tokens as HTTP-only cookies.
 fn session_response(status: StatusCode, session: Session, secure: bool) -> Response {
     let body = serde_json::json!({
@@ -103,15 +108,23 @@ fn session_response(status: StatusCode, session: Session, secure: bool) -> Respo
     response
 }
 
-async fn signup(State(state): State<AppState>, Json(body): Json<SignupBody>) -> Result<Response, ApiError> {
+async fn signup(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Json(body): Json<SignupBody>,
+) -> Result<Response, ApiError> {
     let session = state.auth.signup(&body.email, &body.password, &body.name).await?;
     tracing::info!(user_id = %session.user.id, "user signed up");
-    Ok(session_response(StatusCode::CREATED, session, state.cookie_secure))
+    Ok(session_response(StatusCode::CREATED, session, secure_cookies(&state, &headers)))
 }
 
-async fn signin(State(state): State<AppState>, Json(body): Json<SigninBody>) -> Result<Response, ApiError> {
+async fn signin(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Json(body): Json<SigninBody>,
+) -> Result<Response, ApiError> {
     let session = state.auth.signin(&body.email, &body.password).await?;
-    Ok(session_response(StatusCode::OK, session, state.cookie_secure))
+    Ok(session_response(StatusCode::OK, session, secure_cookies(&state, &headers)))
 }
 
 /// Refresh token from the JSON body (`refreshToken`) or the `refresh_token` cookie.
@@ -123,14 +136,19 @@ async fn refresh(State(state): State<AppState>, headers: HeaderMap, body: Bytes)
         .filter(|t| !t.is_empty())
         .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", "a refresh token is required"))?;
     let session = state.auth.refresh(&token).await?;
-    Ok(session_response(StatusCode::OK, session, state.cookie_secure))
+    Ok(session_response(StatusCode::OK, session, secure_cookies(&state, &headers)))
 }
 
-async fn signout(State(state): State<AppState>, CurrentUser(principal): CurrentUser) -> Result<Response, ApiError> {
+async fn signout(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    CurrentUser(principal): CurrentUser,
+) -> Result<Response, ApiError> {
     state.auth.signout(&principal).await?;
     let mut response = StatusCode::NO_CONTENT.into_response();
+    let secure = secure_cookies(&state, &headers);
     for (name, path) in [(ACCESS_COOKIE, "/"), (REFRESH_COOKIE, "/api/users")] {
-        if let Some(c) = cookie_header(name, "", path, 0, state.cookie_secure) {
+        if let Some(c) = cookie_header(name, "", path, 0, secure) {
             response.headers_mut().append(header::SET_COOKIE, c);
         }
     }

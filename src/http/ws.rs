@@ -8,6 +8,10 @@
 //! `{"type":"ping"}` is answered with `{"type":"pong"}`. The socket closes with 4401 when the access token expires or
 //! its session is signed out or revoked, and with 4403 when the account is blocked: at once for sessions ended on
 //! this node, and within 30 s (a periodic re-check) otherwise.
+//!
+//! An upgrade authenticated by the cookie must come from an allowed origin (see [`super::csrf`]), or another site
+//! could open a socket in the user's name. Messages are small: before authentication one over 4 KiB closes the
+//! socket with 1009, and any frame or message over 64 KiB does too, refused at its header without being read.
 
 use std::time::Duration;
 
@@ -22,7 +26,7 @@ use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::extract::{CurrentUser, Query};
-use super::AppState;
+use super::{csrf, AppState};
 use crate::auth::{AuthError, Principal, SessionEnd};
 use crate::store::Notification;
 
@@ -30,6 +34,12 @@ const UNAUTHORIZED: u16 = 4401;
 const FORBIDDEN: u16 = 4403;
 /// Sessions ended on another node are noticed by this periodic check (on this node, at once).
 const RECHECK_EVERY: Duration = Duration::from_secs(30);
+/// RFC 6455 "message too big".
+const TOO_BIG: u16 = 1009;
+/// Largest message before the client has authenticated: an auth message is a few hundred bytes.
+const UNAUTHENTICATED_MESSAGE_LIMIT: usize = 4 * 1024;
+/// Largest frame and message at any time.
+const MESSAGE_LIMIT: usize = 64 * 1024;
 const BACKLOG_LIMIT: usize = 500;
 
 pub fn router() -> Router<AppState> {
@@ -56,6 +66,11 @@ async fn upgrade(
     mut parts: Parts,
     ws: WebSocketUpgrade,
 ) -> Response {
+    if csrf::cookie_authenticated(&parts.headers) {
+        if let Err(refused) = csrf::check_origin(&parts.headers, &state.http.cors_allowed_origins) {
+            return refused.into_response();
+        }
+    }
     // Credentials on the upgrade request are checked now; a bad token is refused before upgrading.
     let has_credentials = parts.headers.contains_key(axum::http::header::AUTHORIZATION)
         || super::extract::cookie(&parts.headers, super::extract::ACCESS_COOKIE).is_some();
@@ -67,7 +82,9 @@ async fn upgrade(
     } else {
         None
     };
-    ws.on_upgrade(move |socket| session(socket, state, principal, params.after))
+    ws.max_message_size(MESSAGE_LIMIT)
+        .max_frame_size(MESSAGE_LIMIT)
+        .on_upgrade(move |socket| session(socket, state, principal, params.after))
 }
 
 /// Closes with a code the client can read: sends the close frame, then waits briefly for the client's reply so the
@@ -84,21 +101,45 @@ async fn send(socket: &mut WebSocket, value: serde_json::Value) -> bool {
     socket.send(Message::Text(value.to_string().into())).await.is_ok()
 }
 
-/// Waits for `{"type":"auth"}` as the first message.
-async fn authenticate_late(socket: &mut WebSocket, state: &AppState) -> Option<(Principal, Option<u64>)> {
-    let first = tokio::time::timeout(state.ws_auth_timeout, socket.recv()).await.ok()??.ok()?;
-    let Message::Text(text) = first else { return None };
-    let Ok(ClientMessage::Auth { token, after }) = serde_json::from_str(text.as_str()) else { return None };
-    let principal = state.auth.authenticate(&token).await.ok()?;
-    Some((principal, after))
+/// A read failed because the frame or message is over [`MESSAGE_LIMIT`].
+fn too_big(error: &axum::Error) -> bool {
+    std::error::Error::source(error)
+        .and_then(|source| source.downcast_ref::<tungstenite::Error>())
+        .is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)))
+}
+
+/// Waits for `{"type":"auth"}` as the first message; otherwise the close code and reason to send.
+async fn authenticate_late(
+    socket: &mut WebSocket,
+    state: &AppState,
+) -> Result<(Principal, Option<u64>), (u16, &'static str)> {
+    const REQUIRED: (u16, &str) = (UNAUTHORIZED, "authentication required");
+    const OVERSIZED: (u16, &str) = (TOO_BIG, "message too big");
+    let first = match tokio::time::timeout(state.ws_auth_timeout, socket.recv()).await {
+        Ok(Some(Ok(message))) => message,
+        Ok(Some(Err(error))) if too_big(&error) => return Err(OVERSIZED),
+        _ => return Err(REQUIRED),
+    };
+    let size = match &first {
+        Message::Text(text) => text.len(),
+        Message::Binary(bytes) => bytes.len(),
+        _ => 0,
+    };
+    if size > UNAUTHENTICATED_MESSAGE_LIMIT {
+        return Err(OVERSIZED);
+    }
+    let Message::Text(text) = first else { return Err(REQUIRED) };
+    let Ok(ClientMessage::Auth { token, after }) = serde_json::from_str(text.as_str()) else { return Err(REQUIRED) };
+    let principal = state.auth.authenticate(&token).await.map_err(|_| REQUIRED)?;
+    Ok((principal, after))
 }
 
 async fn session(mut socket: WebSocket, state: AppState, principal: Option<Principal>, after: Option<u64>) {
     let (principal, after) = match principal {
         Some(p) => (p, after),
         None => match authenticate_late(&mut socket, &state).await {
-            Some((p, late_after)) => (p, late_after.or(after)),
-            None => return close(socket, UNAUTHORIZED, "authentication required").await,
+            Ok((p, late_after)) => (p, late_after.or(after)),
+            Err((code, reason)) => return close(socket, code, reason).await,
         },
     };
     let user_id = principal.user.id.clone();
@@ -160,6 +201,7 @@ async fn session(mut socket: WebSocket, state: AppState, principal: Option<Princ
                         }
                     }
                 }
+                Some(Err(error)) if too_big(&error) => return close(socket, TOO_BIG, "message too big").await,
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
                 Some(Ok(_)) => {}
             },

@@ -1,6 +1,9 @@
-use serde_json::json;
+use std::time::Duration;
 
-use crate::helpers::{spawn_app, spawn_app_with};
+use serde_json::json;
+use tokio::io::AsyncWriteExt;
+
+use crate::helpers::{raw_connect, read_response, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn bad_requests_get_clear_errors_never_500() {
@@ -137,6 +140,40 @@ async fn malformed_bodies_are_explained_in_the_clients_terms() {
             assert!(!message.contains(word), "`{word}` in {message}");
         }
     }
+}
+
+#[tokio::test]
+async fn a_declared_body_over_the_limit_is_refused_before_it_is_sent() {
+    let app = spawn_app_with(|c| c.http.body_limit_bytes = 1024).await;
+    let user = app.signup("big@example.com").await;
+    let bearer = format!("Authorization: Bearer {}\r\n", user.token);
+    let routes = [
+        ("POST", "/api/cart/items", bearer.as_str()),
+        ("POST", "/api/users/signin", ""),
+        ("POST", "/api/users/signout", bearer.as_str()),
+        ("PATCH", "/api/users/me", ""),
+        ("GET", "/api/products", ""),
+        ("PUT", "/api/nothing-here", ""),
+    ];
+    for (method, path, auth) in routes {
+        let mut conn = raw_connect(&app).await;
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n{auth}\
+             Content-Length: 10000000\r\n\r\n"
+        );
+        conn.write_all(head.as_bytes()).await.unwrap();
+        // Not one byte of the body is sent: the answer comes anyway.
+        let (status, body) = read_response(&mut conn, Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|| panic!("{method} {path}: no answer without the body"));
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!((status, body["error"]["code"].as_str()), (413, Some("payload_too_large")), "{method} {path}");
+    }
+    // The user is still signed in: the refused sign-out did nothing.
+    assert_eq!(app.get("/api/users/me", Some(&user.token)).await.status, 200);
+    // A declared length within the limit is read and judged as usual.
+    let r = app.post("/api/cart/items", Some(&user.token), json!({"productId": "nope", "quantity": 1})).await;
+    assert_eq!((r.status, r.code()), (404, "product_not_found"));
 }
 
 #[tokio::test]

@@ -269,3 +269,61 @@ pub async fn next_json(ws: &mut Socket, wait: Duration) -> Option<Value> {
         }
     }
 }
+
+/// A plain TCP connection to the app, for what an HTTP client library would never send.
+pub async fn raw_connect(app: &TestApp) -> tokio::net::TcpStream {
+    tokio::net::TcpStream::connect(app.base.trim_start_matches("http://")).await.expect("tcp connect")
+}
+
+/// What the server sent on a raw connection until it closed it or `wait` passed.
+#[derive(Debug)]
+pub struct RawReply {
+    pub bytes: Vec<u8>,
+    /// The bytes as text, lossily.
+    pub text: String,
+    /// The server closed (or reset) the connection.
+    pub closed: bool,
+    pub waited: Duration,
+}
+
+/// Reads until the server closes the connection or `wait` passes.
+pub async fn read_until_closed(stream: &mut tokio::net::TcpStream, wait: Duration) -> RawReply {
+    use tokio::io::AsyncReadExt;
+    let start = tokio::time::Instant::now();
+    let (mut received, mut buf) = (Vec::new(), [0u8; 4096]);
+    let closed = loop {
+        match tokio::time::timeout_at(start + wait, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => received.extend_from_slice(&buf[..n]),
+            Err(_) => break false,
+        }
+    };
+    let text = String::from_utf8_lossy(&received).into_owned();
+    RawReply { bytes: received, text, closed, waited: start.elapsed() }
+}
+
+/// Reads one HTTP/1.1 response with a `Content-Length` body: its status and body, or `None` if it did not arrive
+/// whole within `wait`.
+pub async fn read_response(stream: &mut tokio::net::TcpStream, wait: Duration) -> Option<(u16, String)> {
+    use tokio::io::AsyncReadExt;
+    let deadline = tokio::time::Instant::now() + wait;
+    let (mut received, mut buf) = (Vec::new(), [0u8; 4096]);
+    loop {
+        let text = String::from_utf8_lossy(&received).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .filter_map(|l| l.split_once(':'))
+                .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                .and_then(|(_, v)| v.trim().parse::<usize>().ok())?;
+            if body.len() >= length {
+                let status = head.split(' ').nth(1)?.parse().ok()?;
+                return Some((status, body[..length].to_string()));
+            }
+        }
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => received.extend_from_slice(&buf[..n]),
+            _ => return None,
+        }
+    }
+}

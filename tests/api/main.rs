@@ -1,9 +1,11 @@
 //! End-to-end tests over real HTTP against a server on port 0 with its own data directory.
 
 mod auth;
+mod browser_security;
 mod cart;
 mod catalog;
 mod checkout;
+mod connections;
 mod currency;
 mod emails;
 mod errors;
@@ -13,3 +15,4 @@ mod resilience;
 mod saga_faults;
 mod sessions;
 mod user_text;
+mod websocket_guards;

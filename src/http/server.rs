@@ -1,0 +1,396 @@
+//! The HTTP/1.1 accept loop, with the connection limits `axum::serve` lacks.
+//!
+//! Every connection has a watchdog with two deadlines, in the manner of nginx's `client_header_timeout` and
+//! `keepalive_timeout`:
+//! - a request head (request line and headers) must arrive whole within `header_read_timeout`, counted from the
+//!   connection's start or from the first byte of a later request on it, however slowly it trickles in;
+//! - a connection with no request in flight is closed after `keep_alive_timeout`.
+//!
+//! A request in flight (from its parsed head until its response is sent) is left to the request deadline, and a
+//! connection upgraded to a WebSocket leaves the watchdog altogether. hyper's own `header_read_timeout` cannot do
+//! this: its timer also runs through the idle wait between keep-alive requests, so the head timeout would be the
+//! idle timeout as well.
+//!
+//! At most `max_connections` connections are open at once, WebSockets included. Past that, a new connection is
+//! answered `503 service_unavailable` and closed at once: it costs the server an accept and a write, and the client
+//! learns to retry instead of waiting in the kernel's backlog.
+//!
+//! On shutdown the loop stops accepting, idle connections close, and in-flight requests finish first.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::ConnectInfo;
+use axum::http::{Request, StatusCode};
+use axum::Router;
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tower::ServiceExt;
+
+use crate::config::HttpConfig;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub header_read_timeout: Duration,
+    pub keep_alive_timeout: Duration,
+    pub max_connections: usize,
+}
+
+impl From<&HttpConfig> for Limits {
+    fn from(http: &HttpConfig) -> Self {
+        Self {
+            header_read_timeout: Duration::from_millis(http.header_read_timeout_ms),
+            keep_alive_timeout: Duration::from_millis(http.keep_alive_timeout_ms),
+            max_connections: http.max_connections,
+        }
+    }
+}
+
+/// What a connection over the cap is told before it is closed.
+const OVER_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+content-type: application/json\r\n\
+retry-after: 1\r\n\
+connection: close\r\n\
+content-length: 93\r\n\
+\r\n\
+{\"error\":{\"code\":\"service_unavailable\",\"message\":\"too many open connections; retry shortly\"}}";
+
+/// Serves `app` on `listener` until `shutdown` completes, then waits for in-flight requests to finish.
+pub async fn serve(listener: TcpListener, app: Router, limits: Limits, shutdown: impl Future<Output = ()>) {
+    let permits = Arc::new(Semaphore::new(limits.max_connections.min(Semaphore::MAX_PERMITS)));
+    // Each connection task holds a receiver until it ends, so `closed()` below waits for all of them.
+    let (stop, stopped) = watch::channel(false);
+    // Refusals are logged at most every 10 s, with their count, so a flood does not flood the log as well.
+    let (mut refused, mut warned_at) = (0u64, None::<Instant>);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(error) => {
+                    accept_failed(error).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        match permits.clone().try_acquire_owned() {
+            Ok(permit) => {
+                tokio::spawn(connection(stream, peer, permit, app.clone(), limits, stopped.clone()));
+            }
+            Err(_) => {
+                // A fresh socket's send buffer is empty, so this never waits; then the socket is dropped.
+                let _ = stream.try_write(OVER_CAPACITY);
+                refused += 1;
+                if warned_at.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                    let limit = limits.max_connections;
+                    tracing::warn!(%peer, refused, limit, "http.max_connections reached: connections refused");
+                    (refused, warned_at) = (0, Some(Instant::now()));
+                }
+            }
+        }
+    }
+    drop(listener);
+    drop(stopped);
+    let _ = stop.send(true);
+    stop.closed().await;
+}
+
+async fn accept_failed(error: io::Error) {
+    if matches!(
+        error.kind(),
+        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
+    ) {
+        return;
+    }
+    // Typically out of file descriptors: retrying at once would spin; connections closing will free some.
+    tracing::error!(%error, "accepting a connection failed");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+    app: Router,
+    limits: Limits,
+    mut stop: watch::Receiver<bool>,
+) {
+    let activity = Arc::new(Activity::new());
+    // The permit lives in the socket, so an upgraded WebSocket keeps counting until it closes.
+    let io = TokioIo::new(Watched { stream, activity: activity.clone(), _permit: permit });
+    let service = hyper::service::service_fn({
+        let activity = activity.clone();
+        move |request: Request<Incoming>| {
+            let activity = activity.clone();
+            let in_flight = InFlight::start(activity.clone());
+            let mut request = request.map(Body::new);
+            request.extensions_mut().insert(ConnectInfo(peer));
+            let app = app.clone();
+            async move {
+                let response = app.oneshot(request).await.unwrap_or_else(|never| match never {});
+                if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    activity.set(Phase::Upgraded);
+                }
+                Ok::<_, Infallible>(response.map(|body| WatchedBody { body, _in_flight: in_flight }))
+            }
+        }
+    });
+    // No timer: hyper's header timeout is off and the watchdog below keeps both deadlines.
+    let conn = hyper::server::conn::http1::Builder::new()
+        .header_read_timeout(None)
+        .serve_connection(io, service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let mut stopping = false;
+    loop {
+        let deadline = activity.deadline(&limits);
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(error) = result {
+                    tracing::debug!(%peer, %error, "connection ended with an error");
+                }
+                return;
+            }
+            () = activity.changed.notified() => {}
+            () = sleep_until(deadline) => {
+                if activity.deadline(&limits).is_some_and(|d| d <= Instant::now()) {
+                    tracing::debug!(%peer, phase = activity.get().name(), "closing a connection past its deadline");
+                    return;
+                }
+            }
+            _ = stop.changed(), if !stopping => {
+                stopping = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    /// Waiting for a request head: since the connection opened, or since the first byte of a later request.
+    ReadingHead { since: Instant },
+    /// This many requests are being handled or their responses sent.
+    Busy { requests: usize },
+    /// Nothing in flight and no byte of a next request since `since`.
+    Idle { since: Instant },
+    /// Switched to another protocol (a WebSocket), which has its own rules.
+    Upgraded,
+}
+
+impl Phase {
+    fn name(self) -> &'static str {
+        match self {
+            Phase::ReadingHead { .. } => "reading_head",
+            Phase::Busy { .. } => "busy",
+            Phase::Idle { .. } => "idle",
+            Phase::Upgraded => "upgraded",
+        }
+    }
+}
+
+/// What one connection is doing, shared by its socket, its requests and its watchdog.
+struct Activity {
+    phase: Mutex<Phase>,
+    /// Wakes the watchdog when its deadline moves earlier or appears.
+    changed: Notify,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self { phase: Mutex::new(Phase::ReadingHead { since: Instant::now() }), changed: Notify::new() }
+    }
+
+    fn get(&self) -> Phase {
+        *self.phase.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn set(&self, phase: Phase) {
+        *self.phase.lock().unwrap_or_else(PoisonError::into_inner) = phase;
+    }
+
+    fn deadline(&self, limits: &Limits) -> Option<Instant> {
+        match self.get() {
+            Phase::ReadingHead { since } => Some(since + limits.header_read_timeout),
+            Phase::Idle { since } => Some(since + limits.keep_alive_timeout),
+            Phase::Busy { .. } | Phase::Upgraded => None,
+        }
+    }
+
+    /// Bytes arrived: on an idle connection they start the next request's head.
+    fn on_read(&self) {
+        let mut phase = self.phase.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Phase::Idle { .. } = *phase {
+            *phase = Phase::ReadingHead { since: Instant::now() };
+            drop(phase);
+            self.changed.notify_one();
+        }
+    }
+}
+
+/// One request from its parsed head until its response body is dropped (sent, or abandoned).
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn start(activity: Arc<Activity>) -> Self {
+        {
+            let mut phase = activity.phase.lock().unwrap_or_else(PoisonError::into_inner);
+            *phase = match *phase {
+                Phase::Busy { requests } => Phase::Busy { requests: requests + 1 },
+                Phase::Upgraded => Phase::Upgraded,
+                Phase::ReadingHead { .. } | Phase::Idle { .. } => Phase::Busy { requests: 1 },
+            };
+        }
+        Self(activity)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut phase = self.0.phase.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Phase::Busy { requests } = *phase {
+            *phase = if requests > 1 {
+                Phase::Busy { requests: requests - 1 }
+            } else {
+                Phase::Idle { since: Instant::now() }
+            };
+            drop(phase);
+            self.0.changed.notify_one();
+        }
+    }
+}
+
+/// A response body that ends its request's [`InFlight`] when hyper is done with it.
+struct WatchedBody {
+    body: Body,
+    _in_flight: InFlight,
+}
+
+impl hyper::body::Body for WatchedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The client socket, reporting reads to the watchdog and holding the connection's place under the cap.
+struct Watched {
+    stream: TcpStream,
+    activity: Arc<Activity>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.on_read();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        header_read_timeout: Duration::from_secs(10),
+        keep_alive_timeout: Duration::from_secs(60),
+        max_connections: 1,
+    };
+
+    #[test]
+    fn over_capacity_reply_is_a_well_formed_503() {
+        let text = std::str::from_utf8(OVER_CAPACITY).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 503 "));
+        assert!(head.contains(&format!("content-length: {}", body.len())), "{head}");
+        let json: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(json["error"]["code"], "service_unavailable");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deadlines_follow_the_connection_phase() {
+        let activity = Arc::new(Activity::new());
+        let opened = Instant::now();
+        assert_eq!(activity.deadline(&LIMITS), Some(opened + LIMITS.header_read_timeout));
+        // Trickled bytes of the first head do not push its deadline back.
+        tokio::time::advance(Duration::from_secs(3)).await;
+        activity.on_read();
+        assert_eq!(activity.deadline(&LIMITS), Some(opened + LIMITS.header_read_timeout));
+
+        let request = InFlight::start(activity.clone());
+        assert_eq!(activity.deadline(&LIMITS), None, "a request in flight has no connection deadline");
+        tokio::time::advance(Duration::from_secs(100)).await;
+        drop(request);
+        let idle = Instant::now();
+        assert_eq!(activity.deadline(&LIMITS), Some(idle + LIMITS.keep_alive_timeout));
+
+        tokio::time::advance(Duration::from_secs(30)).await;
+        activity.on_read();
+        assert_eq!(activity.deadline(&LIMITS), Some(Instant::now() + LIMITS.header_read_timeout));
+
+        let upgrade = InFlight::start(activity.clone());
+        activity.set(Phase::Upgraded);
+        drop(upgrade);
+        activity.on_read();
+        assert_eq!(activity.deadline(&LIMITS), None, "a WebSocket is never idle");
+    }
+}

@@ -1,0 +1,140 @@
+//! Connection limits at the HTTP edge: slow or silent request heads, idle keep-alive connections, the connection cap.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use tokio::io::AsyncWriteExt;
+use tokio::time::{sleep, Instant};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::helpers::{raw_connect, read_response, read_until_closed, spawn_app_with};
+
+const GET_HEALTH: &[u8] = b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n";
+
+#[tokio::test]
+async fn slow_or_silent_request_heads_are_cut_off() {
+    let app = spawn_app_with(|c| c.http.header_read_timeout_ms = 1000).await;
+
+    // A head that arrives in pieces, but whole within the limit, is served.
+    let mut prompt = raw_connect(&app).await;
+    for piece in ["GET /health HTTP/1.1\r\n", "Host: test\r\n", "Connection: close\r\n\r\n"] {
+        prompt.write_all(piece.as_bytes()).await.unwrap();
+        sleep(Duration::from_millis(100)).await;
+    }
+    let reply = read_until_closed(&mut prompt, Duration::from_secs(5)).await;
+    assert!(reply.text.starts_with("HTTP/1.1 200"), "{reply:?}");
+
+    // Connected and silent; or half a head and then silence: closed after the timeout, with nothing served.
+    let mut silent = raw_connect(&app).await;
+    let mut partial = raw_connect(&app).await;
+    partial.write_all(b"GET /health HTTP/1.1\r\nHost: test\r\n").await.unwrap();
+    let (silent, partial) = tokio::join!(
+        read_until_closed(&mut silent, Duration::from_secs(5)),
+        read_until_closed(&mut partial, Duration::from_secs(5)),
+    );
+    for (what, reply) in [("silent", silent), ("half-sent", partial)] {
+        assert!(reply.closed, "the {what} connection was still open after 5 s");
+        assert_eq!(reply.text, "", "the {what} connection got an answer");
+        assert!(reply.waited >= Duration::from_millis(900), "{what}: closed before the timeout ({reply:?})");
+    }
+
+    // One header line every 200 ms: each line comes well within the second, but the head never completes in time.
+    let mut trickle = raw_connect(&app).await;
+    trickle.write_all(b"GET /health HTTP/1.1\r\n").await.unwrap();
+    let start = Instant::now();
+    let mut closed = false;
+    for line in 0..25 {
+        let reply = read_until_closed(&mut trickle, Duration::from_millis(200)).await;
+        assert_eq!(reply.text, "", "the trickled head was served");
+        if reply.closed || trickle.write_all(format!("X-Slow-{line}: y\r\n").as_bytes()).await.is_err() {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "a head trickled over 5 s kept its connection open");
+    assert!(start.elapsed() < Duration::from_secs(3), "closed only after {:?}", start.elapsed());
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connections_are_closed_but_busy_ones_and_websockets_are_not() {
+    let app = spawn_app_with(|c| c.http.keep_alive_timeout_ms = 1000).await;
+
+    // Requests 300 ms apart keep one connection alive for well over the idle timeout.
+    let mut conn = raw_connect(&app).await;
+    for _ in 0..6 {
+        conn.write_all(GET_HEALTH).await.unwrap();
+        let (status, _) =
+            read_response(&mut conn, Duration::from_secs(5)).await.expect("kept-alive connection answers");
+        assert_eq!(status, 200);
+        sleep(Duration::from_millis(300)).await;
+    }
+    conn.write_all(GET_HEALTH).await.unwrap();
+    assert_eq!(read_response(&mut conn, Duration::from_secs(5)).await.map(|r| r.0), Some(200));
+    // Then silence: closed once idle for the timeout.
+    let reply = read_until_closed(&mut conn, Duration::from_secs(5)).await;
+    assert!(reply.closed, "an idle keep-alive connection was still open after 5 s");
+    assert!(reply.waited >= Duration::from_millis(900), "closed before the idle timeout: {reply:?}");
+
+    // An open WebSocket is not an idle HTTP connection.
+    let user = app.signup("idle-ws@example.com").await;
+    let mut req = format!("{}/ws/notifications", app.base.replace("http://", "ws://")).into_client_request().unwrap();
+    req.headers_mut().insert("authorization", format!("Bearer {}", user.token).parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.expect("websocket connects");
+    assert!(matches!(ws.next().await, Some(Ok(Message::Text(t))) if t.contains("ready")));
+    sleep(Duration::from_millis(2500)).await;
+    ws.send(Message::Text(json!({"type": "ping"}).to_string().into())).await.unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.expect("an answer to the ping");
+    assert!(matches!(reply, Some(Ok(Message::Text(t))) if t.contains("pong")));
+}
+
+#[tokio::test]
+async fn connections_past_the_cap_are_refused_while_open_ones_keep_working() {
+    let app = spawn_app_with(|c| c.http.max_connections = 3).await;
+    // Signed up without HTTP, so no pooled client connection takes a place.
+    let session = app.state.auth.signup("capped@example.com", "pass-word-1", "Capped").await.unwrap();
+    let mut req = format!("{}/ws/notifications", app.base.replace("http://", "ws://")).into_client_request().unwrap();
+    req.headers_mut().insert("authorization", format!("Bearer {}", session.access_token).parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.expect("websocket connects");
+    assert!(matches!(ws.next().await, Some(Ok(Message::Text(t))) if t.contains("ready")));
+    let mut open = vec![raw_connect(&app).await, raw_connect(&app).await];
+
+    // The WebSocket and two plain connections fill the cap: the next one is told to retry and closed at once.
+    let mut extra = raw_connect(&app).await;
+    let reply = read_until_closed(&mut extra, Duration::from_secs(5)).await;
+    assert!(reply.closed, "a connection over the cap was kept open: {reply:?}");
+    assert!(reply.text.starts_with("HTTP/1.1 503"), "{reply:?}");
+    assert!(reply.text.contains(r#""code":"service_unavailable""#), "{reply:?}");
+
+    // The open ones are served as usual.
+    for conn in &mut open {
+        conn.write_all(GET_HEALTH).await.unwrap();
+        assert_eq!(read_response(conn, Duration::from_secs(5)).await.map(|r| r.0), Some(200));
+    }
+    ws.send(Message::Text(json!({"type": "ping"}).to_string().into())).await.unwrap();
+    assert!(matches!(ws.next().await, Some(Ok(Message::Text(t))) if t.contains("pong")));
+
+    // Closing the WebSocket makes room for a new connection.
+    drop(ws);
+    let start = Instant::now();
+    loop {
+        let mut conn = raw_connect(&app).await;
+        conn.write_all(GET_HEALTH).await.unwrap();
+        if read_response(&mut conn, Duration::from_secs(1)).await.map(|r| r.0) == Some(200) {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "no room for a new connection after one closed");
+        sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn shutdown_is_not_held_up_by_silent_or_half_sent_connections() {
+    let app = spawn_app_with(|c| c.http.header_read_timeout_ms = 500).await;
+    let _silent = raw_connect(&app).await;
+    let mut partial = raw_connect(&app).await;
+    partial.write_all(b"GET /health HTTP/1.1\r\nHost: te").await.unwrap();
+    sleep(Duration::from_millis(50)).await;
+    tokio::time::timeout(Duration::from_secs(5), app.stop()).await.expect("shutdown finished within 5 s");
+}
