@@ -86,6 +86,7 @@ async fn checkout_pay_cancel_and_refund_end_to_end() {
     assert!(kinds.contains(&"payment.captured") && kinds.contains(&"payment.refunded"), "{kinds:?}");
 
     let order = app.wait_status(&alice.token, &order_id, "refunded").await;
+    app.state.orders.router().settled(&order_id, Duration::from_secs(10)).await.unwrap();
     let history: Vec<&str> =
         order["history"].as_array().unwrap().iter().map(|h| h["status"].as_str().unwrap()).collect();
     assert_eq!(history, ["pending", "stock_reserved", "paid", "cancelled", "refunded"]);
@@ -319,6 +320,7 @@ async fn coupons_are_applied_by_the_server_and_counted_once_per_paid_order() {
     assert_eq!(app.get("/api/admin/coupons/SAVE10", Some(&admin)).await.body["uses"], 1);
     app.post(&format!("/api/orders/{id}/cancel"), Some(&token), json!({})).await;
     app.wait_status(&token, &id, "refunded").await;
+    app.state.orders.router().settled(&id, Duration::from_secs(10)).await.unwrap();
     assert_eq!(
         app.get("/api/admin/coupons/SAVE10", Some(&admin)).await.body["uses"],
         0,
