@@ -120,6 +120,22 @@ pub enum ProductSort {
     TitleDesc,
 }
 
+impl ProductSort {
+    pub fn descending(self) -> bool {
+        matches!(self, Self::Newest | Self::PriceDesc | Self::TitleDesc)
+    }
+}
+
+/// The words a text is searched by: its runs of letters and digits, in lowercase.
+pub fn search_words(text: &str) -> Vec<String> {
+    text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_lowercase).collect()
+}
+
+/// The distinct words of a product's title and description.
+pub fn product_words(p: &Product) -> std::collections::BTreeSet<String> {
+    search_words(&p.title).into_iter().chain(search_words(&p.description)).collect()
+}
+
 impl std::str::FromStr for ProductSort {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -139,7 +155,8 @@ impl std::str::FromStr for ProductSort {
 pub struct ProductQuery {
     pub page: u32,
     pub limit: u32,
-    /// Case-insensitive words that must all appear in the title or description.
+    /// Words that must all be found, each as the beginning of a word of the title or description (see
+    /// [`search_words`]). A text without any word filters nothing.
     pub text: Option<String>,
     pub category: Option<String>,
     pub min_price: Option<i64>,
@@ -162,22 +179,26 @@ impl ProductQuery {
             return false;
         }
         if let Some(text) = &self.text {
-            let haystack = format!("{} {}", p.title, p.description).to_lowercase();
-            return text.to_lowercase().split_whitespace().all(|w| haystack.contains(w));
+            let words = product_words(p);
+            return search_words(text).iter().all(|w| words.iter().any(|t| t.starts_with(w.as_str())));
         }
         true
     }
 
+    /// The listing order. Equal values are ordered by id, and a descending sort is exactly the ascending one
+    /// reversed, so one ascending index per sort serves both directions.
     pub fn compare(&self, a: &Product, b: &Product) -> std::cmp::Ordering {
-        let by = match self.sort {
-            ProductSort::Newest => b.created_at.cmp(&a.created_at),
-            ProductSort::Oldest => a.created_at.cmp(&b.created_at),
-            ProductSort::PriceAsc => a.price.cmp(&b.price),
-            ProductSort::PriceDesc => b.price.cmp(&a.price),
-            ProductSort::TitleAsc => a.title.to_lowercase().cmp(&b.title.to_lowercase()),
-            ProductSort::TitleDesc => b.title.to_lowercase().cmp(&a.title.to_lowercase()),
-        };
-        by.then_with(|| a.id.cmp(&b.id))
+        let ascending = match self.sort {
+            ProductSort::Newest | ProductSort::Oldest => a.created_at.cmp(&b.created_at),
+            ProductSort::PriceAsc | ProductSort::PriceDesc => a.price.cmp(&b.price),
+            ProductSort::TitleAsc | ProductSort::TitleDesc => a.title.to_lowercase().cmp(&b.title.to_lowercase()),
+        }
+        .then_with(|| a.id.cmp(&b.id));
+        if self.sort.descending() {
+            ascending.reverse()
+        } else {
+            ascending
+        }
     }
 
     /// Filters, sorts and cuts one page out of `products`.

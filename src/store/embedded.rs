@@ -1,8 +1,9 @@
 //! The default store: one `redb` file in the data directory. Every call runs on the blocking pool, never on the
-//! async workers. A commit writes the events, the stream head, an optional snapshot, the read model and the outbox
-//! entries in one transaction, so nothing is half-written after a crash.
+//! async workers. A commit writes the events, the stream head, an optional snapshot, the read model (for a product,
+//! with the catalog indexes) and the outbox entries in one transaction, so nothing is half-written after a crash.
 
 mod accounts;
+mod catalog;
 mod sales;
 
 use std::path::Path;
@@ -12,11 +13,7 @@ use async_trait::async_trait;
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{de::DeserializeOwned, Serialize};
 
-use super::{
-    CatalogStore, Commit, EventRecord, EventStore, History, OutboxEntry, Page, ProductQuery, ReadModel, Snapshot,
-    StoreError,
-};
-use crate::domain::product::Product;
+use super::{Commit, EventRecord, EventStore, History, OutboxEntry, ReadModel, Snapshot, StoreError};
 
 pub(super) const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
 pub(super) const HEADS: TableDefinition<&str, u64> = TableDefinition::new("stream_heads");
@@ -142,6 +139,7 @@ impl EmbeddedStore {
             txn.open_table(NOTIFICATION_KEYS).map_err(db_err)?;
             txn.open_table(EMAILS).map_err(db_err)?;
             txn.open_table(EMAIL_KEYS).map_err(db_err)?;
+            catalog::prepare(&txn)?;
         }
         txn.commit().map_err(db_err)?;
         Ok(Self { db: Arc::new(db) })
@@ -208,6 +206,9 @@ fn commit_blocking(db: &Database, commit: Commit) -> Result<(), StoreError> {
         if let Some(snapshot) = &commit.snapshot {
             let mut snapshots = txn.open_table(SNAPSHOTS).map_err(db_err)?;
             snapshots.insert(commit.stream.as_str(), encode(snapshot)?.as_slice()).map_err(db_err)?;
+        }
+        if let Some(ReadModel::Product(p)) = &commit.read_model {
+            catalog::index_product(&txn, &mut counters, p)?;
         }
         let document = match &commit.read_model {
             Some(ReadModel::Product(p)) => Some((PRODUCTS, p.id.as_str(), encode(p)?)),
@@ -297,19 +298,6 @@ impl EventStore for EmbeddedStore {
             Ok(())
         })
         .await
-    }
-}
-
-#[async_trait]
-impl CatalogStore for EmbeddedStore {
-    async fn product(&self, id: &str) -> Result<Option<Product>, StoreError> {
-        let id = id.to_string();
-        self.run(move |db| read_doc(db, PRODUCTS, &id)).await
-    }
-
-    async fn list_products(&self, query: &ProductQuery) -> Result<Page<Product>, StoreError> {
-        let query = query.clone();
-        self.run(move |db| Ok(query.paginate(read_all::<Product>(db, PRODUCTS)?.into_iter()))).await
     }
 }
 
