@@ -68,9 +68,11 @@ async fn listing_paginates_searches_filters_and_sorts() {
         ("Red pen", 150, "office"),
         ("Teapot", 3000, "kitchen"),
     ];
+    let mut ids = std::collections::HashMap::new();
     for (title, price, category) in items {
         let r = app.post("/api/products", Some(&admin), json!({"title": title, "description": format!("A {title}"), "price": price, "currency": "USD", "category": category, "stock": 5})).await;
         assert_eq!(r.status, 201);
+        ids.insert(title, r.body["id"].as_str().unwrap().to_string());
     }
     let titles = |r: &crate::helpers::Resp| -> Vec<String> {
         r.body["items"].as_array().unwrap().iter().map(|p| p["title"].as_str().unwrap().to_string()).collect()
@@ -87,6 +89,21 @@ async fn listing_paginates_searches_filters_and_sorts() {
         ["Blue mug", "Teapot"]
     );
     assert_eq!(titles(&app.get("/api/products?sort=-title&limit=1", None).await), ["Teapot"]);
+
+    // A search word matches the beginning of a word, never its middle.
+    assert_eq!(titles(&app.get("/api/products?q=TEA", None).await), ["Teapot"]);
+    assert_eq!(titles(&app.get("/api/products?q=m%20re&sort=title", None).await), ["Red mug"]);
+    assert_eq!(app.get("/api/products?q=ug", None).await.body["total"], 0);
+
+    // An edited product moves to its new place in every listing.
+    let pen = &ids["Red pen"];
+    let moved = json!({"version": 1, "title": "Fountain pen", "description": "Black ink", "category": "Kitchen", "price": 5000});
+    assert_eq!(app.patch(&format!("/api/products/{pen}"), Some(&admin), moved).await.status, 200);
+    assert_eq!(titles(&app.get("/api/products?category=kitchen&sort=-price&limit=1", None).await), ["Fountain pen"]);
+    let office = app.get("/api/products?category=office", None).await;
+    assert_eq!((titles(&office), office.body["total"].as_u64()), (vec!["Desk lamp".to_string()], Some(1)));
+    assert_eq!(titles(&app.get("/api/products?q=red", None).await), ["Red mug"]);
+    assert_eq!(titles(&app.get("/api/products?q=fount&maxPrice=5000", None).await), ["Fountain pen"]);
 
     for bad in ["limit=0", "limit=101", "page=0", "page=abc", "sort=random", "minPrice=10&maxPrice=1", "colour=red"] {
         let r = app.get(&format!("/api/products?{bad}"), None).await;
