@@ -201,7 +201,8 @@ impl ProductQuery {
         }
     }
 
-    /// Filters, sorts and cuts one page out of `products`.
+    /// Filters, sorts and cuts one page out of `products`: the listing rules applied to a whole catalog, which every
+    /// store's indexed listing must agree with.
     pub fn paginate(&self, products: impl Iterator<Item = Product>) -> Page<Product> {
         let mut hits: Vec<Product> = products.filter(|p| self.matches(p)).collect();
         hits.sort_by(|a, b| self.compare(a, b));
