@@ -9,6 +9,9 @@ pub mod payment;
 pub mod product;
 pub mod user;
 
+#[cfg(test)]
+mod saga_properties;
+
 use std::fmt::Debug;
 
 use serde::{de::DeserializeOwned, Serialize};
