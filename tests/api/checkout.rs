@@ -108,15 +108,26 @@ async fn checkout_pay_cancel_and_refund_end_to_end() {
     assert!(captures[0].refunded);
     assert_eq!(app.get(&format!("/api/payments?orderId={order_id}"), t).await.body["items"][0]["status"], "refunded");
 
-    let emails = app.get("/api/admin/emails", Some(&admin)).await.body;
-    let templates: Vec<&str> = emails["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["to"] == "alice@example.com")
-        .map(|e| e["template"].as_str().unwrap())
-        .collect();
-    assert!(templates.contains(&"order_confirmation") && templates.contains(&"order_refunded"), "{templates:?}");
+    // The email is rendered after the notification was pushed: wait for it.
+    let mut templates = Vec::new();
+    for _ in 0..250 {
+        let emails = app.get("/api/admin/emails", Some(&admin)).await.body;
+        templates = emails["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["to"] == "alice@example.com")
+            .map(|e| e["template"].as_str().unwrap().to_string())
+            .collect();
+        if templates.iter().any(|t| t == "order_refunded") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        templates.contains(&"order_confirmation".into()) && templates.contains(&"order_refunded".into()),
+        "{templates:?}"
+    );
 
     let listed = app.get("/api/notifications", t).await.body;
     let unread = listed["unreadCount"].as_u64().unwrap();
