@@ -89,21 +89,12 @@ pub enum PaymentEvent {
     Refunded { refund_id: String, at: Timestamp },
 }
 
-/// The provider call a payment's state calls for.
+/// The provider call a payment's state calls for. `Lookup` asks the provider what it holds under the payment's key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PaymentEffect {
-    Charge {
-        attempt: u32,
-        amount: i64,
-        currency: String,
-        method: String,
-        order_id: String,
-    },
-    /// Asks the provider what it holds under the payment's key.
+    Charge { attempt: u32, amount: i64, currency: String, method: String, order_id: String },
     Lookup,
-    Refund {
-        charge_id: String,
-    },
+    Refund { charge_id: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -103,18 +103,14 @@ pub struct Reservation {
     pub expires_at: Timestamp,
 }
 
-/// What became of an order's reservation; remembered so retried saga steps are no-ops.
+/// What became of an order's reservation; remembered so retried saga steps are no-ops. `Closed`: the order said it
+/// will send no further step; kept until its reservation expiry has passed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum Settlement {
-    Committed {
-        quantity: i64,
-    },
+    Committed { quantity: i64 },
     Released,
-    Restocked {
-        quantity: i64,
-    },
-    /// The order said it will send no further step; kept until its reservation expiry has passed.
+    Restocked { quantity: i64 },
     Closed,
 }
 

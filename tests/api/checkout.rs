@@ -398,6 +398,13 @@ async fn admins_ship_and_deliver_paid_orders() {
     );
     let late_cancel = app.post(&format!("/api/orders/{id}/cancel"), Some(&user.token), json!({})).await;
     assert_eq!((late_cancel.status, late_cancel.code()), (409, "invalid_transition"));
+    // Shipped: the order tells the product it is done, and the product forgets it once its reservation expiry passes.
+    let order = app.state.orders.router().settled(&id, Duration::from_secs(10)).await.unwrap().order.unwrap();
+    assert!(order.progress.stock_closed);
+    let product = app.state.catalog.router().get(&p).await.unwrap();
+    assert_eq!(product.settled.get(&id), Some(&commercex::domain::product::Settlement::Closed));
+    assert!(product.forgetting.contains(&(order.reservation_expires_at, id.clone())));
+    assert_eq!(product.sold(), 1);
     assert_eq!(
         app.post(&format!("/api/admin/orders/{id}/deliver"), Some(&admin), json!({})).await.body["status"],
         "delivered"
