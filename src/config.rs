@@ -115,7 +115,8 @@ pub struct PaymentsConfig {
     pub simulated_latency_ms: u64,
     /// Deadline of one provider call; a timeout counts as a transient failure.
     pub timeout_ms: u64,
-    /// Charge attempts before a payment that keeps failing transiently is declared failed.
+    /// Charge attempts before a payment that keeps failing transiently is looked up by its idempotency key (and
+    /// failed if the provider holds no charge).
     pub max_attempts: u32,
 }
 

@@ -11,6 +11,9 @@ pub mod product;
 pub mod text;
 pub mod user;
 
+#[cfg(test)]
+mod saga_properties;
+
 use std::fmt::Debug;
 
 use serde::{de::DeserializeOwned, Serialize};

@@ -132,8 +132,8 @@ impl Effects<OrderState> for OrderSaga {
                     (committed, None) => OrderCommand::StockCommitted { product_ids: committed },
                 })
             }
-            OrderEffect::ClearCart { user_id, product_ids } => {
-                let cmd = CartCommand::CheckOut { order_id: oid, product_ids };
+            OrderEffect::ClearCart { user_id, product_ids, placed_at } => {
+                let cmd = CartCommand::CheckOut { order_id: oid, product_ids, placed_at };
                 self.carts.execute(&user_id, cmd).await.map_err(unavailable)?;
                 Ok(OrderCommand::CartCleared)
             }
@@ -150,6 +150,13 @@ impl Effects<OrderState> for OrderSaga {
                     self.products.execute(&product_id, cmd).await.map_err(unavailable)?;
                 }
                 Ok(OrderCommand::Restocked)
+            }
+            OrderEffect::CloseStock { product_ids, expires_at } => {
+                for product_id in product_ids {
+                    let cmd = ProductCommand::CloseOrder { order_id: oid.clone(), expires_at };
+                    self.products.execute(&product_id, cmd).await.map_err(unavailable)?;
+                }
+                Ok(OrderCommand::StockClosed)
             }
             OrderEffect::ReturnCoupon { code } => {
                 match self.coupons.execute(&code, CouponCommand::Return { order_id: oid }).await {

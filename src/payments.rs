@@ -9,10 +9,14 @@
 //! | `pm_card_chargeDeclined` | declined: `card_declined` |
 //! | `pm_card_chargeDeclinedInsufficientFunds` | declined: `insufficient_funds` |
 //! | `pm_card_flaky` | fails transiently twice, then captured (exercises retries) |
-//! | `pm_card_timeout` | never answers: times out on every attempt, then the payment fails |
+//! | `pm_card_timeout` | never answers: times out on every attempt; the lookup finds no charge, the payment fails |
+//! | `pm_card_lostResponse` | captured, but every answer is lost: times out on every attempt; the lookup finds the capture |
 //! | anything else | declined: `invalid_payment_method` |
+//!
+//! When the attempts run out without an answer, [`PaymentEffects`] asks the provider for the charge by its
+//! idempotency key ([`PaymentProvider::lookup`]) instead of declaring the payment failed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -58,6 +62,10 @@ pub struct ProviderError(pub String);
 pub trait PaymentProvider: Send + Sync {
     async fn charge(&self, request: &ChargeRequest) -> Result<ChargeOutcome, ProviderError>;
     async fn refund(&self, charge_id: &str, idempotency_key: &str) -> Result<String, ProviderError>;
+    /// What became of the charge made with `idempotency_key`, asked when its answer never came. `None` means no
+    /// charge was made, and none can be any more: from then on the provider refuses that key, so a request still in
+    /// flight cannot capture after its payment has been declared failed.
+    async fn lookup(&self, idempotency_key: &str) -> Result<Option<ChargeOutcome>, ProviderError>;
 }
 
 /// A captured charge as the simulated provider's ledger records it.
@@ -74,6 +82,8 @@ struct Ledger {
     by_key: HashMap<String, LedgerCharge>,
     attempts: HashMap<String, u32>,
     refunds: HashMap<String, String>,
+    /// Keys a lookup found without a charge: refused from then on.
+    voided: HashSet<String>,
 }
 
 /// In-memory provider with configurable latency; its ledger lets tests check what was really charged.
@@ -91,6 +101,39 @@ impl SimulatedProvider {
         self.ledger.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Decides and books a charge: the same key always gets the same capture; a voided key is declined.
+    fn book(&self, request: &ChargeRequest) -> Result<ChargeOutcome, ProviderError> {
+        let mut ledger = self.ledger();
+        if let Some(existing) = ledger.by_key.get(&request.idempotency_key) {
+            return Ok(ChargeOutcome::Captured { charge_id: existing.charge_id.clone() });
+        }
+        if ledger.voided.contains(&request.idempotency_key) {
+            return Ok(ChargeOutcome::Declined { reason: "voided".into() });
+        }
+        let attempt = ledger.attempts.entry(request.idempotency_key.clone()).or_default();
+        *attempt += 1;
+        let capture = match request.method.as_str() {
+            "pm_card_visa" | "pm_card_mastercard" | "pm_card_lostResponse" => true,
+            "pm_card_flaky" if *attempt > 2 => true,
+            "pm_card_flaky" => return Err(ProviderError("processing_error".into())),
+            "pm_card_chargeDeclined" => return Ok(ChargeOutcome::Declined { reason: "card_declined".into() }),
+            "pm_card_chargeDeclinedInsufficientFunds" => {
+                return Ok(ChargeOutcome::Declined { reason: "insufficient_funds".into() })
+            }
+            _ => false,
+        };
+        if !capture {
+            return Ok(ChargeOutcome::Declined { reason: "invalid_payment_method".into() });
+        }
+        let charge = ledger.by_key.entry(request.idempotency_key.clone()).or_insert_with(|| LedgerCharge {
+            charge_id: format!("ch_{}", uuid::Uuid::new_v4().simple()),
+            order_id: request.order_id.clone(),
+            amount: request.amount,
+            refunded: false,
+        });
+        Ok(ChargeOutcome::Captured { charge_id: charge.charge_id.clone() })
+    }
+
     /// Every capture made for an order (more than one would be a double charge).
     pub fn captures_for_order(&self, order_id: &str) -> Vec<LedgerCharge> {
         self.ledger().by_key.values().filter(|c| c.order_id == order_id).cloned().collect()
@@ -101,37 +144,15 @@ impl SimulatedProvider {
 impl PaymentProvider for SimulatedProvider {
     async fn charge(&self, request: &ChargeRequest) -> Result<ChargeOutcome, ProviderError> {
         tokio::time::sleep(self.latency).await;
-        let attempt = {
-            let mut ledger = self.ledger();
-            if let Some(existing) = ledger.by_key.get(&request.idempotency_key) {
-                return Ok(ChargeOutcome::Captured { charge_id: existing.charge_id.clone() });
-            }
-            let n = ledger.attempts.entry(request.idempotency_key.clone()).or_default();
-            *n += 1;
-            *n
-        };
-        let capture = match request.method.as_str() {
-            "pm_card_visa" | "pm_card_mastercard" => true,
-            "pm_card_flaky" if attempt > 2 => true,
-            "pm_card_flaky" => return Err(ProviderError("processing_error".into())),
-            "pm_card_timeout" => std::future::pending().await,
-            "pm_card_chargeDeclined" => return Ok(ChargeOutcome::Declined { reason: "card_declined".into() }),
-            "pm_card_chargeDeclinedInsufficientFunds" => {
-                return Ok(ChargeOutcome::Declined { reason: "insufficient_funds".into() })
-            }
-            _ => false,
-        };
-        if !capture {
-            return Ok(ChargeOutcome::Declined { reason: "invalid_payment_method".into() });
+        if request.method == "pm_card_timeout" {
+            return std::future::pending().await;
         }
-        let mut ledger = self.ledger();
-        let charge = ledger.by_key.entry(request.idempotency_key.clone()).or_insert_with(|| LedgerCharge {
-            charge_id: format!("ch_{}", uuid::Uuid::new_v4().simple()),
-            order_id: request.order_id.clone(),
-            amount: request.amount,
-            refunded: false,
-        });
-        Ok(ChargeOutcome::Captured { charge_id: charge.charge_id.clone() })
+        let outcome = self.book(request);
+        if request.method == "pm_card_lostResponse" {
+            // Booked, but the answer never reaches the caller.
+            std::future::pending::<()>().await;
+        }
+        outcome
     }
 
     async fn refund(&self, charge_id: &str, idempotency_key: &str) -> Result<String, ProviderError> {
@@ -149,6 +170,18 @@ impl PaymentProvider for SimulatedProvider {
         let refund_id = format!("re_{}", uuid::Uuid::new_v4().simple());
         ledger.refunds.insert(idempotency_key.to_string(), refund_id.clone());
         Ok(refund_id)
+    }
+
+    async fn lookup(&self, idempotency_key: &str) -> Result<Option<ChargeOutcome>, ProviderError> {
+        tokio::time::sleep(self.latency).await;
+        let mut ledger = self.ledger();
+        match ledger.by_key.get(idempotency_key) {
+            Some(charge) => Ok(Some(ChargeOutcome::Captured { charge_id: charge.charge_id.clone() })),
+            None => {
+                ledger.voided.insert(idempotency_key.to_string());
+                Ok(None)
+            }
+        }
     }
 }
 
@@ -178,6 +211,14 @@ impl Effects<PaymentState> for PaymentEffects {
                     }
                 })
             }
+            PaymentEffect::Lookup => match tokio::time::timeout(self.timeout, self.provider.lookup(id)).await {
+                Ok(Ok(Some(ChargeOutcome::Captured { charge_id }))) => Ok(PaymentCommand::Charged { charge_id }),
+                Ok(Ok(Some(ChargeOutcome::Declined { reason }))) => Ok(PaymentCommand::Declined { reason }),
+                Ok(Ok(None)) => Ok(PaymentCommand::NotCharged),
+                // Still unknown: asked again after a backoff, for as long as it takes.
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("charge lookup timed out".into()),
+            },
             PaymentEffect::Refund { charge_id } => {
                 let key = format!("refund-{id}");
                 match tokio::time::timeout(self.timeout, self.provider.refund(&charge_id, &key)).await {
@@ -220,5 +261,24 @@ mod tests {
         let r1 = p.refund(&charge_id, "refund-k1").await.unwrap();
         assert_eq!(p.refund(&charge_id, "refund-k1").await.unwrap(), r1);
         assert!(p.captures_for_order("order-k1")[0].refunded);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lookups_find_lost_captures_and_void_keys_without_one() {
+        let p = SimulatedProvider::new(Duration::ZERO);
+        let wait = Duration::from_secs(5);
+        let lost = tokio::time::timeout(wait, p.charge(&request("k1", "pm_card_lostResponse"))).await;
+        assert!(lost.is_err(), "the answer never comes");
+        let captured = p.captures_for_order("order-k1");
+        assert_eq!(captured.len(), 1, "but the charge was captured");
+        let found = ChargeOutcome::Captured { charge_id: captured[0].charge_id.clone() };
+        assert_eq!(p.lookup("k1").await.unwrap(), Some(found));
+
+        assert!(tokio::time::timeout(wait, p.charge(&request("k2", "pm_card_timeout"))).await.is_err());
+        assert_eq!(p.lookup("k2").await.unwrap(), None);
+        // From then on the key is refused: a request still in flight cannot capture.
+        let late = p.charge(&request("k2", "pm_card_visa")).await.unwrap();
+        assert_eq!(late, ChargeOutcome::Declined { reason: "voided".into() });
+        assert!(p.captures_for_order("order-k2").is_empty());
     }
 }

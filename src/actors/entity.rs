@@ -89,8 +89,8 @@ pub fn stream_name<A: Entity>(id: &str) -> String {
 /// Rebuilds an aggregate from its history. Returns the state, the sequence it is at and its snapshot's sequence.
 pub fn recover<A: Entity>(history: crate::store::History) -> Result<(A, u64, u64), StoreError> {
     let corrupt = |e: serde_json::Error| StoreError::Corrupt(e.to_string());
-    let (mut aggregate, mut seq) = match &history.snapshot {
-        Some(s) => (serde_json::from_value::<A>(s.state.clone()).map_err(corrupt)?, s.seq),
+    let (mut aggregate, mut seq) = match history.snapshot {
+        Some(s) => (serde_json::from_value::<A>(s.state).map_err(corrupt)?, s.seq),
         None => (A::default(), 0),
     };
     let snapshot_seq = seq;

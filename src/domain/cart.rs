@@ -1,8 +1,6 @@
 //! Shopping carts: one per user, lines of product + quantity. Prices are never stored in the cart; they are read
 //! from the catalog when the cart is shown, and snapshotted only at checkout.
 
-use std::collections::BTreeSet;
-
 use serde::{Deserialize, Serialize};
 
 use super::{Aggregate, Timestamp};
@@ -24,9 +22,6 @@ pub struct Cart {
     /// Currency of the lines in the cart; a cart holds one currency at a time.
     pub currency: Option<String>,
     pub updated_at: Option<Timestamp>,
-    /// Orders whose lines were already removed from this cart, so a retried checkout step is a no-op.
-    #[serde(default)]
-    pub checked_out: BTreeSet<String>,
 }
 
 /// What the cart needs to know about a product to accept it, looked up by the caller at command time.
@@ -54,10 +49,12 @@ pub enum CartCommand {
         product_id: String,
     },
     Clear,
-    /// Removes the lines an order bought; once per order.
+    /// Removes the lines an order bought: those of its products that were in the cart when it was placed. A line
+    /// added later is not the order's, so a repeated check-out leaves it alone.
     CheckOut {
         order_id: String,
         product_ids: Vec<String>,
+        placed_at: Timestamp,
     },
 }
 
@@ -67,7 +64,7 @@ pub enum CartEvent {
     LineSet { product_id: String, quantity: u32, currency: String, at: Timestamp },
     LineRemoved { product_id: String, at: Timestamp },
     Cleared { at: Timestamp },
-    CheckedOut { order_id: String, product_ids: Vec<String>, at: Timestamp },
+    CheckedOut { order_id: String, product_ids: Vec<String>, placed_at: Option<Timestamp>, at: Timestamp },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -91,6 +88,12 @@ impl Cart {
 
     pub fn item_count(&self) -> u64 {
         self.lines.iter().map(|l| u64::from(l.quantity)).sum()
+    }
+
+    /// Whether a check-out of `product_ids` by an order placed at `placed_at` takes the line. Check-outs recorded
+    /// before orders sent their time carry none, and took every line of those products.
+    fn checked_out_by(line: &CartLine, product_ids: &[String], placed_at: Option<Timestamp>) -> bool {
+        product_ids.contains(&line.product_id) && placed_at.is_none_or(|placed| line.added_at <= placed)
     }
 
     fn set_line(
@@ -159,12 +162,18 @@ impl Aggregate for Cart {
             },
             CartCommand::Clear if self.lines.is_empty() => Ok(vec![]),
             CartCommand::Clear => Ok(vec![CartEvent::Cleared { at: now }]),
-            CartCommand::CheckOut { order_id, .. } if self.checked_out.contains(order_id) => Ok(vec![]),
-            CartCommand::CheckOut { order_id, product_ids } => Ok(vec![CartEvent::CheckedOut {
-                order_id: order_id.clone(),
-                product_ids: product_ids.clone(),
-                at: now,
-            }]),
+            CartCommand::CheckOut { order_id, product_ids, placed_at } => {
+                let placed_at = Some(*placed_at);
+                if !self.lines.iter().any(|l| Self::checked_out_by(l, product_ids, placed_at)) {
+                    return Ok(vec![]);
+                }
+                Ok(vec![CartEvent::CheckedOut {
+                    order_id: order_id.clone(),
+                    product_ids: product_ids.clone(),
+                    placed_at,
+                    at: now,
+                }])
+            }
         }
     }
 
@@ -192,12 +201,11 @@ impl Aggregate for Cart {
                 self.currency = None;
                 self.updated_at = Some(*at);
             }
-            CartEvent::CheckedOut { order_id, product_ids, at } => {
-                self.lines.retain(|l| !product_ids.contains(&l.product_id));
+            CartEvent::CheckedOut { product_ids, placed_at, at, .. } => {
+                self.lines.retain(|l| !Self::checked_out_by(l, product_ids, *placed_at));
                 if self.lines.is_empty() {
                     self.currency = None;
                 }
-                self.checked_out.insert(order_id.clone());
                 self.updated_at = Some(*at);
             }
         }
@@ -314,6 +322,45 @@ mod tests {
             run(&mut c, CartCommand::SetQuantity { product_id: "zz".into(), quantity: 1, product: usd(1) }),
             Err(CartError::LineNotFound)
         );
+    }
+
+    #[test]
+    fn a_repeated_check_out_leaves_lines_added_after_the_order() {
+        let t0 = chrono::Utc::now();
+        let mut c = Cart::default();
+        let at = |c: &mut Cart, cmd: CartCommand, when| {
+            for e in c.decide("u", &cmd, when).unwrap() {
+                c.apply(&e);
+            }
+        };
+        at(&mut c, CartCommand::AddItem { product_id: "a".into(), quantity: 2, product: usd(9) }, t0);
+        at(&mut c, CartCommand::AddItem { product_id: "b".into(), quantity: 1, product: usd(9) }, t0);
+        let placed_at = t0 + chrono::Duration::seconds(1);
+        let check_out = CartCommand::CheckOut { order_id: "o1".into(), product_ids: vec!["a".into()], placed_at };
+        at(&mut c, check_out.clone(), t0 + chrono::Duration::seconds(2));
+        assert_eq!(c.lines.iter().map(|l| l.product_id.as_str()).collect::<Vec<_>>(), ["b"]);
+        // The customer puts `a` back; the same check-out arriving again must not take it.
+        at(
+            &mut c,
+            CartCommand::AddItem { product_id: "a".into(), quantity: 1, product: usd(9) },
+            t0 + chrono::Duration::seconds(3),
+        );
+        let before = c.clone();
+        assert!(c.decide("u", &check_out, t0 + chrono::Duration::seconds(4)).unwrap().is_empty());
+        assert_eq!(c, before);
+        assert_eq!(c.line("a").map(|l| l.quantity), Some(1));
+    }
+
+    #[test]
+    fn check_outs_recorded_without_their_order_time_still_apply() {
+        let mut c = Cart::default();
+        run(&mut c, CartCommand::AddItem { product_id: "a".into(), quantity: 2, product: usd(9) }).unwrap();
+        let legacy = serde_json::json!({"type": "checked_out", "orderId": "o1", "productIds": ["a"], "at": "2026-01-01T00:00:00Z"});
+        c.apply(&serde_json::from_value(legacy).unwrap());
+        assert!(c.lines.is_empty() && c.currency.is_none());
+        let legacy_state =
+            serde_json::json!({"lines": [], "currency": null, "updated_at": null, "checked_out": ["o1"]});
+        assert_eq!(serde_json::from_value::<Cart>(legacy_state).unwrap(), Cart::default());
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! available), `payment_failed`, `cancelled` and `refunded` (a cancelled order whose payment was given back).
 //! [`Order::next_step`] says which saga step the persisted state calls for next; every step's outcome is a command
 //! that is persisted before the next step starts. Failed and cancelled orders compensate: release reservations,
-//! restock sold units, return the coupon use, refund the payment.
+//! restock sold units, return the coupon use, refund the payment. An order that shipped, or was paid, cancelled and
+//! restocked, finally tells its products it will send them no further step, so they need not remember it.
 
 use std::collections::BTreeSet;
 
@@ -111,6 +112,9 @@ pub struct SagaProgress {
     pub restocked: bool,
     pub coupon_returned: bool,
     pub refund_settled: bool,
+    /// The products were told this order sends them no further step, so they can forget it.
+    #[serde(default)]
+    pub stock_closed: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -153,6 +157,13 @@ impl Order {
         self.history.iter().any(|h| h.status == status)
     }
 
+    fn close_stock(&self) -> OrderEffect {
+        OrderEffect::CloseStock {
+            product_ids: self.product_ids().cloned().collect(),
+            expires_at: self.reservation_expires_at,
+        }
+    }
+
     /// The saga step the order needs next, or `None` when it is waiting (for shipping) or finished.
     pub fn next_step(&self) -> Option<OrderEffect> {
         let p = &self.progress;
@@ -191,11 +202,14 @@ impl Order {
                         Some(OrderEffect::ClearCart {
                             user_id: self.user_id.clone(),
                             product_ids: self.product_ids().cloned().collect(),
+                            placed_at: self.created_at,
                         })
                     } else {
                         None
                     }
                 }
+                // Shipped stock can no longer be put back: no product will hear from this order again.
+                OrderStatus::Shipped | OrderStatus::Delivered if !p.stock_closed => Some(self.close_stock()),
                 _ => None,
             };
         }
@@ -205,8 +219,15 @@ impl Order {
             let product_ids = self.product_ids().filter(|id| !p.committed.contains(*id)).cloned().collect();
             return Some(OrderEffect::Release { product_ids });
         }
-        if !p.committed.is_empty() && !p.restocked {
-            return Some(OrderEffect::Restock { product_ids: p.committed.iter().cloned().collect() });
+        // Restock covers every line of an order that was paid: a commit may have been made by a step whose outcome
+        // was never recorded (release found no reservation for it). Restocking what was not sold is a no-op.
+        if self.reached(OrderStatus::Paid) {
+            if !p.restocked {
+                return Some(OrderEffect::Restock { product_ids: self.product_ids().cloned().collect() });
+            }
+            if !p.stock_closed {
+                return Some(self.close_stock());
+            }
         }
         if let Some(code) = &self.coupon_code {
             if self.reached(OrderStatus::StockReserved) && !p.coupon_returned {
@@ -280,6 +301,7 @@ pub enum OrderCommand {
     RefundSettled {
         refunded: bool,
     },
+    StockClosed,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -296,20 +318,23 @@ pub enum OrderEvent {
     Restocked { at: Timestamp },
     CouponReturned { at: Timestamp },
     RefundSettled { refunded: bool, at: Timestamp },
+    StockClosed { at: Timestamp },
 }
 
-/// A saga step: an idempotent call to another entity, keyed by the order id.
+/// A saga step: an idempotent call to another entity, keyed by the order id. `ClearCart` takes the lines added to
+/// the cart before the order was placed; `CloseStock` tells the products the order will send them no further step.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OrderEffect {
     Reserve { lines: Vec<(String, i64)>, expires_at: Timestamp },
     RedeemCoupon { code: String, user_id: String, subtotal: i64, currency: String },
     Charge { payment_id: String, user_id: String, amount: i64, currency: String, method: String },
     CommitStock { product_ids: Vec<String> },
-    ClearCart { user_id: String, product_ids: Vec<String> },
+    ClearCart { user_id: String, product_ids: Vec<String>, placed_at: Timestamp },
     Release { product_ids: Vec<String> },
     Restock { product_ids: Vec<String> },
     ReturnCoupon { code: String },
     Refund { payment_id: String },
+    CloseStock { product_ids: Vec<String>, expires_at: Timestamp },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -477,6 +502,7 @@ impl Aggregate for OrderState {
                     events.extend(transition_from(o, S::Cancelled, S::Refunded, None, now));
                 }
             }
+            OrderCommand::StockClosed => events.push(OrderEvent::StockClosed { at: now }),
         }
         Ok(events)
     }
@@ -531,6 +557,10 @@ impl Aggregate for OrderState {
                 p.refund_settled = true;
                 *at
             }
+            OrderEvent::StockClosed { at } => {
+                p.stock_closed = true;
+                *at
+            }
         };
         o.updated_at = at;
     }
@@ -548,6 +578,7 @@ impl Aggregate for OrderState {
             OrderEvent::Restocked { .. } => "order.restocked",
             OrderEvent::CouponReturned { .. } => "order.coupon_returned",
             OrderEvent::RefundSettled { .. } => "order.refund_settled",
+            OrderEvent::StockClosed { .. } => "order.stock_closed",
         }
     }
 }
@@ -618,6 +649,12 @@ mod tests {
         run(&mut s, OrderCommand::CartCleared).unwrap();
         assert_eq!(order(&s).next_step(), None);
         run(&mut s, OrderCommand::Ship).unwrap();
+        // Shipped: the products may forget the order.
+        assert!(
+            matches!(order(&s).next_step(), Some(OrderEffect::CloseStock { product_ids, .. }) if product_ids.len() == 2)
+        );
+        run(&mut s, OrderCommand::StockClosed).unwrap();
+        assert_eq!(order(&s).next_step(), None);
         run(&mut s, OrderCommand::Deliver).unwrap();
         let statuses: Vec<_> = order(&s).history.iter().map(|h| h.status.as_str()).collect();
         assert_eq!(statuses, ["pending", "stock_reserved", "paid", "shipped", "delivered"]);
@@ -634,8 +671,13 @@ mod tests {
         run(&mut s, OrderCommand::Cancel { reason: "changed my mind".into() }).unwrap();
         assert_eq!(order(&s).next_step(), Some(OrderEffect::Release { product_ids: vec!["b".into()] }));
         run(&mut s, OrderCommand::Released).unwrap();
-        assert_eq!(order(&s).next_step(), Some(OrderEffect::Restock { product_ids: vec!["a".into()] }));
+        // Every line: b's commit may have happened without its outcome being recorded.
+        let both = vec!["a".to_string(), "b".to_string()];
+        assert_eq!(order(&s).next_step(), Some(OrderEffect::Restock { product_ids: both.clone() }));
         run(&mut s, OrderCommand::Restocked).unwrap();
+        let expires_at = order(&s).reservation_expires_at;
+        assert_eq!(order(&s).next_step(), Some(OrderEffect::CloseStock { product_ids: both, expires_at }));
+        run(&mut s, OrderCommand::StockClosed).unwrap();
         assert_eq!(order(&s).next_step(), Some(OrderEffect::ReturnCoupon { code: "SAVE".into() }));
         run(&mut s, OrderCommand::CouponReturned).unwrap();
         assert_eq!(order(&s).next_step(), Some(OrderEffect::Refund { payment_id: "pay-o1".into() }));
@@ -659,7 +701,7 @@ mod tests {
         assert_eq!(order(&s).status, OrderStatus::Rejected);
         assert!(matches!(order(&s).next_step(), Some(OrderEffect::Release { .. })));
         run(&mut s, OrderCommand::Released).unwrap();
-        assert_eq!(order(&s).next_step(), None, "nothing was charged, nothing to refund");
+        assert_eq!(order(&s).next_step(), None, "nothing was sold or charged: nothing to restock, close or refund");
     }
 
     #[test]
@@ -718,6 +760,7 @@ mod tests {
             Just(OrderCommand::Restocked),
             Just(OrderCommand::CouponReturned),
             any::<bool>().prop_map(|refunded| OrderCommand::RefundSettled { refunded }),
+            Just(OrderCommand::StockClosed),
         ]
     }
 

@@ -1,5 +1,9 @@
 //! Payments: one per order (its id derives from the order's), charged through the provider with the payment id as
 //! idempotency key, so retries and recoveries can never capture twice.
+//!
+//! A transient failure (a timeout, a provider error) never proves that nothing was charged: the charge may have been
+//! captured and only its answer lost. So when the attempts run out, the payment is not failed yet; the provider is
+//! asked what it holds under the payment's key, and the payment ends captured or failed according to its answer.
 
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +34,10 @@ pub struct Payment {
     pub failure: Option<String>,
     pub refund_requested: bool,
     pub refund_id: Option<String>,
+    /// Set when the attempts ran out without an answer (to the last attempt's error) until the provider has said
+    /// whether the charge was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unknown_outcome: Option<String>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
 }
@@ -55,11 +63,13 @@ pub enum PaymentCommand {
     Declined {
         reason: String,
     },
-    /// A timeout or provider error; after `max_attempts` the payment fails.
+    /// A timeout or provider error; after `max_attempts` the provider is asked whether the charge was made.
     TransientFailure {
         reason: String,
         max_attempts: u32,
     },
+    /// The provider holds no charge under the payment's key (and will accept none any more).
+    NotCharged,
     /// Refund whatever was or will be captured; a no-op for failed payments.
     RequestRefund,
     Refunded {
@@ -70,18 +80,20 @@ pub enum PaymentCommand {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", rename_all_fields = "camelCase")]
 pub enum PaymentEvent {
-    Requested { payment: Payment },
+    Requested { payment: Box<Payment> },
     AttemptFailed { attempt: u32, reason: String, at: Timestamp },
+    OutcomeUnknown { reason: String, at: Timestamp },
     Captured { charge_id: String, at: Timestamp },
     Failed { reason: String, at: Timestamp },
     RefundRequested { at: Timestamp },
     Refunded { refund_id: String, at: Timestamp },
 }
 
-/// The provider call a payment's state calls for.
+/// The provider call a payment's state calls for. `Lookup` asks the provider what it holds under the payment's key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PaymentEffect {
     Charge { attempt: u32, amount: i64, currency: String, method: String, order_id: String },
+    Lookup,
     Refund { charge_id: String },
 }
 
@@ -101,6 +113,7 @@ impl PaymentState {
     pub fn next_effect(&self) -> Option<PaymentEffect> {
         let p = self.payment.as_ref()?;
         match p.status {
+            PaymentStatus::Pending if p.unknown_outcome.is_some() => Some(PaymentEffect::Lookup),
             PaymentStatus::Pending => Some(PaymentEffect::Charge {
                 attempt: p.attempts,
                 amount: p.amount,
@@ -145,10 +158,11 @@ impl Aggregate for PaymentState {
                     failure: None,
                     refund_requested: false,
                     refund_id: None,
+                    unknown_outcome: None,
                     created_at: now,
                     updated_at: now,
                 };
-                Ok(vec![PaymentEvent::Requested { payment }])
+                Ok(vec![PaymentEvent::Requested { payment: Box::new(payment) }])
             }
             PaymentCommand::Charged { charge_id } => Ok(match self.get()?.status {
                 S::Pending => vec![PaymentEvent::Captured { charge_id: charge_id.clone(), at: now }],
@@ -160,15 +174,24 @@ impl Aggregate for PaymentState {
             }),
             PaymentCommand::TransientFailure { reason, max_attempts } => {
                 let p = self.get()?;
-                if p.status != S::Pending {
+                if p.status != S::Pending || p.unknown_outcome.is_some() {
                     return Ok(vec![]);
                 }
                 let attempt = p.attempts + 1;
                 let mut events = vec![PaymentEvent::AttemptFailed { attempt, reason: reason.clone(), at: now }];
                 if attempt >= *max_attempts {
-                    events.push(PaymentEvent::Failed { reason: format!("provider unavailable: {reason}"), at: now });
+                    events.push(PaymentEvent::OutcomeUnknown { reason: reason.clone(), at: now });
                 }
                 Ok(events)
+            }
+            PaymentCommand::NotCharged => {
+                let p = self.get()?;
+                Ok(match (&p.status, &p.unknown_outcome) {
+                    (S::Pending, Some(reason)) => {
+                        vec![PaymentEvent::Failed { reason: format!("provider unavailable: {reason}"), at: now }]
+                    }
+                    _ => vec![],
+                })
             }
             PaymentCommand::RequestRefund => {
                 let p = self.get()?;
@@ -184,7 +207,7 @@ impl Aggregate for PaymentState {
 
     fn apply(&mut self, event: &PaymentEvent) {
         if let PaymentEvent::Requested { payment } = event {
-            self.payment = Some(payment.clone());
+            self.payment = Some(payment.as_ref().clone());
             return;
         }
         let Some(p) = &mut self.payment else { return };
@@ -194,14 +217,20 @@ impl Aggregate for PaymentState {
                 p.attempts = *attempt;
                 p.updated_at = *at;
             }
+            PaymentEvent::OutcomeUnknown { reason, at } => {
+                p.unknown_outcome = Some(reason.clone());
+                p.updated_at = *at;
+            }
             PaymentEvent::Captured { charge_id, at } => {
                 p.status = PaymentStatus::Captured;
                 p.charge_id = Some(charge_id.clone());
+                p.unknown_outcome = None;
                 p.updated_at = *at;
             }
             PaymentEvent::Failed { reason, at } => {
                 p.status = PaymentStatus::Failed;
                 p.failure = Some(reason.clone());
+                p.unknown_outcome = None;
                 p.updated_at = *at;
             }
             PaymentEvent::RefundRequested { at } => {
@@ -220,6 +249,7 @@ impl Aggregate for PaymentState {
         match event {
             PaymentEvent::Requested { .. } => "payment.requested",
             PaymentEvent::AttemptFailed { .. } => "payment.attempt_failed",
+            PaymentEvent::OutcomeUnknown { .. } => "payment.outcome_unknown",
             PaymentEvent::Captured { .. } => "payment.captured",
             PaymentEvent::Failed { .. } => "payment.failed",
             PaymentEvent::RefundRequested { .. } => "payment.refund_requested",
@@ -252,18 +282,44 @@ mod tests {
         s
     }
 
-    #[test]
-    fn transient_failures_retry_then_fail() {
+    fn exhausted() -> PaymentState {
         let mut s = requested();
         for attempt in 0..3 {
             assert!(matches!(s.next_effect(), Some(PaymentEffect::Charge { attempt: a, .. }) if a == attempt));
             run(&mut s, PaymentCommand::TransientFailure { reason: "timeout".into(), max_attempts: 3 });
         }
-        assert_eq!(s.payment.as_ref().unwrap().status, PaymentStatus::Failed);
+        s
+    }
+
+    #[test]
+    fn transient_failures_retry_then_ask_the_provider_before_failing() {
+        let mut s = exhausted();
+        let p = s.payment.as_ref().unwrap();
+        assert_eq!((p.status, p.attempts, p.unknown_outcome.as_deref()), (PaymentStatus::Pending, 3, Some("timeout")));
+        assert_eq!(s.next_effect(), Some(PaymentEffect::Lookup));
+        // A late transient failure does not start the attempts again.
+        run(&mut s, PaymentCommand::TransientFailure { reason: "timeout".into(), max_attempts: 3 });
+        assert_eq!(s.payment.as_ref().unwrap().attempts, 3);
+        run(&mut s, PaymentCommand::NotCharged);
+        let p = s.payment.as_ref().unwrap();
+        assert_eq!((p.status, p.failure.as_deref()), (PaymentStatus::Failed, Some("provider unavailable: timeout")));
         assert_eq!(s.next_effect(), None);
         // A late success for a failed payment changes nothing.
         run(&mut s, PaymentCommand::Charged { charge_id: "ch".into() });
         assert_eq!(s.payment.as_ref().unwrap().status, PaymentStatus::Failed);
+    }
+
+    #[test]
+    fn a_charge_found_by_its_key_is_captured_and_refunded_if_asked() {
+        let mut s = exhausted();
+        run(&mut s, PaymentCommand::RequestRefund);
+        run(&mut s, PaymentCommand::Charged { charge_id: "ch_lost".into() });
+        let p = s.payment.as_ref().unwrap();
+        assert_eq!((p.status, p.unknown_outcome.as_deref()), (PaymentStatus::Captured, None));
+        assert_eq!(s.next_effect(), Some(PaymentEffect::Refund { charge_id: "ch_lost".into() }));
+        // A charge that is known cannot be declared missing.
+        run(&mut s, PaymentCommand::NotCharged);
+        assert_eq!(s.payment.as_ref().unwrap().status, PaymentStatus::Captured);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Catalog products and their stock.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -84,6 +84,12 @@ pub enum ProductCommand {
     Restock {
         order_id: String,
     },
+    /// The order will send no further step for this product (it shipped, or was cancelled and restocked).
+    /// `expires_at` is the order's reservation expiry; once it has passed, the product forgets the order.
+    CloseOrder {
+        order_id: String,
+        expires_at: Timestamp,
+    },
     /// Releases every reservation whose expiry has passed.
     ExpireReservations {
         now: Timestamp,
@@ -98,13 +104,15 @@ pub struct Reservation {
     pub expires_at: Timestamp,
 }
 
-/// What became of an order's reservation; remembered so retried saga steps are no-ops.
+/// What became of an order's reservation; remembered so retried saga steps are no-ops. `Closed`: the order said it
+/// will send no further step; kept until its reservation expiry has passed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum Settlement {
     Committed { quantity: i64 },
     Released,
     Restocked { quantity: i64 },
+    Closed,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -158,6 +166,11 @@ pub enum ProductEvent {
         on_hand_after: i64,
         at: Timestamp,
     },
+    OrderClosed {
+        order_id: String,
+        expires_at: Timestamp,
+        at: Timestamp,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -191,7 +204,14 @@ impl From<TextError> for ProductError {
     }
 }
 
-/// State of one product stream: the product (`None` until created) and its reservations by order id.
+/// State of one product stream: the product (`None` until created), its reservations by order id, and what it must
+/// remember about settled orders to keep their saga steps idempotent.
+///
+/// An order's outcome is kept while the order may still send a step for it, and no longer: an order that released
+/// its reservation, or closed (shipped, or cancelled and restocked), is forgotten once its reservation expiry has
+/// passed. From then on a reservation for it is refused (it would already have expired), so a late or repeated
+/// step finds neither a reservation nor an outcome and changes nothing. The state stays as large as the orders in
+/// progress, however many orders the product has seen.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ProductState {
@@ -200,6 +220,16 @@ pub struct ProductState {
     pub reservations: BTreeMap<String, Reservation>,
     #[serde(default)]
     pub settled: BTreeMap<String, Settlement>,
+    /// Settled orders that will send no further step, by reservation expiry: each is forgotten once it has passed.
+    #[serde(default)]
+    pub forgetting: BTreeSet<(Timestamp, String)>,
+    /// The latest reservation expiry of an order forgotten here.
+    #[serde(default)]
+    pub forgotten_until: Option<Timestamp>,
+    /// Units sold to orders and not restocked. `None` in states recorded before it was counted, which still hold
+    /// every outcome: then it is summed from `settled`.
+    #[serde(default)]
+    units_sold: Option<i64>,
 }
 
 impl ProductState {
@@ -217,7 +247,42 @@ impl ProductState {
 
     /// Units sold to orders and not restocked.
     pub fn sold(&self) -> i64 {
-        self.settled.values().map(|s| if let Settlement::Committed { quantity } = s { *quantity } else { 0 }).sum()
+        self.units_sold.unwrap_or_else(|| {
+            self.settled.values().map(|s| if let Settlement::Committed { quantity } = s { *quantity } else { 0 }).sum()
+        })
+    }
+
+    /// Whether a reservation for an order expiring at `expires_at` would already have expired, or the product may
+    /// have forgotten the order.
+    fn too_late(&self, expires_at: Timestamp, now: Timestamp) -> bool {
+        expires_at <= now || self.forgotten_until.is_some_and(|until| expires_at <= until)
+    }
+
+    fn forget(&mut self, order_id: &str, expires_at: Timestamp) {
+        self.settled.remove(order_id);
+        self.forgotten_until = self.forgotten_until.max(Some(expires_at));
+    }
+
+    /// Drops the settled orders whose reservation expiry has passed by `now` and that will send no further step.
+    fn forget_lapsed(&mut self, now: Timestamp) {
+        while self.forgetting.first().is_some_and(|(expires_at, _)| *expires_at <= now) {
+            if let Some((expires_at, order_id)) = self.forgetting.pop_first() {
+                self.forget(&order_id, expires_at);
+            }
+        }
+    }
+
+    /// Records that an order will send no further step, forgetting it now if its expiry has passed.
+    fn close(&mut self, order_id: &str, expires_at: Timestamp, now: Timestamp) {
+        if expires_at <= now {
+            self.forget(order_id, expires_at);
+        } else {
+            self.forgetting.insert((expires_at, order_id.to_string()));
+        }
+    }
+
+    fn add_sold(&mut self, quantity: i64) {
+        self.units_sold = Some(self.sold() + quantity);
     }
 }
 
@@ -341,7 +406,7 @@ impl Aggregate for ProductState {
                 if self.reservations.contains_key(order_id) {
                     return Ok(vec![]);
                 }
-                if self.settled.contains_key(order_id) {
+                if self.settled.contains_key(order_id) || self.too_late(*expires_at, now) {
                     return Err(ProductError::ReservationUnavailable);
                 }
                 let current = self.live()?;
@@ -391,6 +456,12 @@ impl Aggregate for ProductState {
                 }]),
                 _ => Ok(vec![]),
             },
+            ProductCommand::CloseOrder { order_id, expires_at } => Ok(match self.settled.get(order_id) {
+                Some(Settlement::Committed { .. } | Settlement::Restocked { .. }) => {
+                    vec![ProductEvent::OrderClosed { order_id: order_id.clone(), expires_at: *expires_at, at: now }]
+                }
+                _ => vec![],
+            }),
             ProductCommand::ExpireReservations { now: at } => Ok(self
                 .reservations
                 .iter()
@@ -406,8 +477,12 @@ impl Aggregate for ProductState {
     }
 
     fn apply(&mut self, event: &ProductEvent) {
-        match event {
-            ProductEvent::Created { product } => self.product = Some(product.clone()),
+        self.units_sold = Some(self.sold());
+        let at = match event {
+            ProductEvent::Created { product } => {
+                self.product = Some(product.clone());
+                product.created_at
+            }
             ProductEvent::Updated { title, description, price, currency, category, image_url, version, at } => {
                 if let Some(p) = &mut self.product {
                     p.title = title.clone();
@@ -419,6 +494,7 @@ impl Aggregate for ProductState {
                     p.version = *version;
                     p.updated_at = *at;
                 }
+                *at
             }
             ProductEvent::Deleted { version, at } => {
                 if let Some(p) = &mut self.product {
@@ -426,12 +502,14 @@ impl Aggregate for ProductState {
                     p.version = *version;
                     p.updated_at = *at;
                 }
+                *at
             }
             ProductEvent::StockAdjusted { on_hand_after, at, .. } => {
                 if let Some(p) = &mut self.product {
                     p.stock_on_hand = *on_hand_after;
                     p.updated_at = *at;
                 }
+                *at
             }
             ProductEvent::StockReserved { order_id, quantity, expires_at, at } => {
                 self.reservations
@@ -440,32 +518,48 @@ impl Aggregate for ProductState {
                     p.stock_reserved += quantity;
                     p.updated_at = *at;
                 }
+                *at
             }
             ProductEvent::ReservationCommitted { order_id, quantity, on_hand_after, at } => {
                 self.reservations.remove(order_id);
                 self.settled.insert(order_id.clone(), Settlement::Committed { quantity: *quantity });
+                self.add_sold(*quantity);
                 if let Some(p) = &mut self.product {
                     p.stock_reserved -= quantity;
                     p.stock_on_hand = *on_hand_after;
                     p.updated_at = *at;
                 }
+                *at
             }
             ProductEvent::ReservationReleased { order_id, quantity, at, .. } => {
-                self.reservations.remove(order_id);
-                self.settled.insert(order_id.clone(), Settlement::Released);
+                // A released order sends no further step that needs its outcome: only a reservation for it must
+                // still be refused, which its expiry does once passed.
+                if let Some(r) = self.reservations.remove(order_id) {
+                    self.settled.insert(order_id.clone(), Settlement::Released);
+                    self.close(order_id, r.expires_at, *at);
+                }
                 if let Some(p) = &mut self.product {
                     p.stock_reserved -= quantity;
                     p.updated_at = *at;
                 }
+                *at
             }
             ProductEvent::Restocked { order_id, quantity, on_hand_after, at } => {
                 self.settled.insert(order_id.clone(), Settlement::Restocked { quantity: *quantity });
+                self.add_sold(-quantity);
                 if let Some(p) = &mut self.product {
                     p.stock_on_hand = *on_hand_after;
                     p.updated_at = *at;
                 }
+                *at
             }
-        }
+            ProductEvent::OrderClosed { order_id, expires_at, at } => {
+                self.settled.insert(order_id.clone(), Settlement::Closed);
+                self.close(order_id, *expires_at, *at);
+                *at
+            }
+        };
+        self.forget_lapsed(at);
     }
 
     fn event_type(event: &ProductEvent) -> &'static str {
@@ -478,6 +572,7 @@ impl Aggregate for ProductState {
             ProductEvent::ReservationCommitted { .. } => "product.reservation_committed",
             ProductEvent::ReservationReleased { .. } => "product.reservation_released",
             ProductEvent::Restocked { .. } => "product.restocked",
+            ProductEvent::OrderClosed { .. } => "product.order_closed",
         }
     }
 }
@@ -631,7 +726,7 @@ mod tests {
     #[test]
     fn reservations_expire() {
         let mut s = created(4);
-        let t = now();
+        let t = now() + chrono::Duration::seconds(1);
         run(&mut s, ProductCommand::Reserve { order_id: "a".into(), quantity: 1, expires_at: t }).unwrap();
         run(
             &mut s,
@@ -646,6 +741,64 @@ mod tests {
             run(&mut s, ProductCommand::CommitReservation { order_id: "a".into() }),
             Err(ProductError::ReservationUnavailable)
         );
+    }
+
+    #[test]
+    fn a_closed_order_is_forgotten_once_its_expiry_has_passed() {
+        let t = now();
+        let expires_at = t + chrono::Duration::minutes(15);
+        let mut s = created(5);
+        let at = |s: &mut ProductState, cmd: &ProductCommand, when| {
+            for e in s.decide("p1", cmd, when)? {
+                s.apply(&e);
+            }
+            Ok::<_, ProductError>(())
+        };
+        let reserve = ProductCommand::Reserve { order_id: "o1".into(), quantity: 2, expires_at };
+        let steps = [
+            reserve.clone(),
+            ProductCommand::CommitReservation { order_id: "o1".into() },
+            ProductCommand::CloseOrder { order_id: "o1".into(), expires_at },
+        ];
+        for step in &steps {
+            at(&mut s, step, t).unwrap();
+        }
+        // Closed before its expiry: still remembered, so a late reservation is refused and a restock is a no-op.
+        assert_eq!(s.settled.get("o1"), Some(&Settlement::Closed));
+        assert_eq!(at(&mut s, &reserve, t), Err(ProductError::ReservationUnavailable));
+        at(&mut s, &ProductCommand::Restock { order_id: "o1".into() }, t).unwrap();
+        // The next event after the expiry forgets it.
+        let later = expires_at + chrono::Duration::seconds(1);
+        at(&mut s, &ProductCommand::AdjustStock { delta: 1, reason: "count".into() }, later).unwrap();
+        assert!(s.settled.is_empty() && s.forgetting.is_empty());
+        assert_eq!(s.forgotten_until, Some(expires_at));
+        // Every step repeated late changes nothing.
+        for step in steps.iter().chain([&ProductCommand::Restock { order_id: "o1".into() }]) {
+            let _ = at(&mut s, step, later);
+        }
+        let p = s.product.as_ref().unwrap();
+        assert_eq!((p.stock_on_hand, p.stock_reserved, s.sold()), (4, 0, 2));
+        assert!(s.reservations.is_empty() && s.settled.is_empty());
+    }
+
+    #[test]
+    fn states_recorded_before_the_sold_counter_still_count_their_sales() {
+        let mut legacy = serde_json::to_value(created(10)).unwrap();
+        let settled = serde_json::json!({
+            "a": {"outcome": "committed", "quantity": 3},
+            "b": {"outcome": "released"},
+            "c": {"outcome": "restocked", "quantity": 2},
+        });
+        legacy["settled"] = settled;
+        legacy["product"]["stockOnHand"] = 7.into();
+        for field in ["forgetting", "forgottenUntil", "unitsSold"] {
+            legacy.as_object_mut().unwrap().remove(field);
+        }
+        let mut s: ProductState = serde_json::from_value(legacy).unwrap();
+        assert_eq!(s.sold(), 3);
+        run(&mut s, ProductCommand::Restock { order_id: "a".into() }).unwrap();
+        run(&mut s, ProductCommand::Restock { order_id: "a".into() }).unwrap();
+        assert_eq!((s.sold(), s.product.as_ref().unwrap().stock_on_hand), (0, 10));
     }
 
     #[test]

@@ -221,6 +221,37 @@ async fn payment_outcomes_drive_the_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capture_whose_answer_was_lost_is_looked_up_and_the_order_is_paid() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let p = app.create_product(&admin, "Lamp", 4200, 3).await["id"].as_str().unwrap().to_string();
+    let user = app.signup("lost@example.com").await;
+    let t = Some(user.token.as_str());
+    app.post("/api/cart/items", t, json!({"productId": p, "quantity": 1})).await;
+    let placed = app.checkout(&user.token, "k", json!({"paymentMethod": "pm_card_lostResponse"})).await;
+    assert_eq!(placed.status, 202, "{:?}", placed.body);
+    let id = placed.body["id"].as_str().unwrap().to_string();
+
+    let done = ["paid", "payment_failed", "cancelled", "refunded"];
+    let order = app.wait_order(&user.token, &id, |o| done.contains(&o["status"].as_str().unwrap())).await;
+    assert_eq!(order["status"], "paid", "the provider charged the card: {order}");
+    let settled = app.state.orders.router().settled(&id, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(settled.order.unwrap().status.as_str(), "paid");
+
+    // The provider's books and the order agree: one capture, kept, and it is the payment's.
+    let captures = app.provider.captures_for_order(&id);
+    assert_eq!(captures.len(), 1);
+    assert!(!captures[0].refunded);
+    assert_eq!(captures[0].amount, 4200);
+    let payment = app.get(&format!("/api/payments?orderId={id}"), t).await.body["items"][0].clone();
+    assert_eq!(payment["status"], "captured");
+    assert_eq!(payment["chargeId"], captures[0].charge_id.as_str());
+    assert_eq!(payment["attempts"], 3, "every attempt timed out");
+    assert_eq!(stock(&app, &p).await, (2, 0));
+    eventually_cart_empty(&app, &user.token).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_checkouts_never_oversell() {
     let app = std::sync::Arc::new(spawn_app().await);
     let admin = app.admin().await;
@@ -353,6 +384,13 @@ async fn admins_ship_and_deliver_paid_orders() {
     );
     let late_cancel = app.post(&format!("/api/orders/{id}/cancel"), Some(&user.token), json!({})).await;
     assert_eq!((late_cancel.status, late_cancel.code()), (409, "invalid_transition"));
+    // Shipped: the order tells the product it is done, and the product forgets it once its reservation expiry passes.
+    let order = app.state.orders.router().settled(&id, Duration::from_secs(10)).await.unwrap().order.unwrap();
+    assert!(order.progress.stock_closed);
+    let product = app.state.catalog.router().get(&p).await.unwrap();
+    assert_eq!(product.settled.get(&id), Some(&commercex::domain::product::Settlement::Closed));
+    assert!(product.forgetting.contains(&(order.reservation_expires_at, id.clone())));
+    assert_eq!(product.sold(), 1);
     assert_eq!(
         app.post(&format!("/api/admin/orders/{id}/deliver"), Some(&admin), json!({})).await.body["status"],
         "delivered"

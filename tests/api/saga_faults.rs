@@ -29,6 +29,7 @@ const FAULT_POINTS: &[&str] = &[
     "after_commit:cart.checked_out",
     "after_commit:order.status_changed",
     "after_commit:product.reservation_released",
+    "after_commit:product.order_closed",
     "after_commit:coupon.returned",
     "after_commit:payment.refunded",
     "before_commit:order.refund_settled",
