@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# Real servers for the backend tests, on loopback ports:
+#   Redis (Debian's redis-server), the Kafka-protocol broker nisshi 0.8.1, the MongoDB-protocol server nx-27017 0.8.1.
+#
+#   scripts/infra.sh up     install what is missing (first run: several minutes, progress shown), start, wait
+#   scripts/infra.sh down   stop only the processes this script started (by pid)
+#   scripts/infra.sh env    print the variables the backend tests read (eval "$(scripts/infra.sh env)")
+#   scripts/infra.sh status
+#
+# Installs are cached in $COMMERCEX_INFRA_CACHE (default ~/.cache/commercex-infra); server data and pid files live
+# under the target directory ($CARGO_TARGET_DIR or ./target), in infra/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CACHE="${COMMERCEX_INFRA_CACHE:-$HOME/.cache/commercex-infra}"
+RUN="${CARGO_TARGET_DIR:-$PWD/target}/infra"
+REDIS_PORT="${COMMERCEX_INFRA_REDIS_PORT:-16379}"
+KAFKA_PORT="${COMMERCEX_INFRA_KAFKA_PORT:-19092}"
+MONGO_PORT="${COMMERCEX_INFRA_MONGO_PORT:-27018}"
+NISSHI="$CACHE/nisshi/bin/nisshi"
+NX="$CACHE/nx-venv/bin/nx-27017"
+
+log() { printf 'infra: %s\n' "$*" >&2; }
+
+install_redis() {
+  command -v redis-server >/dev/null && return
+  log "installing redis-server (apt)"
+  if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
+  $SUDO apt-get update -qq >&2 || true
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >&2
+}
+
+install_nisshi() {
+  [ -x "$NISSHI" ] && return
+  log "building nisshi 0.8.1 with cargo install (about 12 minutes, once; cached in $CACHE)"
+  mkdir -p "$CACHE"
+  CARGO_TARGET_DIR="$CACHE/nisshi-build" cargo install nisshi --version 0.8.1 --locked --ignore-rust-version \
+    --no-default-features --features libsql,dynostore --root "$CACHE/nisshi" >&2
+}
+
+install_nx() {
+  [ -x "$NX" ] && return
+  log "installing nx-27017 0.8.1 into a virtualenv (cached in $CACHE)"
+  mkdir -p "$CACHE"
+  python3 -m venv "$CACHE/nx-venv" >&2
+  "$CACHE/nx-venv/bin/pip" install --quiet --disable-pip-version-check nx-27017==0.8.1 >&2
+}
+
+# Whether the process recorded in pid file $1 is alive.
+running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+# Waits until `$2...` succeeds, for at most $1 seconds.
+wait_for() {
+  local deadline=$((SECONDS + $1)); shift
+  until "$@" >/dev/null 2>&1; do
+    [ $SECONDS -lt $deadline ] || return 1
+    sleep 0.2
+  done
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+start_redis() {
+  mkdir -p "$RUN/redis"
+  running "$RUN/redis/pid" && return
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$RUN/redis" --save '' --appendonly no \
+    --daemonize yes --pidfile "$RUN/redis/pid" --logfile "$RUN/redis/log" >&2
+  wait_for 20 redis-cli -p "$REDIS_PORT" ping || { log "redis did not answer; see $RUN/redis/log"; exit 1; }
+  log "redis on 127.0.0.1:$REDIS_PORT"
+}
+
+start_kafka() {
+  mkdir -p "$RUN/kafka"
+  running "$RUN/kafka/pid" && return
+  (cd "$RUN/kafka" && GROUP_INITIAL_REBALANCE_DELAY=0s nohup "$NISSHI" broker \
+    --listener-url "tcp://127.0.0.1:$KAFKA_PORT" --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+    --storage-engine sqlite://nisshi.db >log 2>&1 & echo $! >pid)
+  wait_for 30 port_open "$KAFKA_PORT" || { log "nisshi did not answer; see $RUN/kafka/log"; exit 1; }
+  log "kafka (nisshi) on 127.0.0.1:$KAFKA_PORT"
+}
+
+start_mongo() {
+  mkdir -p "$RUN/mongo"
+  running "$RUN/mongo/nx.pid" && return
+  "$NX" -d --data-dir "$RUN/mongo" -p "$MONGO_PORT" --host 127.0.0.1 --pid-file "$RUN/mongo/nx.pid" \
+    --log-file "$RUN/mongo/nx.log" >&2
+  wait_for 30 port_open "$MONGO_PORT" || { log "nx-27017 did not answer; see $RUN/mongo/nx.log"; exit 1; }
+  log "mongodb (nx-27017) on 127.0.0.1:$MONGO_PORT"
+}
+
+stop_pid() {
+  if running "$1"; then
+    local pid; pid="$(cat "$1")"
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+    log "stopped $2 (pid $pid)"
+  fi
+  rm -f "$1"
+}
+
+case "${1:-}" in
+  up)
+    install_redis; install_nx; install_nisshi
+    start_redis; start_mongo; start_kafka
+    ;;
+  down)
+    stop_pid "$RUN/kafka/pid" nisshi
+    stop_pid "$RUN/mongo/nx.pid" nx-27017
+    stop_pid "$RUN/redis/pid" redis
+    ;;
+  env)
+    echo "export COMMERCEX_TEST_REDIS_URL=redis://127.0.0.1:$REDIS_PORT"
+    echo "export COMMERCEX_TEST_KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT"
+    echo "export COMMERCEX_TEST_MONGODB_URI=mongodb://127.0.0.1:$MONGO_PORT"
+    ;;
+  status)
+    for s in redis/pid kafka/pid mongo/nx.pid; do
+      if running "$RUN/$s"; then echo "${s%%/*}: running (pid $(cat "$RUN/$s"))"; else echo "${s%%/*}: stopped"; fi
+    done
+    ;;
+  *)
+    echo "usage: $0 up|down|env|status" >&2; exit 2 ;;
+esac
