@@ -2,7 +2,8 @@
 # Real servers for the backend tests, on loopback ports:
 #   Redis (Debian's redis-server), the Kafka-protocol broker nisshi 0.8.1, the MongoDB-protocol server nx-27017 0.8.1.
 #
-#   scripts/infra.sh up     install what is missing (first run: several minutes, progress shown), start, wait
+#   scripts/infra.sh up [redis|mongo|kafka ...]
+#                           install what is missing (first run: several minutes, progress shown), start, wait
 #   scripts/infra.sh down   stop only the processes this script started (by pid)
 #   scripts/infra.sh env    print the variables the backend tests read (eval "$(scripts/infra.sh env)")
 #   scripts/infra.sh status
@@ -101,8 +102,16 @@ stop_pid() {
 
 case "${1:-}" in
   up)
-    install_redis; install_nx; install_nisshi
-    start_redis; start_mongo; start_kafka
+    shift
+    services="${*:-redis mongo kafka}"
+    for s in $services; do
+      case "$s" in
+        redis) install_redis; start_redis ;;
+        mongo) install_nx; start_mongo ;;
+        kafka) install_nisshi; start_kafka ;;
+        *) echo "unknown service $s" >&2; exit 2 ;;
+      esac
+    done
     ;;
   down)
     stop_pid "$RUN/kafka/pid" nisshi
