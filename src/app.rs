@@ -26,19 +26,20 @@ use crate::carts::Carts;
 use crate::catalog::{Catalog, ProductCacheInvalidation};
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::config::{BusBackend, StoreBackend};
 use crate::domain::cart::Cart;
 use crate::domain::coupon::CouponState;
 use crate::domain::order::OrderState;
 use crate::domain::payment::PaymentState;
 use crate::domain::product::ProductState;
 use crate::faults::FaultPoints;
-use crate::http::{self, AppState};
+use crate::http::{self, AppState, Dependencies};
 use crate::notify::{NotificationHub, Notifier, RecordingMailer};
 use crate::orders::{OrderSaga, Orders};
 use crate::payments::{PaymentEffects, PaymentProvider, SimulatedProvider};
 use crate::ratelimit::RateLimiter;
 use crate::store::embedded::{CloseWatch, EmbeddedStore};
-use crate::store::EventRecord;
+use crate::store::{EventRecord, Store};
 
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often active entities (sagas in progress, reservations to expire) are checked to be running.
@@ -47,8 +48,8 @@ const RESUME_EVERY: Duration = Duration::from_secs(5);
 pub struct Application {
     listener: TcpListener,
     state: AppState,
-    /// Lets shutdown wait until the store file is closed.
-    store_closed: CloseWatch,
+    /// Lets shutdown wait until the embedded store's file is closed.
+    store_closed: Option<CloseWatch>,
     bus: Arc<dyn EventBus>,
     stop_background: watch::Sender<bool>,
     background: Vec<JoinHandle<()>>,
@@ -75,12 +76,10 @@ impl Application {
         listener: TcpListener,
         provider: Arc<dyn PaymentProvider>,
     ) -> anyhow::Result<Self> {
-        let data_dir = config.store.data_dir.clone();
-        let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&data_dir)).await?.with_context(|| {
-            format!("cannot open the store in store.data_dir = {}", config.store.data_dir.display())
-        })?;
-        let store = Arc::new(store);
-        let store_closed = store.close_watch();
+        if !config.redis.url.is_empty() {
+            anyhow::bail!("redis.url: Redis is not available in this build yet; leave it empty");
+        }
+        let (store, store_closed) = open_store(&config).await?;
         let secret = jwt_secret(&config)?;
 
         let cache: Arc<dyn ProductCache> = Arc::new(InProcessCache::new(
@@ -125,7 +124,7 @@ impl Application {
         };
         let orders = EntityRouter::<OrderState>::start(ctx.clone(), Arc::new(saga), policy, timeout).await?;
 
-        let catalog = Catalog::new(products.clone(), store.clone(), cache);
+        let catalog = Catalog::new(products.clone(), store.clone(), cache.clone());
         let carts_service = Carts::new(carts.clone(), catalog.clone());
         let orders_service = Orders::new(
             orders.clone(),
@@ -145,7 +144,10 @@ impl Application {
             mailer: Arc::new(RecordingMailer { store: store.clone() }),
             hub: hub.clone(),
         };
-        let bus: Arc<dyn EventBus> = Arc::new(InProcessBus::new(4096));
+        let bus: Arc<dyn EventBus> = match config.bus.backend {
+            BusBackend::InProcess => Arc::new(InProcessBus::new(4096)),
+            BusBackend::Kafka => anyhow::bail!("bus.backend = \"kafka\" is not available in this build yet"),
+        };
         let (stop_background, stop) = watch::channel(false);
         let resumer = Resumer::new(
             store.clone(),
@@ -196,7 +198,17 @@ impl Application {
             ws_auth_timeout: Duration::from_millis(config.notifications.ws_auth_timeout_ms),
             ctx,
             auth_limiter: Arc::new(RateLimiter::new(config.http.auth_rate_limit_per_minute)),
-            events: store,
+            events: store.clone(),
+            dependencies: Arc::new(Dependencies {
+                store_backend: match config.store.backend {
+                    StoreBackend::Embedded => "embedded",
+                    StoreBackend::Mongodb => "mongodb",
+                },
+                store: store.clone(),
+                revocations: store,
+                bus: bus.clone(),
+                cache,
+            }),
             cookie_secure: config.auth.cookie_secure,
             http: Arc::new(config.http.clone()),
         };
@@ -237,11 +249,13 @@ impl Application {
         }
         // Actors release the store as their tasks wind down; wait for the file to be closed.
         let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
-        while !self.store_closed.is_closed() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        if !self.store_closed.is_closed() {
-            tracing::warn!("the store was still in use at the end of shutdown");
+        if let Some(closed) = &self.store_closed {
+            while !closed.is_closed() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            if !closed.is_closed() {
+                tracing::warn!("the store was still in use at the end of shutdown");
+            }
         }
         tracing::info!("shutdown complete");
         Ok(())
@@ -271,6 +285,22 @@ fn spawn_cache_invalidation(
             }
         }
     })
+}
+
+/// The configured store backend, and for the embedded one a way to know when its file is closed.
+async fn open_store(config: &Config) -> anyhow::Result<(Arc<dyn Store>, Option<CloseWatch>)> {
+    match config.store.backend {
+        StoreBackend::Embedded => {
+            let data_dir = config.store.data_dir.clone();
+            let store =
+                tokio::task::spawn_blocking(move || EmbeddedStore::open(&data_dir)).await?.with_context(|| {
+                    format!("cannot open the store in store.data_dir = {}", config.store.data_dir.display())
+                })?;
+            let closed = store.close_watch();
+            Ok((Arc::new(store), Some(closed)))
+        }
+        StoreBackend::Mongodb => anyhow::bail!("store.backend = \"mongodb\" is not available in this build yet"),
+    }
 }
 
 /// The configured secret, or one generated once per data directory and kept in `jwt-secret` there.

@@ -22,6 +22,12 @@ pub trait EventBus: Send + Sync {
     async fn publish(&self, event: &EventRecord) -> Result<(), BusError>;
     /// A live feed of events published from now on.
     fn subscribe(&self) -> broadcast::Receiver<EventRecord>;
+    /// Whether the bus can take events now (for readiness); an in-process bus always can.
+    async fn ping(&self) -> Result<(), BusError> {
+        Ok(())
+    }
+    /// `in_process` or `kafka`, as configured.
+    fn backend(&self) -> &'static str;
 }
 
 /// A local consumer fed by the outbox relay before an event is acknowledged: at-least-once, so every sink must
@@ -52,5 +58,9 @@ impl EventBus for InProcessBus {
 
     fn subscribe(&self) -> broadcast::Receiver<EventRecord> {
         self.sender.subscribe()
+    }
+
+    fn backend(&self) -> &'static str {
+        "in_process"
     }
 }

@@ -27,6 +27,14 @@ pub trait ProductCache: Send + Sync {
     /// Caches `product` unless an invalidation happened since the miss that issued `ticket`.
     async fn put(&self, product: &Product, ticket: Ticket);
     async fn invalidate(&self, id: &str);
+    /// Whether the cache answers (for readiness); an in-process cache always does.
+    async fn ping(&self) -> Result<(), String> {
+        Ok(())
+    }
+    /// `in_process` or `redis`, as configured.
+    fn backend(&self) -> &'static str {
+        "in_process"
+    }
 }
 
 /// Bounded in-process cache with per-entry expiry.

@@ -20,6 +20,8 @@ pub struct Config {
     pub checkout: CheckoutConfig,
     pub payments: PaymentsConfig,
     pub notifications: NotificationsConfig,
+    pub bus: BusConfig,
+    pub redis: RedisConfig,
     pub log: LogConfig,
 }
 
@@ -78,9 +80,88 @@ impl std::fmt::Debug for BootstrapAdmin {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
+    pub backend: StoreBackend,
     pub data_dir: PathBuf,
     /// Write a snapshot of an entity every this many events.
     pub snapshot_every: u64,
+    pub mongodb: MongoConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreBackend {
+    /// One `redb` file in `store.data_dir`: nothing else to run, one process.
+    Embedded,
+    /// A MongoDB deployment shared by every process.
+    Mongodb,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MongoConfig {
+    pub uri: String,
+    pub database: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BusConfig {
+    pub backend: BusBackend,
+    pub kafka: KafkaConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BusBackend {
+    /// Events reach this process's own subscribers only.
+    InProcess,
+    /// Events go through Kafka topics, so every process sees every write.
+    Kafka,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, comma-separated `host:port`.
+    pub brokers: String,
+    /// Topics are `{topic_prefix}.{kind}`: `commercex.product`, `commercex.order`, ...
+    pub topic_prefix: String,
+    /// Partitions of each topic, used when the topics are created at start-up.
+    pub partitions: u32,
+    /// Consumer group shared by every process for what must happen once; each process also gets its own group.
+    pub group_id: String,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// Empty: cache, revocations and rate limits live in this process.
+    pub url: String,
+    /// Prefix of every key this deployment writes, so deployments can share one Redis.
+    pub key_prefix: String,
+}
+
+/// `scheme://user:password@host` shown as `scheme://***@host`: URIs are never logged with their credentials.
+pub fn redact_uri(uri: &str) -> String {
+    match (uri.find("://"), uri.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://***{}", &uri[..scheme], &uri[at..]),
+        _ => uri.to_string(),
+    }
+}
+
+impl std::fmt::Debug for MongoConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MongoConfig").field("uri", &redact_uri(&self.uri)).field("database", &self.database).finish()
+    }
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &redact_uri(&self.url))
+            .field("key_prefix", &self.key_prefix)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -169,7 +250,41 @@ impl Default for AuthConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self { data_dir: PathBuf::from("./data"), snapshot_every: 100 }
+        Self {
+            backend: StoreBackend::Embedded,
+            data_dir: PathBuf::from("./data"),
+            snapshot_every: 100,
+            mongodb: MongoConfig::default(),
+        }
+    }
+}
+
+impl Default for MongoConfig {
+    fn default() -> Self {
+        Self { uri: "mongodb://127.0.0.1:27017".into(), database: "commercex".into() }
+    }
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        Self { backend: BusBackend::InProcess, kafka: KafkaConfig::default() }
+    }
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".into(),
+            topic_prefix: "commercex".into(),
+            partitions: 12,
+            group_id: "commercex".into(),
+        }
+    }
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self { url: String::new(), key_prefix: "commercex".into() }
     }
 }
 
@@ -339,10 +454,61 @@ impl Config {
             crate::domain::user::check_password(&admin.password, &admin.email)
                 .map_err(|e| key_error("auth.bootstrap_admin.password", e.to_string()))?;
         }
+        self.validate_backends()?;
         for origin in &self.http.cors_allowed_origins {
             if origin != "*" && origin.parse::<axum::http::HeaderValue>().is_err() {
                 return Err(key_error("http.cors_allowed_origins", format!("`{origin}` is not a valid origin")));
             }
+        }
+        Ok(())
+    }
+
+    /// The backends: a setting that cannot work stops start-up with the key named.
+    fn validate_backends(&self) -> Result<(), ConfigError> {
+        if self.store.backend == StoreBackend::Mongodb {
+            let uri = &self.store.mongodb.uri;
+            if !(uri.starts_with("mongodb://") || uri.starts_with("mongodb+srv://")) {
+                return Err(key_error("store.mongodb.uri", "must be a `mongodb://` or `mongodb+srv://` URI"));
+            }
+            let db = &self.store.mongodb.database;
+            let bad = |c: char| "/\\. \"$\0".contains(c);
+            if db.is_empty() || db.len() > 63 || db.chars().any(bad) {
+                return Err(key_error(
+                    "store.mongodb.database",
+                    "must be 1 to 63 characters without / \\ . space \" $",
+                ));
+            }
+        }
+        if self.bus.backend == BusBackend::Kafka {
+            let kafka = &self.bus.kafka;
+            if kafka
+                .brokers
+                .split(',')
+                .any(|b| b.trim().rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err()))
+            {
+                return Err(key_error("bus.kafka.brokers", "must be comma-separated `host:port` pairs"));
+            }
+            let topic_char = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c);
+            if kafka.topic_prefix.is_empty()
+                || kafka.topic_prefix.len() > 200
+                || !kafka.topic_prefix.chars().all(topic_char)
+            {
+                return Err(key_error("bus.kafka.topic_prefix", "must be 1 to 200 of a-z A-Z 0-9 . _ -"));
+            }
+            if kafka.partitions == 0 {
+                return Err(key_error("bus.kafka.partitions", "must be greater than zero"));
+            }
+            if kafka.group_id.is_empty() {
+                return Err(key_error("bus.kafka.group_id", "must not be empty"));
+            }
+        }
+        let url = &self.redis.url;
+        let redis_scheme = ["redis://", "rediss://", "redis+unix://"].iter().any(|p| url.starts_with(p));
+        if !url.is_empty() && !redis_scheme {
+            return Err(key_error("redis.url", "must be empty or a `redis://`, `rediss://` or `redis+unix://` URL"));
+        }
+        if self.redis.key_prefix.is_empty() {
+            return Err(key_error("redis.key_prefix", "must not be empty"));
         }
         Ok(())
     }
@@ -468,12 +634,65 @@ mod tests {
         let as_table = |c: &Config| toml::Table::try_from(c).unwrap();
         assert_eq!(as_table(&documented), as_table(&Config::default()));
         let text = std::fs::read_to_string(path).unwrap();
-        for (section, keys) in as_table(&Config::default()) {
-            for key in keys.as_table().unwrap().keys() {
-                assert!(text.contains(&format!("\n{key} =")), "config.toml does not document {section}.{key}");
+        fn check_documented(text: &str, path: &str, table: &toml::Table) {
+            for (key, value) in table {
+                match value.as_table() {
+                    Some(inner) => {
+                        assert!(text.contains(&format!("\n[{path}.{key}]")), "config.toml has no [{path}.{key}]");
+                        check_documented(text, &format!("{path}.{key}"), inner);
+                    }
+                    None => assert!(text.contains(&format!("\n{key} =")), "config.toml does not document {path}.{key}"),
+                }
             }
         }
+        for (section, keys) in as_table(&Config::default()) {
+            check_documented(&text, &section, keys.as_table().unwrap());
+        }
         assert!(text.contains("[auth.bootstrap_admin]"));
+    }
+
+    #[test]
+    fn backends_are_checked_and_uris_are_never_shown_with_credentials() {
+        let c = Config::from_sources(
+            None,
+            env(&[
+                ("COMMERCEX__STORE__BACKEND", "mongodb"),
+                ("COMMERCEX__STORE__MONGODB__URI", "mongodb://app:s3cret@db.internal:27017"),
+                ("COMMERCEX__BUS__BACKEND", "kafka"),
+                ("COMMERCEX__BUS__KAFKA__PARTITIONS", "6"),
+                ("COMMERCEX__REDIS__URL", "redis://:hunter2@cache:6379"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            (c.store.backend, c.bus.backend, c.bus.kafka.partitions),
+            (StoreBackend::Mongodb, BusBackend::Kafka, 6)
+        );
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("s3cret") && !shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("mongodb://***@db.internal:27017"), "{shown}");
+        for (key, value, named) in [
+            ("COMMERCEX__STORE__BACKEND", "postgres", "store.backend"),
+            ("COMMERCEX__BUS__BACKEND", "rabbit", "bus.backend"),
+        ] {
+            let err = Config::from_sources(None, env(&[(key, value)])).unwrap_err();
+            assert!(err.to_string().contains(named), "{err}");
+        }
+        let mongo = |k: &str, v: &str| {
+            Config::from_sources(None, env(&[("COMMERCEX__STORE__BACKEND", "mongodb"), (k, v)]))
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(mongo("COMMERCEX__STORE__MONGODB__URI", "http://x").contains("store.mongodb.uri"));
+        assert!(mongo("COMMERCEX__STORE__MONGODB__DATABASE", "a.b").contains("store.mongodb.database"));
+        let kafka = |k: &str, v: &str| {
+            Config::from_sources(None, env(&[("COMMERCEX__BUS__BACKEND", "kafka"), (k, v)])).unwrap_err().to_string()
+        };
+        assert!(kafka("COMMERCEX__BUS__KAFKA__BROKERS", "localhost").contains("bus.kafka.brokers"));
+        assert!(kafka("COMMERCEX__BUS__KAFKA__PARTITIONS", "0").contains("bus.kafka.partitions"));
+        assert!(kafka("COMMERCEX__BUS__KAFKA__TOPIC_PREFIX", "a b").contains("bus.kafka.topic_prefix"));
+        let err = Config::from_sources(None, env(&[("COMMERCEX__REDIS__URL", "localhost:6379")])).unwrap_err();
+        assert!(err.to_string().contains("redis.url"), "{err}");
     }
 
     #[test]

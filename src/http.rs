@@ -59,8 +59,19 @@ pub struct AppState {
     pub ctx: Arc<crate::actors::EntityContext>,
     pub auth_limiter: Arc<RateLimiter>,
     pub events: Arc<dyn EventStore>,
+    /// What `/ready` checks besides the entity supervisors.
+    pub dependencies: Arc<Dependencies>,
     pub cookie_secure: bool,
     pub http: Arc<HttpConfig>,
+}
+
+/// The services outside this process (or inside it, on the embedded defaults) that requests depend on.
+pub struct Dependencies {
+    pub store_backend: &'static str,
+    pub store: Arc<dyn EventStore>,
+    pub revocations: Arc<dyn crate::store::RevocationStore>,
+    pub bus: Arc<dyn crate::bridge::EventBus>,
+    pub cache: Arc<dyn crate::cache::ProductCache>,
 }
 
 pub fn app(state: AppState) -> Router {

@@ -340,6 +340,11 @@ pub trait NotificationStore: Send + Sync {
     async fn list_emails(&self, page: u32, limit: u32) -> Result<Page<Email>, StoreError>;
 }
 
+/// Everything the application persists, kept by one backend (embedded or MongoDB).
+pub trait Store: EventStore + CatalogStore + UserStore + RevocationStore + SalesStore + NotificationStore {}
+
+impl<T> Store for T where T: EventStore + CatalogStore + UserStore + RevocationStore + SalesStore + NotificationStore {}
+
 /// Cuts one page (from 1) out of an already sorted list.
 pub fn page_of<T>(items: Vec<T>, page: u32, limit: u32) -> Page<T> {
     let total = items.len() as u64;

@@ -114,6 +114,10 @@ mod tests {
         fn subscribe(&self) -> broadcast::Receiver<EventRecord> {
             broadcast::channel(1).1
         }
+
+        fn backend(&self) -> &'static str {
+            "test"
+        }
     }
 
     fn commit(stream: &str, expected: u64, n: u64) -> Commit {

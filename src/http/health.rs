@@ -1,10 +1,14 @@
+use std::time::Duration;
+
 use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use serde_json::{json, Value};
 
 use super::extract::Json;
-use super::{ApiError, AppState};
+use super::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/health", get(health)).route("/ready", get(ready))
@@ -15,18 +19,60 @@ async fn health() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// The store answers and the entity supervisors accept work.
-async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    state.events.ping().await?;
+/// Each dependency's state. 503 when requests cannot be served: the store is down, revocations cannot be checked
+/// (authentication fails closed), or the entity supervisors are not running. A bus or cache that is down leaves the
+/// service working (the outbox holds events; reads go to the store): 200 with `"status": "degraded"`.
+async fn ready(State(state): State<AppState>) -> Response {
+    let deps = &state.dependencies;
+    let within = |what: &'static str| move |_| Err(format!("{what} did not answer within {} ms", PROBE.as_millis()));
+    let probe_key = ["ready-probe".to_string()];
+    let (store, revocations, bus, cache) = tokio::join!(
+        tokio::time::timeout(PROBE, deps.store.ping()),
+        tokio::time::timeout(PROBE, deps.revocations.any_revoked(&probe_key)),
+        tokio::time::timeout(PROBE, deps.bus.ping()),
+        tokio::time::timeout(PROBE, deps.cache.ping()),
+    );
+    let store = store.map_or_else(within("store"), |r| r.map_err(|e| e.to_string()));
+    let revocations = revocations.map_or_else(within("revocations"), |r| r.map(drop).map_err(|e| e.to_string()));
+    let bus = bus.map_or_else(within("bus"), |r| r.map_err(|e| e.to_string()));
+    let cache = cache.unwrap_or_else(within("cache"));
     let supervisors = [
         state.catalog.router().is_running(),
         state.carts.router().is_running(),
         state.orders.router().is_running(),
         state.payments.is_running(),
         state.coupons.is_running(),
-    ];
-    if supervisors.contains(&false) {
-        return Err(ApiError::unavailable("entity supervisors are not running"));
+    ]
+    .iter()
+    .all(|running| *running);
+    let serving = store.is_ok() && revocations.is_ok() && supervisors;
+    let status = match (serving, bus.is_ok() && cache.is_ok()) {
+        (false, _) => "unavailable",
+        (true, false) => "degraded",
+        (true, true) => "ready",
+    };
+    let body = json!({
+        "status": status,
+        "store": probe(Some(deps.store_backend), &store),
+        "revocations": probe(None, &revocations),
+        "bus": probe(Some(deps.bus.backend()), &bus),
+        "cache": probe(Some(deps.cache.backend()), &cache),
+        "supervisors": if supervisors { "up" } else { "down" },
+    });
+    let code = if serving { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, Json(body)).into_response()
+}
+
+/// How long `/ready` waits for each dependency.
+const PROBE: Duration = Duration::from_secs(2);
+
+fn probe(backend: Option<&str>, result: &Result<(), String>) -> Value {
+    let mut state = json!({ "status": if result.is_ok() { "up" } else { "down" } });
+    if let Some(backend) = backend {
+        state["backend"] = backend.into();
     }
-    Ok(Json(json!({ "status": "ready" })))
+    if let Err(error) = result {
+        state["error"] = error.as_str().into();
+    }
+    state
 }

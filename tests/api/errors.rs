@@ -193,7 +193,13 @@ async fn responses_carry_request_ids_and_security_headers() {
 async fn health_and_readiness() {
     let app = spawn_app().await;
     assert_eq!(app.get("/health", None).await.body["status"], "ok");
-    assert_eq!(app.get("/ready", None).await.body["status"], "ready");
+    let ready = app.get("/ready", None).await;
+    assert_eq!((ready.status, ready.body["status"].as_str()), (200, Some("ready")), "{:?}", ready.body);
+    // Each dependency is named with its backend and state, so an operator sees which one is down.
+    assert_eq!(ready.body["store"], json!({"backend": "embedded", "status": "up"}));
+    assert_eq!(ready.body["bus"], json!({"backend": "in_process", "status": "up"}));
+    assert_eq!(ready.body["cache"], json!({"backend": "in_process", "status": "up"}));
+    assert_eq!(ready.body["revocations"], json!({"status": "up"}));
 }
 
 #[tokio::test]
