@@ -4,7 +4,8 @@
 #
 #   scripts/infra.sh up [redis|mongo|kafka ...]
 #                           install what is missing (first run: several minutes, progress shown), start, wait
-#   scripts/infra.sh down   stop only the processes this script started (by pid)
+#   scripts/infra.sh down [redis|mongo|kafka ...]
+#                           stop only the processes this script started (by pid)
 #   scripts/infra.sh env    print the variables the backend tests read (eval "$(scripts/infra.sh env)")
 #   scripts/infra.sh status
 #
@@ -114,9 +115,15 @@ case "${1:-}" in
     done
     ;;
   down)
-    stop_pid "$RUN/kafka/pid" nisshi
-    stop_pid "$RUN/mongo/nx.pid" nx-27017
-    stop_pid "$RUN/redis/pid" redis
+    shift
+    for s in ${*:-kafka mongo redis}; do
+      case "$s" in
+        kafka) stop_pid "$RUN/kafka/pid" nisshi ;;
+        mongo) stop_pid "$RUN/mongo/nx.pid" nx-27017 ;;
+        redis) stop_pid "$RUN/redis/pid" redis ;;
+        *) echo "unknown service $s" >&2; exit 2 ;;
+      esac
+    done
     ;;
   env)
     echo "export COMMERCEX_TEST_REDIS_URL=redis://127.0.0.1:$REDIS_PORT"

@@ -67,7 +67,35 @@ pub fn test_config(dir: &std::path::Path) -> Config {
     config.payments.timeout_ms = 300;
     config.payments.max_attempts = 3;
     config.notifications.ws_auth_timeout_ms = 500;
+    if std::env::var("COMMERCEX_TEST_BACKENDS").as_deref() == Ok("real") {
+        use_real_backends(&mut config, dir);
+    }
     config
+}
+
+/// `COMMERCEX_TEST_BACKENDS=real` (set by `scripts/test.sh`): the same suite on MongoDB, Kafka and Redis. Each test's
+/// data directory names its own database, topics and keys, so a restarted app finds its data again and parallel
+/// tests never meet.
+fn use_real_backends(config: &mut Config, dir: &std::path::Path) {
+    use commercex::config::{BusBackend, StoreBackend};
+    let required = |name: &str| {
+        std::env::var(name)
+            .unwrap_or_else(|_| panic!("{name} is not set: run the real-backend suite with scripts/test.sh"))
+    };
+    let name: String = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().chars().filter(char::is_ascii_alphanumeric).collect())
+        .unwrap_or_default();
+    config.store.backend = StoreBackend::Mongodb;
+    config.store.mongodb.uri = required("COMMERCEX_TEST_MONGODB_URI");
+    config.store.mongodb.database = format!("e2e_{name}");
+    config.bus.backend = BusBackend::Kafka;
+    config.bus.kafka.brokers = required("COMMERCEX_TEST_KAFKA_BROKERS");
+    config.bus.kafka.topic_prefix = format!("e2e.{name}");
+    config.bus.kafka.partitions = 2;
+    config.bus.kafka.group_id = format!("e2e-{name}");
+    config.redis.url = required("COMMERCEX_TEST_REDIS_URL");
+    config.redis.key_prefix = format!("e2e:{name}");
 }
 
 pub async fn spawn_app() -> TestApp {
