@@ -109,6 +109,7 @@ impl Application {
             provider,
             timeout: Duration::from_millis(config.payments.timeout_ms),
             max_attempts: config.payments.max_attempts,
+            recheck_after: Duration::from_millis(config.payments.recheck_after_ms),
         };
         let payments =
             EntityRouter::<PaymentState>::start(ctx.clone(), Arc::new(payment_effects), policy, timeout).await?;
