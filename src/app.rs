@@ -23,7 +23,7 @@ use crate::bridge::outbox::OutboxRelay;
 use crate::bridge::{EventBus, InProcessBus};
 use crate::cache::{InProcessCache, ProductCache};
 use crate::carts::Carts;
-use crate::catalog::{Catalog, ProductCacheInvalidation};
+use crate::catalog::{Catalog, ProductCacheInvalidation, ProductEffects};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::config::{BusBackend, StoreBackend};
@@ -102,7 +102,9 @@ impl Application {
             window: Duration::from_secs(config.actors.restart_window_secs),
         };
         let timeout = config.call_timeout();
-        let products = EntityRouter::<ProductState>::start(ctx.clone(), Arc::new(NoEffects), policy, timeout).await?;
+        let product_effects = ProductEffects { sales: store.clone() };
+        let products =
+            EntityRouter::<ProductState>::start(ctx.clone(), Arc::new(product_effects), policy, timeout).await?;
         let carts = EntityRouter::<Cart>::start(ctx.clone(), Arc::new(NoEffects), policy, timeout).await?;
         let coupons = EntityRouter::<CouponState>::start(ctx.clone(), Arc::new(NoEffects), policy, timeout).await?;
         let payment_effects = PaymentEffects {

@@ -186,7 +186,8 @@ pub struct CacheConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CheckoutConfig {
-    /// How long stock stays reserved for an order that has not been paid; then the products release it.
+    /// How long stock stays reserved for an order that has not been paid; then the products release it. At most a
+    /// week: products forget old outcomes by that bound.
     pub reservation_ttl_secs: u64,
 }
 
@@ -444,6 +445,10 @@ impl Config {
         }
         if self.auth.refresh_token_ttl_secs <= self.auth.access_token_ttl_secs {
             return Err(key_error("auth.refresh_token_ttl_secs", "must be longer than auth.access_token_ttl_secs"));
+        }
+        let max_ttl = crate::domain::product::MAX_RESERVATION_TTL_SECS as u64;
+        if self.checkout.reservation_ttl_secs > max_ttl {
+            return Err(key_error("checkout.reservation_ttl_secs", format!("must be at most {max_ttl} (a week)")));
         }
         if self.payments.recheck_after_ms > MAX_RECHECK_AFTER_MS {
             return Err(key_error("payments.recheck_after_ms", format!("must be at most {MAX_RECHECK_AFTER_MS} (a day)")));
