@@ -121,7 +121,8 @@ impl Effects<ProductState> for ProductEffects {
                 for order_id in &order_ids {
                     let order = self.sales.order(order_id).await.map_err(|e| e.to_string())?;
                     // Only a shipped order is done with its stock for good: it can no longer be cancelled.
-                    if let Some(o) = order.filter(|o| matches!(o.status, OrderStatus::Shipped | OrderStatus::Delivered)) {
+                    if let Some(o) = order.filter(|o| matches!(o.status, OrderStatus::Shipped | OrderStatus::Delivered))
+                    {
                         finished.push((order_id.clone(), o.reservation_expires_at));
                     }
                 }

@@ -451,7 +451,10 @@ impl Config {
             return Err(key_error("checkout.reservation_ttl_secs", format!("must be at most {max_ttl} (a week)")));
         }
         if self.payments.recheck_after_ms > MAX_RECHECK_AFTER_MS {
-            return Err(key_error("payments.recheck_after_ms", format!("must be at most {MAX_RECHECK_AFTER_MS} (a day)")));
+            return Err(key_error(
+                "payments.recheck_after_ms",
+                format!("must be at most {MAX_RECHECK_AFTER_MS} (a day)"),
+            ));
         }
         if self.store.data_dir.as_os_str().is_empty() {
             return Err(key_error("store.data_dir", "must not be empty"));

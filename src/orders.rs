@@ -118,7 +118,9 @@ impl Effects<OrderState> for OrderSaga {
                     (PaymentStatus::Pending, _) => Err("payment still pending".into()),
                     // A failed payment stays failed for its order, even once a capture learned of later was refunded.
                     (_, Some(reason)) => Ok(OrderCommand::PaymentFailed { reason }),
-                    (PaymentStatus::Failed, None) => Ok(OrderCommand::PaymentFailed { reason: "payment failed".into() }),
+                    (PaymentStatus::Failed, None) => {
+                        Ok(OrderCommand::PaymentFailed { reason: "payment failed".into() })
+                    }
                     (PaymentStatus::Captured | PaymentStatus::Refunded, None) => Ok(OrderCommand::PaymentCaptured),
                 }
             }

@@ -97,23 +97,47 @@ pub enum PaymentCommand {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", rename_all_fields = "camelCase")]
 pub enum PaymentEvent {
-    Requested { payment: Box<Payment> },
-    AttemptFailed { attempt: u32, reason: String, at: Timestamp },
-    OutcomeUnknown { reason: String, at: Timestamp },
-    Captured { charge_id: String, at: Timestamp },
+    Requested {
+        payment: Box<Payment>,
+    },
+    AttemptFailed {
+        attempt: u32,
+        reason: String,
+        at: Timestamp,
+    },
+    OutcomeUnknown {
+        reason: String,
+        at: Timestamp,
+    },
+    Captured {
+        charge_id: String,
+        at: Timestamp,
+    },
     Failed {
         reason: String,
         at: Timestamp,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         recheck_at: Option<Timestamp>,
     },
-    RecheckStarted { at: Timestamp },
+    RecheckStarted {
+        at: Timestamp,
+    },
     /// The recheck found no charge either: the failure is final.
-    NoChargeConfirmed { at: Timestamp },
+    NoChargeConfirmed {
+        at: Timestamp,
+    },
     /// A capture learned of after the payment failed (a request the provider processed late); it is refunded.
-    CapturedLate { charge_id: String, at: Timestamp },
-    RefundRequested { at: Timestamp },
-    Refunded { refund_id: String, at: Timestamp },
+    CapturedLate {
+        charge_id: String,
+        at: Timestamp,
+    },
+    RefundRequested {
+        at: Timestamp,
+    },
+    Refunded {
+        refund_id: String,
+        at: Timestamp,
+    },
 }
 
 /// The provider call a payment's state calls for. `Lookup` asks the provider what it holds under the payment's key.
@@ -268,7 +292,11 @@ impl Aggregate for PaymentState {
             PaymentCommand::Refunded { refund_id } => {
                 let p = self.get()?;
                 let refundable = p.status == S::Captured || (p.status == S::Failed && p.charge_id.is_some());
-                Ok(if refundable { vec![PaymentEvent::Refunded { refund_id: refund_id.clone(), at: now }] } else { vec![] })
+                Ok(if refundable {
+                    vec![PaymentEvent::Refunded { refund_id: refund_id.clone(), at: now }]
+                } else {
+                    vec![]
+                })
             }
         }
     }

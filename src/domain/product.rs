@@ -347,8 +347,9 @@ impl ProductState {
     }
 
     pub fn next_effect(&self) -> Option<ProductEffect> {
-        (!self.unchecked.is_empty())
-            .then(|| ProductEffect::CheckOrders { order_ids: self.unchecked.iter().take(CHECK_BATCH).cloned().collect() })
+        (!self.unchecked.is_empty()).then(|| ProductEffect::CheckOrders {
+            order_ids: self.unchecked.iter().take(CHECK_BATCH).cloned().collect(),
+        })
     }
 
     /// Schedules the outcomes of a format-0 state: those that only refuse a late reservation are forgotten after
@@ -569,7 +570,8 @@ impl Aggregate for ProductState {
                         at: now,
                     })
                     .collect();
-                let checked: Vec<String> = order_ids.iter().filter(|id| self.unchecked.contains(*id)).cloned().collect();
+                let checked: Vec<String> =
+                    order_ids.iter().filter(|id| self.unchecked.contains(*id)).cloned().collect();
                 if !checked.is_empty() {
                     events.push(ProductEvent::OrdersChecked { order_ids: checked, at: now });
                 }
@@ -967,7 +969,10 @@ mod tests {
         let scheduled: Vec<_> = s.forgetting.iter().cloned().collect();
         assert_eq!(scheduled, [(forget_after, "released".to_string()), (forget_after, "restocked".to_string())]);
         // A sale may still be restocked if its order is cancelled: its order is asked instead.
-        assert_eq!(s.next_effect(), Some(ProductEffect::CheckOrders { order_ids: vec!["paid".into(), "shipped".into()] }));
+        assert_eq!(
+            s.next_effect(),
+            Some(ProductEffect::CheckOrders { order_ids: vec!["paid".into(), "shipped".into()] })
+        );
         let shipped_expiry = last_change - chrono::Duration::days(2);
         let checked = ProductCommand::OrdersChecked {
             order_ids: vec!["paid".into(), "shipped".into()],
@@ -983,7 +988,11 @@ mod tests {
         let late = [
             ProductCommand::Restock { order_id: "shipped".into() },
             ProductCommand::Restock { order_id: "restocked".into() },
-            ProductCommand::Reserve { order_id: "released".into(), quantity: 1, expires_at: t + chrono::Duration::minutes(5) },
+            ProductCommand::Reserve {
+                order_id: "released".into(),
+                quantity: 1,
+                expires_at: t + chrono::Duration::minutes(5),
+            },
             ProductCommand::Reserve { order_id: "shipped".into(), quantity: 1, expires_at: shipped_expiry },
         ];
         for cmd in &late {
@@ -1017,8 +1026,8 @@ mod tests {
         assert!(s.due(now()).is_none() && s.next_effect().is_none());
         // The same history, its `created` event written before events carried a format.
         let mut old = ProductState::default();
-        let mut created = serde_json::to_value(ProductEvent::Created { product: s.product.clone().unwrap(), format: 1 })
-            .unwrap();
+        let mut created =
+            serde_json::to_value(ProductEvent::Created { product: s.product.clone().unwrap(), format: 1 }).unwrap();
         created.as_object_mut().unwrap().remove("format");
         old.apply(&serde_json::from_value(created).unwrap());
         for cmd in [

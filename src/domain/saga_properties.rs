@@ -14,8 +14,8 @@ use std::collections::BTreeSet;
 use proptest::prelude::*;
 
 use super::order::{NewOrder, Order, OrderCommand, OrderEffect, OrderLine, OrderState, OrderStatus};
-use super::product::{ProductCommand, ProductDetails, ProductEffect, ProductState, Settlement};
 use super::product::MAX_RESERVATION_TTL_SECS;
+use super::product::{ProductCommand, ProductDetails, ProductEffect, ProductState, Settlement};
 use super::{Aggregate, Timestamp};
 
 const PRODUCT: &str = "p1";
