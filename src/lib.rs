@@ -7,7 +7,7 @@
 //! | [`store`]   | storage interfaces (journal + snapshots + outbox + active streams, read models, users, revocations, notifications) and the embedded `redb` store |
 //! | [`bridge`]  | the event bus interface, the in-process bus and the outbox relay that publishes committed events |
 //! | [`auth`]    | accounts, argon2id hashing, JWT access tokens, rotating refresh tokens, revocation |
-//! | [`catalog`] | product service: writes through product actors, reads through the cache and read model |
+//! | [`catalog`] | product service: writes through product actors, reads through the cache and read model; product effects (old sales checked against the orders' read model) |
 //! | [`carts`]   | cart service: cart actors plus catalog lookups for availability and pricing |
 //! | [`orders`]  | checkout and the order saga's steps (reserve, coupon, charge, commit, clear cart, compensate) |
 //! | [`notify`]  | notifications (stored, pushed over WebSocket) and templated transactional emails, fed by the outbox |
