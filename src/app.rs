@@ -233,7 +233,7 @@ impl Application {
         let addr = self.listener.local_addr()?;
         tracing::info!(%addr, "commercex listening");
         let state = self.state.clone();
-        let limits = http::server::Limits::from(state.http.as_ref());
+        let limits = http::server::Limits::from(state.http.as_ref()).fit_open_file_limit();
         http::server::serve(self.listener, http::app(self.state), limits, shutdown).await;
         tracing::info!("http intake stopped; draining entity actors");
         // Orders first: they are the ones calling the other entities.
