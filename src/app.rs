@@ -37,7 +37,7 @@ use crate::http::{self, AppState, Dependencies};
 use crate::notify::{NotificationHub, Notifier, RecordingMailer};
 use crate::orders::{OrderSaga, Orders};
 use crate::payments::{PaymentEffects, PaymentProvider, SimulatedProvider};
-use crate::ratelimit::RateLimiter;
+use crate::ratelimit::InProcessRateLimiter;
 use crate::store::embedded::{CloseWatch, EmbeddedStore};
 use crate::store::{EventRecord, Store};
 
@@ -197,7 +197,7 @@ impl Application {
             hub,
             ws_auth_timeout: Duration::from_millis(config.notifications.ws_auth_timeout_ms),
             ctx,
-            auth_limiter: Arc::new(RateLimiter::new(config.http.auth_rate_limit_per_minute)),
+            auth_limiter: Arc::new(InProcessRateLimiter::new(config.http.auth_rate_limit_per_minute)),
             events: store.clone(),
             dependencies: Arc::new(Dependencies {
                 store_backend: match config.store.backend {
