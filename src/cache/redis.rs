@@ -8,7 +8,8 @@
 //!
 //! Redis unreachable: a lookup is a miss whose ticket never fills, so reads go to the store. An invalidation that
 //! fails leaves the entry in Redis, where it could outlive the outage. This process therefore counts its lost
-//! invalidations and, before it uses the cache again, bumps the epoch: every entry written before becomes a miss.
+//! invalidations and, before it uses the cache again (a lookup, a fill, an invalidation or a readiness probe), bumps
+//! the epoch: every entry written before becomes a miss.
 //! What this cannot cover is bounded by the entries' time to live: a process that stops during the outage forgets
 //! its lost invalidations, and only the other processes, which invalidate the same products from the bus, make up
 //! for them.
@@ -139,6 +140,8 @@ impl ProductCache for RedisCache {
     }
 
     async fn invalidate(&self, id: &str) {
+        // A flush that does not get through leaves this invalidation to fail too, and be counted.
+        self.usable().await;
         let generation = self.generation_key(id);
         let mut invalidate = redis::pipe();
         invalidate
@@ -155,6 +158,8 @@ impl ProductCache for RedisCache {
     }
 
     async fn ping(&self) -> Result<(), String> {
+        // Probed often, so the flush after an outage does not wait for the next product read.
+        self.usable().await;
         self.redis.ping().await.map_err(|e| e.to_string())
     }
 
