@@ -203,3 +203,25 @@ impl std::fmt::Debug for RedisClient {
         f.debug_struct("RedisClient").field("address", &self.0.address).field("prefix", &self.0.prefix).finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_password_is_never_shown() {
+        let client = RedisClient::open("redis://user:hunter2@cache.internal:6379/2", "shop").unwrap();
+        let shown = format!("{client:?}");
+        assert!(shown.contains("cache.internal:6379") && !shown.contains("hunter2"), "{shown}");
+        for bad in ["redis://user:hunter2@cache.internal:port", "redis://:hunter2@[::1"] {
+            let error = RedisClient::open(bad, "shop").unwrap_err().to_string();
+            assert!(error.starts_with("invalid Redis URL") && !error.contains("hunter2"), "{error}");
+        }
+    }
+
+    #[test]
+    fn keys_are_under_the_prefix() {
+        let client = RedisClient::open("redis://127.0.0.1:6379", "shop").unwrap();
+        assert_eq!(client.key("cache:epoch"), "shop:cache:epoch");
+    }
+}

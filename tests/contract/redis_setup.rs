@@ -49,6 +49,19 @@ pub fn unreachable() -> RedisClient {
     open(&format!("redis://127.0.0.1:{port}"), "contract:unreachable")
 }
 
+/// A client on a server that takes connections and never answers.
+pub async fn silent() -> RedisClient {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the silent server");
+    let addr = listener.local_addr().expect("silent server address");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    open(&format!("redis://{addr}"), "contract:silent")
+}
+
 fn open(url: &str, prefix: &str) -> RedisClient {
     RedisClient::open(url, prefix).unwrap_or_else(|e| panic!("COMMERCEX_TEST_REDIS_URL: {e}"))
 }

@@ -138,12 +138,29 @@ mod redis {
     }
 }
 
-/// Redis on a port where nothing listens: every check fails at once, so no token is let through unchecked.
+/// Redis on a port where nothing listens, or that never answers: every check fails, within a short bound, so no
+/// token is let through unchecked.
 mod redis_down {
     use commercex::store::redis::RedisRevocations;
 
     use super::*;
-    use crate::redis_setup::unreachable;
+    use crate::redis_setup::{silent, unreachable};
+
+    /// A server that hangs costs the first call the timeout; the calls after it fail at once.
+    #[tokio::test]
+    async fn checks_fail_closed_when_redis_hangs() {
+        let store = RedisRevocations::new(silent().await);
+        let started = std::time::Instant::now();
+        let key = keys(&["jti:a"]);
+        let checked = within(DOWN_BOUND * 2, "the first check", store.any_revoked(&key)).await;
+        assert!(matches!(checked, Err(StoreError::Unavailable(_))), "{checked:?}");
+        let first = started.elapsed();
+        for _ in 0..3 {
+            let checked = within(Duration::from_millis(50), "a later check", store.any_revoked(&key)).await;
+            assert!(matches!(checked, Err(StoreError::Unavailable(_))), "{checked:?}");
+        }
+        assert!(first >= Duration::from_millis(400), "gave up after {first:?}, before the timeout");
+    }
 
     #[tokio::test]
     async fn checks_fail_closed_at_once() {
