@@ -520,9 +520,9 @@ impl Config {
             }
         }
         let url = &self.redis.url;
-        let redis_scheme = ["redis://", "rediss://", "redis+unix://"].iter().any(|p| url.starts_with(p));
+        let redis_scheme = ["redis://", "redis+unix://"].iter().any(|p| url.starts_with(p));
         if !url.is_empty() && !redis_scheme {
-            return Err(key_error("redis.url", "must be empty or a `redis://`, `rediss://` or `redis+unix://` URL"));
+            return Err(key_error("redis.url", "must be empty or a `redis://` or `redis+unix://` URL"));
         }
         if self.redis.key_prefix.is_empty() {
             return Err(key_error("redis.key_prefix", "must not be empty"));
