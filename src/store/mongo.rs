@@ -19,9 +19,10 @@
 //! be written after its previous one is visible, so positions grow along every stream and the relay, which reads
 //! every unpublished commit rather than resuming after a position, never misses one.
 //!
-//! Numbers are read leniently (a server may return a small 64-bit integer as a 32-bit one): documents are read
-//! through serde, whose integer types accept either. Money is integer minor units; ids are strings, except the
-//! notification and email numbers.
+//! Values are read leniently: a server may return a small 64-bit integer as a 32-bit one (documents are read through
+//! serde, whose integer types accept either), and the stand-in server the tests run on returns a boolean set by `$set`
+//! as 0 or 1 ([`lenient_bools`]). Money is integer minor units; ids are strings, except the notification and email
+//! numbers.
 
 mod accounts;
 mod catalog;
@@ -31,7 +32,7 @@ mod sales;
 
 use std::time::Duration;
 
-use mongodb::bson::{self, doc, Document};
+use mongodb::bson::{self, doc, Bson, Document};
 use mongodb::error::{ErrorKind, WriteFailure};
 use mongodb::options::{ClientOptions, IndexOptions, ReturnDocument};
 use mongodb::{Client, Collection, Cursor, Database, IndexModel};
@@ -182,6 +183,20 @@ fn from_doc<T: DeserializeOwned>(document: Document) -> Result<T, StoreError> {
     bson::from_document(document).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
+/// `document` with `fields` read as booleans also where a server returns a boolean set by `$set` as 0 or 1 (the
+/// stand-in server the tests run on does).
+fn lenient_bools(mut document: Document, fields: &[&str]) -> Document {
+    for field in fields {
+        let value = match document.get(*field) {
+            Some(Bson::Int32(n)) => *n != 0,
+            Some(Bson::Int64(n)) => *n != 0,
+            _ => continue,
+        };
+        document.insert(*field, value);
+    }
+    document
+}
+
 fn to_i64(n: u64) -> Result<i64, StoreError> {
     i64::try_from(n).map_err(|_| StoreError::Corrupt(format!("{n} does not fit a 64-bit signed integer")))
 }
@@ -254,6 +269,16 @@ mod tests {
         assert_eq!(redact(uri, "cannot reach app:s3cret@db.internal"), "cannot reach ***@db.internal");
         assert_eq!(redact("mongodb://db:27017", "plain"), "plain");
         assert_eq!(redact("mongodb://u:p%40ss@h/db", "x u:p%40ss y"), "x *** y");
+    }
+
+    #[tokio::test]
+    async fn a_seed_list_by_dns_is_refused_with_the_reason() {
+        let Err(StoreError::Unavailable(message)) =
+            MongoStore::connect("mongodb+srv://app:s3cret@cluster.example.net", "x").await
+        else {
+            panic!("connected without a resolver")
+        };
+        assert!(message.contains("dns-resolver") && !message.contains("s3cret"), "{message}");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use mongodb::options::{IndexOptions, ReturnDocument};
 use mongodb::IndexModel;
 
 use super::{
-    find_page, from_doc, index, is_duplicate, store_err, time_key, to_doc, to_i64, unique, MongoStore, REFRESH,
+    find_page, from_doc, index, is_duplicate, lenient_bools, store_err, time_key, to_doc, to_i64, unique, MongoStore, REFRESH,
     REVOKED, USERS,
 };
 use crate::domain::user::User;
@@ -36,6 +36,10 @@ fn user_document(user: &User) -> Result<Document, StoreError> {
 fn date(t: &Timestamp) -> DateTime {
     let millis = t.timestamp_millis() + i64::from(t.timestamp_subsec_nanos() % 1_000_000 != 0);
     DateTime::from_millis(millis)
+}
+
+fn refresh_token(document: Document) -> Result<RefreshToken, StoreError> {
+    from_doc(lenient_bools(document, &["used"]))
 }
 
 impl MongoStore {
@@ -97,7 +101,7 @@ impl UserStore for MongoStore {
 
     async fn refresh_token(&self, hash: &str) -> Result<Option<RefreshToken>, StoreError> {
         let found = self.coll(REFRESH).find_one(doc! {"_id": hash}).await.map_err(store_err)?;
-        found.map(from_doc).transpose()
+        found.map(refresh_token).transpose()
     }
 
     async fn use_refresh_token(&self, hash: &str) -> Result<RefreshUse, StoreError> {
@@ -108,7 +112,7 @@ impl UserStore for MongoStore {
             .await
             .map_err(store_err)?;
         if let Some(token) = consumed {
-            return Ok(RefreshUse::Consumed(from_doc(token)?));
+            return Ok(RefreshUse::Consumed(refresh_token(token)?));
         }
         // Not unused: either used before (a replay) or never issued.
         Ok(match self.refresh_token(hash).await? {

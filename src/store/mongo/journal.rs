@@ -75,8 +75,9 @@ struct CommitDoc {
     applied: bool,
     /// Whether every event was acknowledged by the relay.
     published: bool,
-    /// Positions acknowledged so far, while only some are.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Positions acknowledged so far, while only some are. Written empty: some servers `$addToSet` only to an
+    /// existing array.
+    #[serde(default)]
     acked: Vec<u64>,
 }
 

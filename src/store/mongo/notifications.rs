@@ -12,7 +12,8 @@ use mongodb::bson::{doc, Document};
 use mongodb::IndexModel;
 
 use super::{
-    collect, find_page, index, is_duplicate, store_err, to_doc, to_i64, unique, MongoStore, EMAILS, NOTIFICATIONS,
+    collect, find_page, from_doc, index, is_duplicate, lenient_bools, store_err, to_doc, to_i64, unique, MongoStore,
+    EMAILS, NOTIFICATIONS,
 };
 use crate::store::{Email, Notification, NotificationStore, Page, StoreError};
 
@@ -29,6 +30,10 @@ pub(super) fn notification_indexes() -> Vec<IndexModel> {
 
 pub(super) fn email_indexes() -> Vec<IndexModel> {
     vec![index(doc! {"key": 1}, unique("event_template_unique"))]
+}
+
+fn notification(document: Document) -> Result<Notification, StoreError> {
+    from_doc(lenient_bools(document, &["read"]))
 }
 
 impl MongoStore {
@@ -79,9 +84,11 @@ impl NotificationStore for MongoStore {
         limit: u32,
     ) -> Result<(Page<Notification>, u64), StoreError> {
         let coll = self.coll(NOTIFICATIONS);
-        let mine = find_page(&coll, doc! {"userId": user_id}, doc! {"id": -1}, page, limit);
+        let mine = find_page::<Document>(&coll, doc! {"userId": user_id}, doc! {"id": -1}, page, limit);
         let unread = async { coll.count_documents(doc! {"userId": user_id, "read": false}).await.map_err(store_err) };
-        tokio::try_join!(mine, unread)
+        let (mine, unread) = tokio::try_join!(mine, unread)?;
+        let items = mine.items.into_iter().map(notification).collect::<Result<_, _>>()?;
+        Ok((Page { items, page: mine.page, limit: mine.limit, total: mine.total }, unread))
     }
 
     async fn mark_read(&self, user_id: &str, id: u64) -> Result<bool, StoreError> {
@@ -111,7 +118,7 @@ impl NotificationStore for MongoStore {
             .limit(limit)
             .await
             .map_err(store_err)?;
-        collect(cursor).await
+        collect::<Document>(cursor).await?.into_iter().map(notification).collect()
     }
 
     async fn insert_email(&self, email: Email) -> Result<bool, StoreError> {
