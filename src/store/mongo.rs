@@ -231,8 +231,7 @@ async fn find_page<T: DeserializeOwned>(
         if limit == 0 {
             return Ok(Vec::new());
         }
-        collect(coll.find(filter.clone()).sort(sort).skip(skip).limit(i64::from(limit)).await.map_err(store_err)?)
-            .await
+        collect(coll.find(filter.clone()).sort(sort).skip(skip).limit(i64::from(limit)).await.map_err(store_err)?).await
     };
     let (total, items) = tokio::try_join!(count, items)?;
     Ok(Page { items, page, limit, total })
@@ -284,7 +283,8 @@ mod tests {
     #[test]
     fn time_keys_order_like_timestamps() {
         use chrono::{DateTime, Duration, Utc};
-        let at = |ms: i64, ns: i64| DateTime::<Utc>::UNIX_EPOCH + Duration::milliseconds(ms) + Duration::nanoseconds(ns);
+        let at =
+            |ms: i64, ns: i64| DateTime::<Utc>::UNIX_EPOCH + Duration::milliseconds(ms) + Duration::nanoseconds(ns);
         let times = [at(-100_000, 0), at(-1, 0), at(0, 0), at(0, 1), at(1, 0), at(1_700_000_000_000, 5)];
         for pair in times.windows(2) {
             assert!(time_key(&pair[0]) < time_key(&pair[1]), "{pair:?}");

@@ -17,7 +17,10 @@ use crate::fixtures::{commit, product, with_model, with_snapshot};
 use crate::{fresh_database, mongodb_uri, on_mongodb};
 
 fn product_commit(p: &Product, expected: u64, active: bool) -> Commit {
-    let mut c = with_model(commit(&format!("product:{}", p.id), expected, expected + 1..=expected + 1), ReadModel::Product(p.clone()));
+    let mut c = with_model(
+        commit(&format!("product:{}", p.id), expected, expected + 1..=expected + 1),
+        ReadModel::Product(p.clone()),
+    );
     c.active = active;
     c
 }
@@ -78,6 +81,29 @@ async fn a_restart_finishes_interrupted_commits() {
     let found = restarted.product("mug").await;
     restarted.drop_database().await.unwrap();
     assert_eq!(found.unwrap(), Some(mug(1, 100)));
+}
+
+#[tokio::test]
+#[ignore = "needs the real servers: scripts/test.sh"]
+async fn the_server_refuses_a_second_commit_document_at_the_same_sequence() {
+    use mongodb::bson::{doc, Document};
+    use mongodb::error::{ErrorKind, WriteFailure};
+
+    let (uri, database) = (mongodb_uri(), fresh_database());
+    let store = MongoStore::connect(&uri, &database).await.unwrap();
+    store.commit(commit("cart:u", 0, 1..=1)).await.unwrap();
+    // Another writer's document for the same first sequence, under another `_id`: only the unique index can refuse it,
+    // whatever either writer read before.
+    let client = mongodb::Client::with_uri_str(&uri).await.unwrap();
+    let commits = client.database(&database).collection::<Document>("commits");
+    let second = doc! {"_id": "cart:u/1 (second writer)", "stream": "cart:u", "firstSeq": 1_i64, "lastSeq": 1_i64};
+    let outcome = commits.insert_one(second).await;
+    store.drop_database().await.unwrap();
+    let err = outcome.expect_err("a second commit at sequence 1 was stored");
+    assert!(
+        matches!(err.kind.as_ref(), ErrorKind::Write(WriteFailure::WriteError(w)) if w.code == 11000),
+        "{err}"
+    );
 }
 
 /// A closed port: bound and released.

@@ -103,7 +103,10 @@ pub async fn the_outbox_hands_out_events_in_commit_order_until_acknowledged(stor
     assert!(pending.windows(2).all(|w| w[0].position < w[1].position), "positions increase");
     assert_eq!(pending[2].event, event("b:1", 1));
     let first_three = store.outbox_pending(3).await.unwrap();
-    assert_eq!(first_three.iter().map(|e| e.position).collect::<Vec<_>>(), pending[..3].iter().map(|e| e.position).collect::<Vec<_>>());
+    assert_eq!(
+        first_three.iter().map(|e| e.position).collect::<Vec<_>>(),
+        pending[..3].iter().map(|e| e.position).collect::<Vec<_>>()
+    );
     assert!(store.outbox_pending(0).await.unwrap().is_empty());
 
     // Acknowledging part of a commit leaves the rest of it pending, in order.
@@ -240,8 +243,7 @@ pub async fn users_are_unique_by_email_and_updated_by_version(store: Arc<dyn Sto
 }
 
 pub async fn refresh_tokens_are_used_once(store: Arc<dyn Store>) {
-    let token =
-        RefreshToken { user_id: "u1".into(), family_id: "f1".into(), expires_at: at(86_400_000), used: false };
+    let token = RefreshToken { user_id: "u1".into(), family_id: "f1".into(), expires_at: at(86_400_000), used: false };
     store.insert_refresh_token("hash-1", &token).await.unwrap();
     assert!(matches!(store.insert_refresh_token("hash-1", &token).await, Err(StoreError::Duplicate(_))));
     assert_eq!(store.refresh_token("hash-1").await.unwrap(), Some(token.clone()), "reading does not use it");
@@ -295,8 +297,15 @@ pub async fn sales_are_listed_newest_first(store: Arc<dyn Store>) {
     ];
     for (id, user, status, created) in orders {
         let o = order(id, user, status, created);
-        store.commit(with_model(commit(&format!("order:{id}"), 0, 1..=1), ReadModel::Order(Box::new(o)))).await.unwrap();
-        let p = payment(id, if status == OrderStatus::Paid { PaymentStatus::Captured } else { PaymentStatus::Pending }, created);
+        store
+            .commit(with_model(commit(&format!("order:{id}"), 0, 1..=1), ReadModel::Order(Box::new(o))))
+            .await
+            .unwrap();
+        let p = payment(
+            id,
+            if status == OrderStatus::Paid { PaymentStatus::Captured } else { PaymentStatus::Pending },
+            created,
+        );
         store.commit(with_model(commit(&format!("payment:pay-{id}"), 0, 1..=1), ReadModel::Payment(p))).await.unwrap();
     }
     let list = |user: Option<&str>, status: Option<OrderStatus>, page: u32, limit: u32| {
@@ -307,7 +316,10 @@ pub async fn sales_are_listed_newest_first(store: Arc<dyn Store>) {
             (page.items.iter().map(|o| o.id.clone()).collect::<Vec<_>>(), page.total)
         }
     };
-    assert_eq!(list(None, None, 1, 10).await, (vec!["o4".into(), "o5".into(), "o3".into(), "o2".into(), "o1".into()], 5));
+    assert_eq!(
+        list(None, None, 1, 10).await,
+        (vec!["o4".into(), "o5".into(), "o3".into(), "o2".into(), "o1".into()], 5)
+    );
     assert_eq!(list(None, None, 2, 2).await, (vec!["o3".into(), "o2".into()], 5));
     assert_eq!(list(Some("u1"), None, 1, 10).await.1, 4);
     assert_eq!(list(Some("u1"), Some(OrderStatus::Paid), 1, 10).await, (vec!["o5".into(), "o1".into()], 2));
@@ -324,7 +336,10 @@ pub async fn sales_are_listed_newest_first(store: Arc<dyn Store>) {
     assert!(store.payments_for_order("o9").await.unwrap().is_empty());
 
     for code in ["WINTER", "AUTUMN", "SPRING"] {
-        store.commit(with_model(commit(&format!("coupon:{code}"), 0, 1..=1), ReadModel::Coupon(coupon(code)))).await.unwrap();
+        store
+            .commit(with_model(commit(&format!("coupon:{code}"), 0, 1..=1), ReadModel::Coupon(coupon(code))))
+            .await
+            .unwrap();
     }
     let coupons = store.list_coupons(1, 2).await.unwrap();
     assert_eq!(coupons.items.iter().map(|c| c.code.as_str()).collect::<Vec<_>>(), ["AUTUMN", "SPRING"]);
@@ -404,12 +419,18 @@ pub async fn emails_are_stored_once_per_event_and_template(store: Arc<dyn Store>
     assert!(store.insert_email(email("order:o2/2", "order_confirmation", "b@example.com")).await.unwrap());
     let page = store.list_emails(1, 10).await.unwrap();
     let listed: Vec<(&str, &str)> = page.items.iter().map(|e| (e.event_id.as_str(), e.template.as_str())).collect();
-    assert_eq!(listed, [("order:o2/2", "order_confirmation"), ("order:o1/2", "receipt"), ("order:o1/2", "order_confirmation")]);
+    assert_eq!(
+        listed,
+        [("order:o2/2", "order_confirmation"), ("order:o1/2", "receipt"), ("order:o1/2", "order_confirmation")]
+    );
     assert_eq!(page.total, 3);
     let ids: BTreeSet<u64> = page.items.iter().map(|e| e.id).collect();
     assert_eq!(ids.len(), 3);
     assert!(page.items.windows(2).all(|w| w[0].id > w[1].id), "newest first by number");
-    assert_eq!(page.items[0], Email { id: page.items[0].id, ..email("order:o2/2", "order_confirmation", "b@example.com") });
+    assert_eq!(
+        page.items[0],
+        Email { id: page.items[0].id, ..email("order:o2/2", "order_confirmation", "b@example.com") }
+    );
     let second = store.list_emails(2, 2).await.unwrap();
     assert_eq!((second.items.len(), second.total), (1, 3));
     assert_eq!(second.items[0].template, "order_confirmation");

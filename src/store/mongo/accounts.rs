@@ -7,8 +7,8 @@ use mongodb::options::{IndexOptions, ReturnDocument};
 use mongodb::IndexModel;
 
 use super::{
-    find_page, from_doc, index, is_duplicate, lenient_bools, store_err, time_key, to_doc, to_i64, unique, MongoStore, REFRESH,
-    REVOKED, USERS,
+    find_page, from_doc, index, is_duplicate, lenient_bools, store_err, time_key, to_doc, to_i64, unique, MongoStore,
+    REFRESH, REVOKED, USERS,
 };
 use crate::domain::user::User;
 use crate::domain::Timestamp;

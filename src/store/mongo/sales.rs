@@ -75,12 +75,8 @@ impl SalesStore for MongoStore {
     }
 
     async fn payments_for_order(&self, order_id: &str) -> Result<Vec<Payment>, StoreError> {
-        let cursor = self
-            .coll(PAYMENTS)
-            .find(doc! {"orderId": order_id})
-            .sort(doc! {"id": 1})
-            .await
-            .map_err(store_err)?;
+        let cursor =
+            self.coll(PAYMENTS).find(doc! {"orderId": order_id}).sort(doc! {"id": 1}).await.map_err(store_err)?;
         collect(cursor).await
     }
 

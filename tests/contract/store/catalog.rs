@@ -36,7 +36,8 @@ impl Catalog {
 
     async fn put(&mut self, p: Product) {
         let seq = self.seqs.entry(p.id.clone()).or_default();
-        let c = with_model(commit(&format!("product:{}", p.id), *seq, *seq + 1..=*seq + 1), ReadModel::Product(p.clone()));
+        let c =
+            with_model(commit(&format!("product:{}", p.id), *seq, *seq + 1..=*seq + 1), ReadModel::Product(p.clone()));
         self.store.commit(c).await.unwrap();
         *seq += 1;
         self.latest.insert(p.id.clone(), p);
@@ -114,8 +115,14 @@ pub async fn listing_follows_the_listing_rules(store: Arc<dyn Store>) {
         reversed.reverse();
         assert_eq!(catalog.check(&query(|q| q.sort = up)).await.0, reversed);
     }
-    assert_eq!(catalog.check(&query(|q| q.sort = ProductSort::PriceAsc)).await.0, ids(&["p5", "p1", "p6", "p4", "p2", "p3"]));
-    assert_eq!(catalog.check(&query(|q| q.sort = ProductSort::TitleAsc)).await.0, ids(&["p3", "p4", "p1", "p6", "p2", "p5"]));
+    assert_eq!(
+        catalog.check(&query(|q| q.sort = ProductSort::PriceAsc)).await.0,
+        ids(&["p5", "p1", "p6", "p4", "p2", "p3"])
+    );
+    assert_eq!(
+        catalog.check(&query(|q| q.sort = ProductSort::TitleAsc)).await.0,
+        ids(&["p3", "p4", "p1", "p6", "p2", "p5"])
+    );
 
     // Pages: the total counts every match; past the end there are no items.
     for page in 1..=4 {
@@ -140,8 +147,19 @@ pub async fn listing_follows_the_listing_rules(store: Arc<dyn Store>) {
 
 fn random_product(rng: &mut StdRng) -> Product {
     // No control characters: the domain refuses them in every text field.
-    const TITLES: [&str; 11] =
-        ["Red mug", "red MUG", "Blue mug", "Desk lamp", "Teapot", "Äpfel Öl", "a", "mug-2000", "", "Mugs & more", "Zebra"];
+    const TITLES: [&str; 11] = [
+        "Red mug",
+        "red MUG",
+        "Blue mug",
+        "Desk lamp",
+        "Teapot",
+        "Äpfel Öl",
+        "a",
+        "mug-2000",
+        "",
+        "Mugs & more",
+        "Zebra",
+    ];
     const DESCRIPTIONS: [&str; 6] = ["", "A red mug", "steel kettle 1.7 l", "mugs and more", "ÄPFEL", "tea (loose)"];
     const CATEGORIES: [&str; 5] = ["kitchen", "Kitchen", "office", "ÄB", "äb"];
     let price = match rng.gen_range(0..10) {
