@@ -100,10 +100,7 @@ async fn the_server_refuses_a_second_commit_document_at_the_same_sequence() {
     let outcome = commits.insert_one(second).await;
     store.drop_database().await.unwrap();
     let err = outcome.expect_err("a second commit at sequence 1 was stored");
-    assert!(
-        matches!(err.kind.as_ref(), ErrorKind::Write(WriteFailure::WriteError(w)) if w.code == 11000),
-        "{err}"
-    );
+    assert!(matches!(err.kind.as_ref(), ErrorKind::Write(WriteFailure::WriteError(w)) if w.code == 11000), "{err}");
 }
 
 /// A closed port: bound and released.

@@ -117,13 +117,12 @@ impl MongoStore {
     async fn apply(&self, d: Derived) -> Result<(), StoreError> {
         let read_model = async {
             let Some(model) = &d.read_model else { return Ok(()) };
-            let (collection, document) = match model {
+            let (collection, mut document) = match model {
                 StoredReadModel::Product(p) => (super::PRODUCTS, catalog::product_document(p)?),
                 StoredReadModel::Order(o) => (super::ORDERS, sales::order_document(o)?),
                 StoredReadModel::Payment(p) => (super::PAYMENTS, sales::payment_document(p)?),
                 StoredReadModel::Coupon(c) => (super::COUPONS, sales::coupon_document(c)?),
             };
-            let mut document = document;
             document.insert(STREAM_SEQ, to_i64(d.seq)?);
             put_if_newer(&self.coll(collection), document, STREAM_SEQ, d.seq, d.replace_equal).await
         };
@@ -140,8 +139,11 @@ impl MongoStore {
         tokio::try_join!(read_model, snapshot, active).map(drop)
     }
 
-    /// Marks a commit applied and drops its copies of the derived documents.
-    async fn mark_applied(&self, id: &str) -> Result<(), StoreError> {
+    /// Writes what a commit derives, then marks its commit document applied and drops the copies it held.
+    async fn finish(&self, derived: Derived) -> Result<(), StoreError> {
+        let commit_id = derived.commit_id.clone();
+        self.apply(derived).await?;
+        let Some(id) = commit_id else { return Ok(()) };
         self.coll(COMMITS)
             .update_one(doc! {"_id": id}, doc! {"$set": {"applied": true}, "$unset": {"snapshot": "", "readModel": ""}})
             .await
@@ -166,8 +168,8 @@ impl MongoStore {
             let full = batch.len() as i64 == REPAIR_BATCH;
             for document in batch {
                 let c: PendingApply = from_doc(document)?;
-                self.apply(Derived {
-                    commit_id: None,
+                self.finish(Derived {
+                    commit_id: Some(c.id),
                     stream: c.stream,
                     seq: c.last_seq,
                     snapshot: c.snapshot,
@@ -176,7 +178,6 @@ impl MongoStore {
                     replace_equal: false,
                 })
                 .await?;
-                self.mark_applied(&c.id).await?;
                 repaired += 1;
             }
             if !full {
@@ -288,17 +289,12 @@ struct Unpublished {
 impl EventStore for MongoStore {
     async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
         let derived = self.insert_commit(commit).await?;
-        let journaled = derived.commit_id.clone();
-        self.apply(derived).await?;
-        if let Some(id) = journaled {
-            self.mark_applied(&id).await?;
-        }
-        Ok(())
+        self.finish(derived).await
     }
 
     async fn history(&self, stream: &str) -> Result<History, StoreError> {
         #[derive(Deserialize)]
-        struct Commited {
+        struct Committed {
             #[serde(default)]
             events: Vec<EventRecord>,
             #[serde(default)]
@@ -315,7 +311,7 @@ impl EventStore for MongoStore {
             .await
             .map_err(store_err)?;
         let mut events = Vec::new();
-        for commit in collect::<Commited>(cursor).await? {
+        for commit in collect::<Committed>(cursor).await? {
             events.extend(commit.events);
             // A snapshot whose own write a crash lost is still in its (unapplied) commit document.
             if let Some(s) = commit.snapshot {
