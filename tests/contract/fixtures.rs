@@ -113,6 +113,8 @@ pub fn payment(order_id: &str, status: PaymentStatus, created: i64) -> Payment {
         refund_requested: false,
         refund_id: None,
         unknown_outcome: None,
+        recheck_at: None,
+        rechecking: false,
         created_at: at(created),
         updated_at: at(created),
     }

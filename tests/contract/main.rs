@@ -93,7 +93,6 @@ contract! {
     catalog_listing_equals_reference => crate::store::catalog::listing_equals_the_reference_on_random_catalogs,
     users_unique_email_and_versioned => crate::store::users_are_unique_by_email_and_updated_by_version,
     refresh_tokens_used_once => crate::store::refresh_tokens_are_used_once,
-    revocations_hold_until_expiry => crate::store::revocations_hold_until_they_expire,
     sales_listed_newest_first => crate::store::sales_are_listed_newest_first,
     notifications_numbered_once => crate::store::notifications_are_numbered_once_per_event_and_user,
     emails_stored_once => crate::store::emails_are_stored_once_per_event_and_template,

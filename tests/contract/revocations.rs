@@ -138,6 +138,47 @@ mod redis {
     }
 }
 
+mod mongodb {
+    use super::*;
+    use crate::on_mongodb;
+
+    #[tokio::test]
+    #[ignore = "needs the real servers: scripts/test.sh"]
+    async fn revoked_keys_are_found() {
+        on_mongodb(|store| async move { super::revoked_keys_are_found(&store).await }).await;
+    }
+
+    #[tokio::test]
+    #[ignore = "needs the real servers: scripts/test.sh"]
+    async fn a_revocation_holds_until_its_expiry() {
+        on_mongodb(|store| async move { super::a_revocation_holds_until_its_expiry(&store).await }).await;
+    }
+
+    #[tokio::test]
+    #[ignore = "needs the real servers: scripts/test.sh"]
+    async fn a_later_revocation_never_shortens_one() {
+        on_mongodb(|store| async move { super::a_later_revocation_never_shortens_one(&store).await }).await;
+    }
+
+    /// Expired revocations no longer count, whenever the server's TTL monitor gets to removing them.
+    #[tokio::test]
+    #[ignore = "needs the real servers: scripts/test.sh"]
+    async fn revocations_are_forgotten_after_their_expiry() {
+        on_mongodb(|store| async move {
+            store.revoke("jti:gone", in_ms(-1_000)).await.unwrap();
+            assert!(!store.any_revoked(&keys(&["jti:gone"])).await.unwrap());
+            // Room for a loaded test server between the revocation and the check.
+            store.revoke("jti:a", in_ms(1_500)).await.unwrap();
+            assert!(store.any_revoked(&keys(&["jti:a"])).await.unwrap());
+            eventually(Duration::from_secs(5), "the revocation expires", || async {
+                !store.any_revoked(&keys(&["jti:a"])).await.unwrap()
+            })
+            .await;
+        })
+        .await;
+    }
+}
+
 /// Redis on a port where nothing listens, or that never answers: every check fails, within a short bound, so no
 /// token is let through unchecked.
 mod redis_down {

@@ -1,13 +1,12 @@
 //! What every store backend must do, as plain async functions over `Arc<dyn Store>`: the journal (commits,
 //! conflicts, history, snapshots), the outbox, active streams, read models, accounts, sales listings,
-//! notifications and emails. The catalog listing has its own module.
+//! notifications and emails. The catalog listing has its own module; revocations are in `revocations.rs`.
 
 pub mod catalog;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use chrono::{Duration, Utc};
 use commercex::domain::order::OrderStatus;
 use commercex::domain::payment::PaymentStatus;
 use commercex::store::{
@@ -186,6 +185,8 @@ pub async fn read_models_follow_the_last_commit_of_their_stream(store: Arc<dyn S
     assert_eq!(store.payments_for_order("o1").await.unwrap(), vec![pay.clone()]);
     pay.status = PaymentStatus::Captured;
     pay.unknown_outcome = None;
+    pay.recheck_at = Some(at(60_000));
+    pay.rechecking = true;
     pay.charge_id = Some("ch_1".into());
     store.commit(with_model(commit("payment:pay-o1", 1, 2..=2), ReadModel::Payment(pay.clone()))).await.unwrap();
     assert_eq!(store.payments_for_order("o1").await.unwrap(), vec![pay]);
@@ -271,20 +272,6 @@ pub async fn refresh_tokens_are_used_once(store: Arc<dyn Store>) {
         }
     }
     assert_eq!(consumed, 1);
-}
-
-pub async fn revocations_hold_until_they_expire(store: Arc<dyn Store>) {
-    let keys = |ks: &[&str]| ks.iter().map(|k| k.to_string()).collect::<Vec<_>>();
-    assert!(!store.any_revoked(&keys(&["jti-1", "fam-1"])).await.unwrap());
-    store.revoke("jti-1", Utc::now() + Duration::hours(1)).await.unwrap();
-    store.revoke("fam-1", Utc::now() + Duration::days(7)).await.unwrap();
-    assert!(store.any_revoked(&keys(&["jti-1"])).await.unwrap());
-    assert!(store.any_revoked(&keys(&["jti-2", "fam-1"])).await.unwrap());
-    assert!(!store.any_revoked(&keys(&["jti-2", "fam-2", "jti"])).await.unwrap());
-    assert!(!store.any_revoked(&[]).await.unwrap());
-    // Revoking again keeps the key revoked.
-    store.revoke("jti-1", Utc::now() + Duration::hours(2)).await.unwrap();
-    assert!(store.any_revoked(&keys(&["jti-1"])).await.unwrap());
 }
 
 pub async fn sales_are_listed_newest_first(store: Arc<dyn Store>) {
