@@ -40,6 +40,7 @@ use crate::payments::{PaymentEffects, PaymentProvider, SimulatedProvider};
 use crate::ratelimit::{InProcessRateLimiter, RateLimit, RedisRateLimiter};
 use crate::redis_client::RedisClient;
 use crate::store::embedded::{CloseWatch, EmbeddedStore};
+use crate::store::mongo::MongoStore;
 use crate::store::redis::RedisRevocations;
 use crate::store::RevocationStore;
 use crate::store::{EventRecord, Store};
@@ -316,7 +317,14 @@ async fn open_store(config: &Config) -> anyhow::Result<(Arc<dyn Store>, Option<C
             let closed = store.close_watch();
             Ok((Arc::new(store), Some(closed)))
         }
-        StoreBackend::Mongodb => anyhow::bail!("store.backend = \"mongodb\" is not available in this build yet"),
+        StoreBackend::Mongodb => {
+            let mongo = &config.store.mongodb;
+            let store = MongoStore::connect(&mongo.uri, &mongo.database).await.with_context(|| {
+                format!("cannot reach MongoDB at store.mongodb.uri = {}", crate::config::redact_uri(&mongo.uri))
+            })?;
+            tracing::info!(uri = %crate::config::redact_uri(&mongo.uri), database = %mongo.database, "MongoDB store ready");
+            Ok((Arc::new(store), None))
+        }
     }
 }
 

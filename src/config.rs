@@ -484,8 +484,15 @@ impl Config {
     fn validate_backends(&self) -> Result<(), ConfigError> {
         if self.store.backend == StoreBackend::Mongodb {
             let uri = &self.store.mongodb.uri;
-            if !(uri.starts_with("mongodb://") || uri.starts_with("mongodb+srv://")) {
-                return Err(key_error("store.mongodb.uri", "must be a `mongodb://` or `mongodb+srv://` URI"));
+            if !uri.starts_with("mongodb://") {
+                return Err(key_error(
+                    "store.mongodb.uri",
+                    "must be a `mongodb://` URI (list the hosts; SRV lookup is not built in)",
+                ));
+            }
+            if self.auth.jwt_secret.is_empty() {
+                // A generated secret lives in one process's data directory; processes sharing a database must agree.
+                return Err(key_error("auth.jwt_secret", "must be set when store.backend = \"mongodb\""));
             }
             let db = &self.store.mongodb.database;
             let bad = |c: char| "/\\. \"$\0".contains(c);
@@ -675,6 +682,7 @@ mod tests {
             env(&[
                 ("COMMERCEX__STORE__BACKEND", "mongodb"),
                 ("COMMERCEX__STORE__MONGODB__URI", "mongodb://app:s3cret@db.internal:27017"),
+                ("COMMERCEX__AUTH__JWT_SECRET", "a-secret-of-at-least-thirty-two-characters"),
                 ("COMMERCEX__BUS__BACKEND", "kafka"),
                 ("COMMERCEX__BUS__KAFKA__PARTITIONS", "6"),
                 ("COMMERCEX__REDIS__URL", "redis://:hunter2@cache:6379"),
@@ -696,12 +704,19 @@ mod tests {
             assert!(err.to_string().contains(named), "{err}");
         }
         let mongo = |k: &str, v: &str| {
-            Config::from_sources(None, env(&[("COMMERCEX__STORE__BACKEND", "mongodb"), (k, v)]))
+            let secret = ("COMMERCEX__AUTH__JWT_SECRET", "a-secret-of-at-least-thirty-two-characters");
+            Config::from_sources(None, env(&[("COMMERCEX__STORE__BACKEND", "mongodb"), secret, (k, v)]))
                 .unwrap_err()
                 .to_string()
         };
         assert!(mongo("COMMERCEX__STORE__MONGODB__URI", "http://x").contains("store.mongodb.uri"));
         assert!(mongo("COMMERCEX__STORE__MONGODB__DATABASE", "a.b").contains("store.mongodb.database"));
+        assert!(mongo("COMMERCEX__STORE__MONGODB__URI", "mongodb+srv://cluster.example").contains("store.mongodb.uri"));
+        let no_secret = Config::from_sources(None, env(&[("COMMERCEX__STORE__BACKEND", "mongodb")])).unwrap_err();
+        assert!(no_secret.to_string().contains("auth.jwt_secret"), "{no_secret}");
+        assert!(mongo("COMMERCEX__STORE__MONGODB__URI", "mongodb+srv://cluster.example").contains("store.mongodb.uri"));
+        let no_secret = Config::from_sources(None, env(&[("COMMERCEX__STORE__BACKEND", "mongodb")])).unwrap_err();
+        assert!(no_secret.to_string().contains("auth.jwt_secret"), "{no_secret}");
         let kafka = |k: &str, v: &str| {
             Config::from_sources(None, env(&[("COMMERCEX__BUS__BACKEND", "kafka"), (k, v)])).unwrap_err().to_string()
         };
