@@ -68,13 +68,21 @@ pub fn test_config(dir: &std::path::Path) -> Config {
     config.payments.max_attempts = 3;
     config.payments.recheck_after_ms = 200;
     config.notifications.ws_auth_timeout_ms = 500;
-    if std::env::var("COMMERCEX_TEST_BACKENDS").as_deref() == Ok("real") {
+    if real_backends().is_some() {
         use_real_backends(&mut config, dir);
     }
     config
 }
 
-/// `COMMERCEX_TEST_BACKENDS=real` (set by `scripts/test.sh`): the same suite on MongoDB, Kafka and Redis. Each test's
+/// With `COMMERCEX_TEST_BACKENDS=real`, the bus backend the suite runs on (`kafka` with `COMMERCEX_TEST_BUS=kafka`).
+pub fn real_backends() -> Option<&'static str> {
+    let real = std::env::var("COMMERCEX_TEST_BACKENDS").as_deref() == Ok("real");
+    let kafka = std::env::var("COMMERCEX_TEST_BUS").as_deref() == Ok("kafka");
+    real.then_some(if kafka { "kafka" } else { "in_process" })
+}
+
+/// `COMMERCEX_TEST_BACKENDS=real` (set by `scripts/test.sh`): the same suite on MongoDB and Redis (and Kafka with
+/// `COMMERCEX_TEST_BUS=kafka`). Each test's
 /// data directory names its own database, topics and keys, so a restarted app finds its data again and parallel
 /// tests never meet.
 fn use_real_backends(config: &mut Config, dir: &std::path::Path) {
@@ -90,11 +98,13 @@ fn use_real_backends(config: &mut Config, dir: &std::path::Path) {
     config.store.backend = StoreBackend::Mongodb;
     config.store.mongodb.uri = required("COMMERCEX_TEST_MONGODB_URI");
     config.store.mongodb.database = format!("e2e_{name}");
-    config.bus.backend = BusBackend::Kafka;
-    config.bus.kafka.brokers = required("COMMERCEX_TEST_KAFKA_BROKERS");
-    config.bus.kafka.topic_prefix = format!("e2e.{name}");
-    config.bus.kafka.partitions = 2;
-    config.bus.kafka.group_id = format!("e2e-{name}");
+    if real_backends() == Some("kafka") {
+        config.bus.backend = BusBackend::Kafka;
+        config.bus.kafka.brokers = required("COMMERCEX_TEST_KAFKA_BROKERS");
+        config.bus.kafka.topic_prefix = format!("e2e.{name}");
+        config.bus.kafka.partitions = 2;
+        config.bus.kafka.group_id = format!("e2e-{name}");
+    }
     config.redis.url = required("COMMERCEX_TEST_REDIS_URL");
     config.redis.key_prefix = format!("e2e:{name}");
 }
