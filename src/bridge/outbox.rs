@@ -120,6 +120,30 @@ mod tests {
         }
     }
 
+    /// Refuses one event once, accepting everything else, and records what it accepted.
+    struct RefusingBus {
+        refuse: Mutex<Option<String>>,
+        accepted: Mutex<Vec<String>>,
+    }
+
+    #[async_trait]
+    impl EventBus for RefusingBus {
+        async fn publish(&self, event: &EventRecord) -> Result<(), BusError> {
+            if self.refuse.lock().unwrap().take_if(|id| *id == event.id).is_some() {
+                return Err(BusError::Unavailable("broker down".into()));
+            }
+            self.accepted.lock().unwrap().push(event.id.clone());
+            Ok(())
+        }
+        fn subscribe(&self) -> broadcast::Receiver<EventRecord> {
+            broadcast::channel(1).1
+        }
+
+        fn backend(&self) -> &'static str {
+            "test"
+        }
+    }
+
     fn commit(stream: &str, expected: u64, n: u64) -> Commit {
         let events = (expected + 1..=expected + n)
             .map(|seq| EventRecord {
@@ -157,5 +181,23 @@ mod tests {
         assert_eq!(*bus.accepted.lock().unwrap(), ["a:1/1", "a:1/2", "b:1/1", "a:1/3"], "commit order");
         assert!(store.outbox_pending(10).await.unwrap().is_empty());
         assert_eq!(relay.flush().await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_refused_event_holds_back_every_later_one_so_no_entity_is_reordered() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        store.commit(commit("a:1", 0, 1)).await.unwrap();
+        store.commit(commit("b:1", 0, 1)).await.unwrap();
+        store.commit(commit("a:1", 1, 1)).await.unwrap();
+        store.commit(commit("b:1", 1, 1)).await.unwrap();
+        let bus = Arc::new(RefusingBus { refuse: Mutex::new(Some("b:1/1".into())), accepted: Mutex::new(Vec::new()) });
+        let relay = OutboxRelay::new(store.clone(), bus.clone(), Arc::new(Notify::new()));
+
+        assert!(relay.flush().await.is_err());
+        assert_eq!(*bus.accepted.lock().unwrap(), ["a:1/1"], "nothing after the refused event was published");
+        assert_eq!(store.outbox_pending(10).await.unwrap().len(), 3, "the refused event and those after it stay");
+        assert_eq!(relay.flush().await.unwrap(), 3);
+        assert_eq!(*bus.accepted.lock().unwrap(), ["a:1/1", "b:1/1", "a:1/2", "b:1/2"], "commit order");
     }
 }
