@@ -31,6 +31,16 @@ pub trait EventBus: Send + Sync {
     /// Returns once the bus has taken the event (for Kafka: once the broker acknowledged it), so the caller may
     /// forget it; an error means it may or may not have been taken, and the caller publishes it again.
     async fn publish(&self, event: &EventRecord) -> Result<(), BusError>;
+    /// Publishes events given in commit order, as `publish` would one after another, except that a bus may take
+    /// events of different entities at once. `Err((taken, error))`: the first `taken` events were taken and
+    /// `error` stopped the next. Later events may have been taken as well, and are published again with it: a
+    /// duplicate, never a reordering, since an entity's event is sent only once the one before it was taken.
+    async fn publish_batch(&self, events: &[EventRecord]) -> Result<(), (usize, BusError)> {
+        for (taken, event) in events.iter().enumerate() {
+            self.publish(event).await.map_err(|error| (taken, error))?;
+        }
+        Ok(())
+    }
     /// A live feed of every event published from now on, by any process sharing the bus.
     fn subscribe(&self) -> broadcast::Receiver<EventRecord>;
     /// Starts handing events published from now on to `sinks` (see [`Sinks`]). Call it once, at start-up, before

@@ -296,6 +296,46 @@ impl EventBus for KafkaBus {
         }
     }
 
+    /// One chain per entity, its events one after another, each sent once the one before it was acknowledged; the
+    /// chains run at once. A chain stops at its first failure.
+    async fn publish_batch(&self, events: &[EventRecord]) -> Result<(), (usize, BusError)> {
+        let mut chains: Vec<Vec<usize>> = Vec::new();
+        let mut chain_of: HashMap<&str, usize> = HashMap::new();
+        for (index, event) in events.iter().enumerate() {
+            let chain = *chain_of.entry(event.stream.as_str()).or_insert_with(|| {
+                chains.push(Vec::new());
+                chains.len() - 1
+            });
+            chains[chain].push(index);
+        }
+        let outcomes = futures_util::future::join_all(chains.into_iter().map(|chain| async move {
+            let mut outcomes = Vec::with_capacity(chain.len());
+            for index in chain {
+                let outcome = self.publish(&events[index]).await;
+                let failed = outcome.is_err();
+                outcomes.push((index, outcome));
+                if failed {
+                    break;
+                }
+            }
+            outcomes
+        }))
+        .await;
+        let mut by_index: Vec<Option<Result<(), BusError>>> = (0..events.len()).map(|_| None).collect();
+        for (index, outcome) in outcomes.into_iter().flatten() {
+            by_index[index] = Some(outcome);
+        }
+        for (index, outcome) in by_index.into_iter().enumerate() {
+            match outcome {
+                Some(Ok(())) => {}
+                Some(Err(error)) => return Err((index, error)),
+                // Only an earlier failure of the same entity holds an event back, and that one is found first.
+                None => return Err((index, BusError::Unavailable(format!("{} held back", events[index].id)))),
+            }
+        }
+        Ok(())
+    }
+
     fn subscribe(&self) -> broadcast::Receiver<EventRecord> {
         self.feed.subscribe()
     }
@@ -467,6 +507,21 @@ mod tests {
         let took = started.elapsed();
         assert!(matches!(outcome, Err(BusError::Unavailable(_))), "{outcome:?}");
         assert!(took < bus.settings.publish_timeout + Duration::from_secs(2), "took {took:?}");
+    }
+
+    #[tokio::test]
+    async fn a_batch_gives_up_within_one_timeout_and_sends_no_event_before_its_entitys_previous_one() {
+        let bus = disconnected();
+        let mut second = record();
+        second.id = "order:o1/2".into();
+        second.seq = 2;
+        let other = EventRecord { id: "cart:u1/1".into(), stream: "cart:u1".into(), ..record() };
+        let started = Instant::now();
+        let outcome = bus.publish_batch(&[record(), other, second]).await;
+        let took = started.elapsed();
+        assert!(matches!(outcome, Err((0, BusError::Unavailable(_)))), "{outcome:?}");
+        // The two entities' first events fail side by side; the second order event is never sent.
+        assert!(took < bus.settings.publish_timeout * 2, "took {took:?}");
     }
 
     #[tokio::test]

@@ -1,5 +1,7 @@
 //! Publishes committed events from the store's outbox to the bus, oldest first, acknowledging them only after the
 //! bus accepted them. Woken by every commit; also polls, so events left by a crash are published after restart.
+//! A batch goes to the bus at once ([`EventBus::publish_batch`]: each entity's events in order, different entities
+//! side by side); the relay stops at the first event not taken, so nothing after it leaves the outbox before it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,8 +9,8 @@ use std::time::Duration;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
-use super::{EventBus, EventSink};
-use crate::store::EventStore;
+use super::{deliver, EventBus, EventSink};
+use crate::store::{EventRecord, EventStore};
 
 const BATCH: usize = 256;
 
@@ -62,22 +64,25 @@ impl OutboxRelay {
             if batch.is_empty() {
                 return Ok(published);
             }
-            let mut done = Vec::with_capacity(batch.len());
-            for entry in &batch {
-                let mut delivered = self.bus.publish(&entry.event).await.map_err(|e| e.to_string());
-                for sink in &self.sinks {
-                    if delivered.is_ok() {
-                        delivered = sink.handle(&entry.event).await;
-                    }
-                }
-                if let Err(e) = delivered {
-                    self.store.outbox_ack(&done).await?;
-                    return Err(e.into());
+            let events: Vec<EventRecord> = batch.iter().map(|entry| entry.event.clone()).collect();
+            let (taken, mut failure) = match self.bus.publish_batch(&events).await {
+                Ok(()) => (events.len(), None),
+                Err((taken, error)) => (taken, Some(error.to_string())),
+            };
+            // Only the events before the first failure leave the outbox, so the next flush starts again from it.
+            let mut done = Vec::with_capacity(taken);
+            for entry in &batch[..taken] {
+                if let Err(error) = deliver(&self.sinks, &entry.event).await {
+                    failure = Some(error);
+                    break;
                 }
                 done.push(entry.position);
             }
             self.store.outbox_ack(&done).await?;
             published += done.len();
+            if let Some(error) = failure {
+                return Err(error.into());
+            }
         }
     }
 }

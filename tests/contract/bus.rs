@@ -176,14 +176,21 @@ fn ids(events: &[EventRecord]) -> Vec<&str> {
     events.iter().map(|e| e.id.as_str()).collect()
 }
 
-/// Publishes in order as the outbox relay does: an event the bus refuses is published again, and nothing after it
-/// goes out before it.
+/// Publishes in commit order as the outbox relay does: in batches, and when the bus takes only the first events of
+/// a batch, again from the first one it did not take.
 async fn publish_like_the_relay(bus: &dyn EventBus, events: &[EventRecord]) {
-    for event in events {
-        let deadline = Instant::now() + DEADLINE;
-        while let Err(error) = bus.publish(event).await {
-            assert!(Instant::now() < deadline, "{} was never accepted: {error}", event.id);
-            tokio::time::sleep(Duration::from_millis(20)).await;
+    const BATCH: usize = 256;
+    let mut next = 0;
+    let deadline = Instant::now() + DEADLINE;
+    while next < events.len() {
+        let batch = &events[next..(next + BATCH).min(events.len())];
+        match bus.publish_batch(batch).await {
+            Ok(()) => next += batch.len(),
+            Err((taken, error)) => {
+                assert!(Instant::now() < deadline, "{} was never taken: {error}", batch[taken].id);
+                next += taken;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
     }
 }
@@ -357,6 +364,9 @@ mod kafka {
 
     use commercex::bridge::kafka::{KafkaBus, KafkaSettings};
     use commercex::bridge::EventBus;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
     /// Settings of one deployment: topics and group of its own, so tests never see each other's events.
     fn deployment() -> KafkaSettings {
@@ -407,6 +417,45 @@ mod kafka {
     #[ignore = "needs the real servers: scripts/test.sh"]
     async fn a_failing_sink_gets_the_event_again() {
         super::a_failing_sink_gets_the_event_again(process(&deployment()).await).await;
+    }
+
+    /// What other consumers of the topics rely on: the kind's topic, the entity id as key, the event id header, the
+    /// record's JSON as payload.
+    #[tokio::test]
+    #[ignore = "needs the real servers: scripts/test.sh"]
+    async fn a_record_is_the_event_on_its_kinds_topic_keyed_by_entity() {
+        let settings = deployment();
+        let bus = process(&settings).await;
+        let event = super::event("payment:pay-ord_7", 1);
+        bus.publish(&event).await.expect("published");
+        bus.close().await;
+
+        let reader: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &settings.brokers)
+            .set("group.id", format!("{}-reader", settings.group_id))
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("reader");
+        let topic = format!("{}.payment", settings.topic_prefix);
+        let mut partitions = TopicPartitionList::new();
+        for partition in 0..settings.partitions {
+            partitions.add_partition_offset(&topic, partition, Offset::Beginning).expect("partition");
+        }
+        reader.assign(&partitions).expect("assign");
+        let message = tokio::task::spawn_blocking(move || loop {
+            if let Some(message) = reader.poll(Duration::from_secs(10)) {
+                break message.expect("a record").detach();
+            }
+        });
+        let message = tokio::time::timeout(super::DEADLINE, message).await.expect("a record in time").unwrap();
+        assert_eq!(message.key(), Some(&b"pay-ord_7"[..]));
+        let headers = message.headers().expect("headers");
+        let header = |key: &str| headers.iter().find(|h| h.key == key).and_then(|h| h.value);
+        assert_eq!(header("event-id"), Some(&b"payment:pay-ord_7/1"[..]));
+        assert_eq!(header("event-type"), Some(&b"test.happened"[..]));
+        let payload: serde_json::Value = serde_json::from_slice(message.payload().expect("payload")).expect("JSON");
+        assert_eq!(payload, serde_json::to_value(&event).unwrap());
+        assert_eq!(payload["type"], "test.happened", "the documented shape: {payload}");
     }
 
     #[tokio::test]
