@@ -510,18 +510,17 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_batch_gives_up_within_one_timeout_and_sends_no_event_before_its_entitys_previous_one() {
+    async fn a_batch_of_many_entities_gives_up_within_about_one_timeout_not_one_per_event() {
         let bus = disconnected();
-        let mut second = record();
-        second.id = "order:o1/2".into();
-        second.seq = 2;
-        let other = EventRecord { id: "cart:u1/1".into(), stream: "cart:u1".into(), ..record() };
+        let events: Vec<EventRecord> = (0..8)
+            .map(|n| EventRecord { id: format!("cart:u{n}/1"), stream: format!("cart:u{n}"), ..record() })
+            .collect();
         let started = Instant::now();
-        let outcome = bus.publish_batch(&[record(), other, second]).await;
+        let outcome = bus.publish_batch(&events).await;
         let took = started.elapsed();
         assert!(matches!(outcome, Err((0, BusError::Unavailable(_)))), "{outcome:?}");
-        // The two entities' first events fail side by side; the second order event is never sent.
-        assert!(took < bus.settings.publish_timeout * 2, "took {took:?}");
+        // librdkafka checks message timeouts once a second, so one timeout of 1 s takes up to 2 s.
+        assert!(took < bus.settings.publish_timeout * 4, "took {took:?} for {} events", events.len());
     }
 
     #[tokio::test]

@@ -363,10 +363,12 @@ mod kafka {
     use std::time::Duration;
 
     use commercex::bridge::kafka::{KafkaBus, KafkaSettings};
-    use commercex::bridge::EventBus;
+    use commercex::bridge::{EventBus, Sinks};
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::{Headers, Message};
     use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+    use super::{assert_all_in_order, eventually, publish_like_the_relay, Flaky, Recorder};
 
     /// Settings of one deployment: topics and group of its own, so tests never see each other's events.
     fn deployment() -> KafkaSettings {
@@ -417,6 +419,36 @@ mod kafka {
     #[ignore = "needs the real servers: scripts/test.sh"]
     async fn a_failing_sink_gets_the_event_again() {
         super::a_failing_sink_gets_the_event_again(process(&deployment()).await).await;
+    }
+
+    /// A sink failing on one event holds up that event's partition only: other entities' events, on other
+    /// partitions, are handled meanwhile, and the event's own entity goes on after it.
+    #[tokio::test]
+    #[ignore = "needs the real servers: scripts/test.sh"]
+    async fn a_held_back_event_holds_up_only_its_partition() {
+        let bus = process(&deployment()).await;
+        let held = super::event("order:held", 1);
+        let after = super::event("order:held", 2);
+        let others: Vec<_> = (1..=5).map(|seq| super::event("product:other", seq)).collect();
+        let (local, once) = (Recorder::new("local"), Recorder::new("once"));
+        // Six refusals: 100 ms doubling, about 6 s before the event is handled.
+        let (local_refuses, once_refuses) =
+            (Flaky::new(&held.id, 6, local.clone()), Flaky::new(&held.id, 6, once.clone()));
+        bus.attach(Sinks { every_process: vec![local_refuses], once: vec![once_refuses] }).await.expect("attach");
+        let published: Vec<_> = [held.clone(), after].into_iter().chain(others.iter().cloned()).collect();
+        publish_like_the_relay(bus.as_ref(), &published).await;
+        for sink in [&local, &once] {
+            eventually(&format!("{} handled the other entity's events", sink.name), || sink.has_all(&others)).await;
+            assert!(
+                !sink.has_all(std::slice::from_ref(&held)),
+                "{}: {} was held back until the other entity's events were handled, not as long as it kept failing",
+                sink.name,
+                held.id
+            );
+            eventually(&format!("{} handled every event", sink.name), || sink.has_all(&published)).await;
+            assert_all_in_order(&sink.handled(), &published, sink.name);
+        }
+        bus.close().await;
     }
 
     /// What other consumers of the topics rely on: the kind's topic, the entity id as key, the event id header, the

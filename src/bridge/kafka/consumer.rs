@@ -1,13 +1,15 @@
 //! The bridge's consumers. Each runs in a task under a small supervisor that starts it again, with a fresh Kafka
 //! consumer, after an error or a panic (in a sink, say), until the bus stops it.
 //!
-//! Handling one event: it is decoded, dropped if its id was handled recently, then handed to each sink in turn. A
-//! sink that fails gets the same event again, with backoff, until it succeeds; only then is the event marked done
-//! (its offset stored for the next commit, or its position advanced). Events are handled one at a time, so a
-//! partition's order is kept. A stop while a sink keeps failing leaves the event unmarked: the next member of the
-//! group, or the next start, gets it again.
+//! Handling one event: it is decoded, dropped if its id was handled recently, then handed to each sink in turn. Only
+//! once every sink handled it is the event marked done: its offset stored for the next commit (shared group), or its
+//! partition's position advanced (every-process consumer). When a sink fails, the event's partition is paused and
+//! rewound to it, and fetched again after a backoff (100 ms doubling to 5 s), while the other partitions go on.
+//! Events are handled one at a time, so each partition's order is kept. A stop while an event is held back leaves it
+//! unmarked: the next member of the group, or the next start, gets it again.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -21,7 +23,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
-use crate::bridge::EventSink;
+use crate::bridge::{deliver, EventSink};
 use crate::store::EventRecord;
 
 /// Ids remembered for dropping redeliveries: redeliveries come soon after the original (a republished event, the
@@ -29,6 +31,8 @@ use crate::store::EventRecord;
 const RECENT_IDS: usize = 16_384;
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
+/// A rewind waits until no message fetched past the rewound offset can come out; librdkafka's threads answer at once.
+const SEEK_TIMEOUT: Duration = Duration::from_secs(5);
 /// While the broker is unreachable librdkafka reports it again and again; say so at most this often.
 const WARN_EVERY: Duration = Duration::from_secs(30);
 
@@ -115,12 +119,14 @@ impl Consumer {
     }
 
     async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) -> KafkaResult<()> {
+        let rebalances = Arc::new(AtomicU64::new(0));
         let hooks = Hooks {
             name: self.name,
             joined: match &self.membership {
                 Membership::Shared { joined, .. } => Some(joined.clone()),
                 Membership::EveryProcess(_) => None,
             },
+            rebalances: rebalances.clone(),
         };
         let consumer: Arc<StreamConsumer<Hooks>> = Arc::new(self.config.create_with_context(hooks)?);
         match &self.membership {
@@ -129,14 +135,21 @@ impl Consumer {
                 consumer.subscribe(&topics.iter().map(String::as_str).collect::<Vec<_>>())?;
             }
         }
+        let mut held = Held::default();
+        let mut seen_rebalances = 0;
         let mut warned: Option<Instant> = None;
         let outcome = loop {
             if *stop.borrow_and_update() {
                 break Ok(());
             }
+            let next_resume = held.next_resume();
             let received = tokio::select! {
                 biased;
                 _ = stop.changed() => break Ok(()),
+                _ = sleep_until(next_resume) => {
+                    held.resume_due(&consumer, self.name);
+                    continue;
+                }
                 received = consumer.recv() => received.map(|message| message.detach()),
             };
             let message = match received {
@@ -153,8 +166,32 @@ impl Consumer {
                     continue;
                 }
             };
-            if !self.handle(&message, &mut stop).await {
-                break Ok(());
+            // A rebalance hands out partitions afresh, unpaused, from their committed offsets.
+            let rebalanced = rebalances.load(Ordering::SeqCst);
+            if rebalanced != seen_rebalances {
+                seen_rebalances = rebalanced;
+                held = Held::default();
+            }
+            let partition = (message.topic().to_string(), message.partition());
+            if held.is_paused(&partition) {
+                // Fetched before the pause; it comes again when the partition resumes.
+                continue;
+            }
+            match self.handle(&message).await {
+                Ok(()) => held.succeeded(&partition),
+                Err(error) => {
+                    let backoff = held.failed(&partition);
+                    tracing::warn!(consumer = self.name, topic = %partition.0, partition = partition.1,
+                        offset = message.offset(), %error, retry_in = ?backoff, "a sink failed; the event comes again");
+                    if held.pause(&consumer, &message, backoff).await {
+                        continue;
+                    }
+                    // The partition could not be rewound: retry here, which holds up the other partitions too.
+                    if !self.retry_in_place(&message, backoff, &mut stop).await {
+                        break Ok(());
+                    }
+                    held.succeeded(&partition);
+                }
             }
             self.mark_done(&consumer, &message);
         };
@@ -162,46 +199,52 @@ impl Consumer {
         outcome
     }
 
-    /// Hands the message's event to every sink; false when stopped before they all handled it.
-    async fn handle(&self, message: &OwnedMessage, stop: &mut watch::Receiver<bool>) -> bool {
+    /// Hands the message's event to every sink, in turn, stopping at the first failure.
+    async fn handle(&self, message: &OwnedMessage) -> Result<(), String> {
         let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
         let event = match message.payload().map(serde_json::from_slice::<EventRecord>) {
             Some(Ok(event)) => event,
             // Nothing will ever make it readable: waiting on it would only stop the partition.
             Some(Err(error)) => {
                 tracing::error!(consumer = self.name, topic, partition, offset, %error, "not an event record; skipped");
-                return true;
+                return Ok(());
             }
             None => {
                 tracing::error!(consumer = self.name, topic, partition, offset, "message without payload; skipped");
-                return true;
+                return Ok(());
             }
         };
         if self.recent.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).contains(&event.id) {
             tracing::debug!(consumer = self.name, event_id = %event.id, "redelivered event dropped");
-            return true;
+            return Ok(());
         }
         let sinks = self.sinks.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
-        let mut next = 0;
-        let mut backoff = RETRY_MIN;
-        while let Some(sink) = sinks.get(next) {
-            match sink.handle(&event).await {
-                Ok(()) => next += 1,
-                Err(error) => {
-                    tracing::warn!(consumer = self.name, event_id = %event.id, %error, "a sink failed; handing it the event again");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = stop.changed() => return false,
-                    }
-                    backoff = (backoff * 2).min(RETRY_MAX);
-                }
-            }
-        }
+        deliver(&sinks, &event).await.map_err(|error| format!("{}: {error}", event.id))?;
         self.recent.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(&event.id);
         if let Some(feed) = &self.feed {
             let _ = feed.send(event);
         }
-        true
+        Ok(())
+    }
+
+    /// Hands the message's event to the sinks until they all handled it; false when stopped first.
+    async fn retry_in_place(
+        &self,
+        message: &OwnedMessage,
+        mut backoff: Duration,
+        stop: &mut watch::Receiver<bool>,
+    ) -> bool {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = stop.changed() => return false,
+            }
+            match self.handle(message).await {
+                Ok(()) => return true,
+                Err(error) => tracing::warn!(consumer = self.name, %error, "a sink failed again"),
+            }
+            backoff = (backoff * 2).min(RETRY_MAX);
+        }
     }
 
     fn mark_done(&self, consumer: &StreamConsumer<Hooks>, message: &OwnedMessage) {
@@ -238,16 +281,107 @@ impl Consumer {
     }
 }
 
+/// Partitions held back after a sink failed on one of their events: paused and rewound to that event, they resume
+/// once its backoff has passed. The other partitions go on meanwhile, and the consumer keeps polling, so it still
+/// takes part in its group's rebalances.
+#[derive(Default)]
+struct Held {
+    paused_until: HashMap<(String, i32), Instant>,
+    /// The next backoff of each partition whose last event failed.
+    backoff: HashMap<(String, i32), Duration>,
+}
+
+impl Held {
+    fn is_paused(&self, partition: &(String, i32)) -> bool {
+        self.paused_until.contains_key(partition)
+    }
+
+    fn next_resume(&self) -> Option<Instant> {
+        self.paused_until.values().min().copied()
+    }
+
+    fn succeeded(&mut self, partition: &(String, i32)) {
+        self.backoff.remove(partition);
+    }
+
+    /// The wait before the partition's event comes again: doubling from [`RETRY_MIN`] to [`RETRY_MAX`].
+    fn failed(&mut self, partition: &(String, i32)) -> Duration {
+        let next = self.backoff.entry(partition.clone()).or_insert(RETRY_MIN);
+        let wait = *next;
+        *next = (wait * 2).min(RETRY_MAX);
+        wait
+    }
+
+    /// Pauses the message's partition and rewinds it to the message; false if the consumer refused either.
+    async fn pause(
+        &mut self,
+        consumer: &Arc<StreamConsumer<Hooks>>,
+        message: &OwnedMessage,
+        backoff: Duration,
+    ) -> bool {
+        let (topic, partition, offset) = (message.topic().to_string(), message.partition(), message.offset());
+        let (consumer, name) = (consumer.clone(), consumer.context().name);
+        let key = (topic.clone(), partition);
+        // Both wait on librdkafka's own threads (a seek until no message fetched past the offset can come out).
+        let paused = tokio::task::spawn_blocking(move || -> KafkaResult<()> {
+            let mut list = TopicPartitionList::new();
+            list.add_partition(&topic, partition);
+            consumer.pause(&list)?;
+            consumer.seek(&topic, partition, Offset::Offset(offset), SEEK_TIMEOUT)
+        })
+        .await;
+        match paused {
+            Ok(Ok(())) => {
+                self.paused_until.insert(key, Instant::now() + backoff);
+                true
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(consumer = name, %error, "cannot rewind the partition");
+                false
+            }
+            Err(error) => {
+                tracing::warn!(consumer = name, %error, "cannot rewind the partition");
+                false
+            }
+        }
+    }
+
+    fn resume_due(&mut self, consumer: &StreamConsumer<Hooks>, name: &'static str) {
+        let now = Instant::now();
+        let mut due = TopicPartitionList::new();
+        self.paused_until.retain(|(topic, partition), until| {
+            let resume = *until <= now;
+            if resume {
+                due.add_partition(topic, *partition);
+            }
+            !resume
+        });
+        if let Err(error) = consumer.resume(&due) {
+            tracing::warn!(consumer = name, %error, "cannot resume partitions");
+        }
+    }
+}
+
+async fn sleep_until(instant: Option<Instant>) {
+    match instant {
+        Some(instant) => tokio::time::sleep_until(instant.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Rebalance and commit notifications.
 struct Hooks {
     name: &'static str,
     joined: Option<watch::Sender<bool>>,
+    /// Counts assignments and revocations.
+    rebalances: Arc<AtomicU64>,
 }
 
 impl ClientContext for Hooks {}
 
 impl ConsumerContext for Hooks {
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        self.rebalances.fetch_add(1, Ordering::SeqCst);
         match rebalance {
             Rebalance::Assign(partitions) => {
                 tracing::info!(consumer = self.name, partitions = partitions.count(), "kafka partitions assigned");
