@@ -359,8 +359,14 @@ mod in_process {
 }
 
 mod kafka {
-    use std::sync::Arc;
+    use std::collections::HashSet;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
     use std::time::Duration;
+
+    use async_trait::async_trait;
+    use commercex::bridge::EventSink;
+    use commercex::store::EventRecord;
 
     use commercex::bridge::kafka::{KafkaBus, KafkaSettings};
     use commercex::bridge::{EventBus, Sinks};
@@ -449,6 +455,54 @@ mod kafka {
             assert_all_in_order(&sink.handled(), &published, sink.name);
         }
         bus.close().await;
+    }
+
+    /// Events held back by a failing sink are still handled, in order, when a rebalance moves partitions between
+    /// processes meanwhile, whether their partition stays with the process or moves.
+    #[tokio::test]
+    #[ignore = "needs the real servers: scripts/test.sh"]
+    async fn held_back_events_survive_a_rebalance() {
+        let settings = deployment();
+        let a = process(&settings).await;
+        let ledger = Recorder::new("the shared sinks");
+        let refusing = Arc::new(RefuseFirstEvents {
+            refuse: AtomicBool::new(true),
+            tried: Mutex::default(),
+            then: ledger.as_process("a"),
+        });
+        a.attach(Sinks { every_process: vec![], once: vec![refusing.clone()] }).await.expect("attach a");
+        // Twelve entities, so that every partition of the topic has an event to hold back.
+        let published: Vec<_> =
+            (1..=2).flat_map(|seq| (0..12).map(move |n| super::event(&format!("order:held{n}"), seq))).collect();
+        publish_like_the_relay(a.as_ref(), &published).await;
+        // A held-back event stops its partition, so each partition has one event tried, again and again.
+        let partitions = usize::try_from(settings.partitions).unwrap();
+        eventually("every partition holds an event back", || refusing.tried.lock().unwrap().len() == partitions).await;
+
+        let b = process(&settings).await;
+        b.attach(Sinks { every_process: vec![], once: vec![ledger.as_process("b")] }).await.expect("attach b");
+        refusing.refuse.store(false, Ordering::SeqCst);
+        eventually("the shared sinks handled every event", || ledger.has_all(&published)).await;
+        assert_all_in_order(&ledger.handled(), &published, ledger.name);
+        tokio::join!(a.close(), b.close());
+    }
+
+    /// Refuses each entity's first event while `refuse` is set.
+    struct RefuseFirstEvents {
+        refuse: AtomicBool,
+        tried: Mutex<HashSet<String>>,
+        then: Arc<Recorder>,
+    }
+
+    #[async_trait]
+    impl EventSink for RefuseFirstEvents {
+        async fn handle(&self, event: &EventRecord) -> Result<(), String> {
+            if event.seq == 1 && self.refuse.load(Ordering::SeqCst) {
+                self.tried.lock().unwrap().insert(event.id.clone());
+                return Err(format!("{} refused", event.id));
+            }
+            self.then.handle(event).await
+        }
     }
 
     /// What other consumers of the topics rely on: the kind's topic, the entity id as key, the event id header, the

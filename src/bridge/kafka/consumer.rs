@@ -166,11 +166,12 @@ impl Consumer {
                     continue;
                 }
             };
-            // A rebalance hands out partitions afresh, unpaused, from their committed offsets.
+            // A rebalance hands partitions out afresh, from their committed offsets, so what was held back comes
+            // again from there; librdkafka keeps a partition's pause through it, so resume them all.
             let rebalanced = rebalances.load(Ordering::SeqCst);
             if rebalanced != seen_rebalances {
                 seen_rebalances = rebalanced;
-                held = Held::default();
+                held.release_all(&consumer, self.name);
             }
             let partition = (message.topic().to_string(), message.partition());
             if held.is_paused(&partition) {
@@ -346,18 +347,31 @@ impl Held {
         }
     }
 
+    /// Resumes the partitions whose backoff has passed.
     fn resume_due(&mut self, consumer: &StreamConsumer<Hooks>, name: &'static str) {
         let now = Instant::now();
-        let mut due = TopicPartitionList::new();
+        self.resume(|until| until <= now, consumer, name);
+    }
+
+    /// Resumes every held partition and forgets their backoffs.
+    fn release_all(&mut self, consumer: &StreamConsumer<Hooks>, name: &'static str) {
+        self.resume(|_| true, consumer, name);
+        self.backoff.clear();
+    }
+
+    fn resume(&mut self, due: impl Fn(Instant) -> bool, consumer: &StreamConsumer<Hooks>, name: &'static str) {
+        let mut resumed = TopicPartitionList::new();
         self.paused_until.retain(|(topic, partition), until| {
-            let resume = *until <= now;
+            let resume = due(*until);
             if resume {
-                due.add_partition(topic, *partition);
+                resumed.add_partition(topic, *partition);
             }
             !resume
         });
-        if let Err(error) = consumer.resume(&due) {
-            tracing::warn!(consumer = name, %error, "cannot resume partitions");
+        if resumed.count() > 0 {
+            if let Err(error) = consumer.resume(&resumed) {
+                tracing::warn!(consumer = name, %error, "cannot resume partitions");
+            }
         }
     }
 }
