@@ -3,9 +3,10 @@
 //! entity's events share a partition and keep their order, with the event id in an `event-id` header (and the type in
 //! `event-type`). The producer is idempotent with `acks=all`, and `publish` returns only once the broker acknowledged
 //! the event, so the outbox relay forgets an event only after Kafka holds it. When the broker is down, `publish`
-//! fails within [`KafkaSettings::publish_timeout`] and the relay keeps the event for its next attempt; since the relay
-//! publishes one event at a time in commit order and stops at the first failure, a retry can repeat an event but
-//! never reorder an entity's events.
+//! fails within [`KafkaSettings::publish_timeout`] and the relay keeps the event for its next attempt. An entity's
+//! event is sent only once the one before it was acknowledged ([`EventBus::publish_batch`] runs one such chain per
+//! entity), and the relay stops at the first event not taken, so a retry can repeat an event but never reorder an
+//! entity's events.
 //!
 //! Two consumers hand events on (see [`consumer`]):
 //! - the *every-process* consumer reads every partition of every topic from where the topics ended when the bus
@@ -207,10 +208,6 @@ impl KafkaBus {
             stop,
             tasks: Mutex::new(vec![task]),
         })
-    }
-
-    pub fn settings(&self) -> &KafkaSettings {
-        &self.settings
     }
 
     fn producer(&self) -> FutureProducer {
