@@ -368,8 +368,10 @@ mod kafka {
     use commercex::bridge::EventSink;
     use commercex::store::EventRecord;
 
-    use commercex::bridge::kafka::{KafkaBus, KafkaSettings};
+    use commercex::bridge::kafka::{KafkaBus, KafkaSettings, KINDS};
     use commercex::bridge::{EventBus, Sinks};
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::{Headers, Message};
     use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -387,6 +389,18 @@ mod kafka {
         settings
     }
 
+    /// Deletes the deployment's topics, so test runs do not pile them up on the broker.
+    async fn forget(settings: &KafkaSettings) {
+        let admin: AdminClient<DefaultClientContext> =
+            ClientConfig::new().set("bootstrap.servers", &settings.brokers).create().expect("admin client");
+        let topics: Vec<String> = KINDS.iter().map(|kind| settings.topic(kind)).collect();
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        let deleted = admin.delete_topics(&names, &AdminOptions::new()).await.expect("delete topics");
+        for outcome in deleted {
+            outcome.unwrap_or_else(|(topic, code)| panic!("cannot delete {topic}: {code}"));
+        }
+    }
+
     /// One process of the deployment.
     async fn process(settings: &KafkaSettings) -> Arc<dyn EventBus> {
         match KafkaBus::connect(settings).await {
@@ -398,13 +412,17 @@ mod kafka {
     #[tokio::test]
     #[ignore = "needs the real servers: scripts/test.sh"]
     async fn a_subscriber_receives_every_event() {
-        super::a_subscriber_receives_every_event(process(&deployment()).await).await;
+        let settings = deployment();
+        super::a_subscriber_receives_every_event(process(&settings).await).await;
+        forget(&settings).await;
     }
 
     #[tokio::test]
     #[ignore = "needs the real servers: scripts/test.sh"]
     async fn each_entity_keeps_its_order() {
-        super::each_entity_keeps_its_order(process(&deployment()).await).await;
+        let settings = deployment();
+        super::each_entity_keeps_its_order(process(&settings).await).await;
+        forget(&settings).await;
     }
 
     #[tokio::test]
@@ -412,6 +430,7 @@ mod kafka {
     async fn every_process_sees_every_event() {
         let settings = deployment();
         super::every_process_sees_every_event(process(&settings).await, process(&settings).await).await;
+        forget(&settings).await;
     }
 
     #[tokio::test]
@@ -419,12 +438,15 @@ mod kafka {
     async fn once_sinks_share_the_events() {
         let settings = deployment();
         super::once_sinks_share_the_events(process(&settings).await, process(&settings).await).await;
+        forget(&settings).await;
     }
 
     #[tokio::test]
     #[ignore = "needs the real servers: scripts/test.sh"]
     async fn a_failing_sink_gets_the_event_again() {
-        super::a_failing_sink_gets_the_event_again(process(&deployment()).await).await;
+        let settings = deployment();
+        super::a_failing_sink_gets_the_event_again(process(&settings).await).await;
+        forget(&settings).await;
     }
 
     /// A sink failing on one event holds up that event's partition only: other entities' events, on other
@@ -432,7 +454,8 @@ mod kafka {
     #[tokio::test]
     #[ignore = "needs the real servers: scripts/test.sh"]
     async fn a_held_back_event_holds_up_only_its_partition() {
-        let bus = process(&deployment()).await;
+        let settings = deployment();
+        let bus = process(&settings).await;
         let held = super::event("order:held", 1);
         let after = super::event("order:held", 2);
         let others: Vec<_> = (1..=5).map(|seq| super::event("product:other", seq)).collect();
@@ -455,6 +478,7 @@ mod kafka {
             assert_all_in_order(&sink.handled(), &published, sink.name);
         }
         bus.close().await;
+        forget(&settings).await;
     }
 
     /// Events held back by a failing sink are still handled, in order, when a rebalance moves partitions between
@@ -485,6 +509,7 @@ mod kafka {
         eventually("the shared sinks handled every event", || ledger.has_all(&published)).await;
         assert_all_in_order(&ledger.handled(), &published, ledger.name);
         tokio::join!(a.close(), b.close());
+        forget(&settings).await;
     }
 
     /// Refuses each entity's first event while `refuse` is set.
@@ -542,6 +567,7 @@ mod kafka {
         let payload: serde_json::Value = serde_json::from_slice(message.payload().expect("payload")).expect("JSON");
         assert_eq!(payload, serde_json::to_value(&event).unwrap());
         assert_eq!(payload["type"], "test.happened", "the documented shape: {payload}");
+        forget(&settings).await;
     }
 
     #[tokio::test]
@@ -549,5 +575,6 @@ mod kafka {
     async fn an_unhandled_event_outlives_its_process() {
         let settings = deployment();
         super::an_unhandled_event_outlives_its_process(process(&settings).await, process(&settings)).await;
+        forget(&settings).await;
     }
 }
