@@ -22,7 +22,7 @@ use tokio::sync::Notify;
 
 use crate::clock::Clock;
 use crate::domain::cart::Cart;
-use crate::domain::product::ProductState;
+use crate::domain::product::{ProductEffect, ProductState};
 use crate::domain::{Aggregate, Timestamp};
 use crate::faults::FaultPoints;
 use crate::store::{EventStore, ReadModel};
@@ -73,14 +73,18 @@ impl<A: Entity<Effect = std::convert::Infallible>> Effects<A> for NoEffects {
 }
 
 impl Entity for ProductState {
-    type Effect = std::convert::Infallible;
+    type Effect = ProductEffect;
 
     fn read_model(&self) -> Option<ReadModel> {
         self.product.clone().map(ReadModel::Product)
     }
 
+    fn next_effect(&self) -> Option<ProductEffect> {
+        ProductState::next_effect(self)
+    }
+
     fn due(&self, now: Timestamp) -> Option<Self::Command> {
-        self.expired_reservations(now).then_some(crate::domain::product::ProductCommand::ExpireReservations { now })
+        ProductState::due(self, now)
     }
 
     fn keep_alive(&self) -> bool {

@@ -21,9 +21,9 @@ use crate::auth::tokens::{random_token, TokenKeys};
 use crate::auth::AuthService;
 use crate::bridge::outbox::OutboxRelay;
 use crate::bridge::{EventBus, InProcessBus};
-use crate::cache::{InProcessCache, ProductCache};
+use crate::cache::{InProcessCache, ProductCache, RedisCache};
 use crate::carts::Carts;
-use crate::catalog::{Catalog, ProductCacheInvalidation};
+use crate::catalog::{Catalog, ProductCacheInvalidation, ProductEffects};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::config::{BusBackend, StoreBackend};
@@ -37,8 +37,11 @@ use crate::http::{self, AppState, Dependencies};
 use crate::notify::{NotificationHub, Notifier, RecordingMailer};
 use crate::orders::{OrderSaga, Orders};
 use crate::payments::{PaymentEffects, PaymentProvider, SimulatedProvider};
-use crate::ratelimit::RateLimiter;
+use crate::ratelimit::{InProcessRateLimiter, RateLimit, RedisRateLimiter};
+use crate::redis_client::RedisClient;
 use crate::store::embedded::{CloseWatch, EmbeddedStore};
+use crate::store::redis::RedisRevocations;
+use crate::store::RevocationStore;
 use crate::store::{EventRecord, Store};
 
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -76,16 +79,27 @@ impl Application {
         listener: TcpListener,
         provider: Arc<dyn PaymentProvider>,
     ) -> anyhow::Result<Self> {
-        if !config.redis.url.is_empty() {
-            anyhow::bail!("redis.url: Redis is not available in this build yet; leave it empty");
-        }
+        let redis = match config.redis.url.as_str() {
+            "" => None,
+            url => Some(RedisClient::open(url, &config.redis.key_prefix).context("redis.url")?),
+        };
         let (store, store_closed) = open_store(&config).await?;
         let secret = jwt_secret(&config)?;
 
-        let cache: Arc<dyn ProductCache> = Arc::new(InProcessCache::new(
-            Duration::from_secs(config.cache.product_ttl_secs),
-            config.cache.product_capacity,
-        ));
+        let cache_ttl = Duration::from_secs(config.cache.product_ttl_secs);
+        let cache: Arc<dyn ProductCache> = match &redis {
+            Some(redis) => Arc::new(RedisCache::new(redis.clone(), cache_ttl)),
+            None => Arc::new(InProcessCache::new(cache_ttl, config.cache.product_capacity)),
+        };
+        let revocations: Arc<dyn RevocationStore> = match &redis {
+            Some(redis) => Arc::new(RedisRevocations::new(redis.clone())),
+            None => store.clone(),
+        };
+        let per_minute = config.http.auth_rate_limit_per_minute;
+        let auth_limiter: Arc<dyn RateLimit> = match &redis {
+            Some(redis) => Arc::new(RedisRateLimiter::new(redis.clone(), "auth", per_minute)),
+            None => Arc::new(InProcessRateLimiter::new(per_minute)),
+        };
         let committed = Arc::new(Notify::new());
         let ctx = Arc::new(EntityContext {
             store: store.clone(),
@@ -102,13 +116,16 @@ impl Application {
             window: Duration::from_secs(config.actors.restart_window_secs),
         };
         let timeout = config.call_timeout();
-        let products = EntityRouter::<ProductState>::start(ctx.clone(), Arc::new(NoEffects), policy, timeout).await?;
+        let product_effects = ProductEffects { sales: store.clone() };
+        let products =
+            EntityRouter::<ProductState>::start(ctx.clone(), Arc::new(product_effects), policy, timeout).await?;
         let carts = EntityRouter::<Cart>::start(ctx.clone(), Arc::new(NoEffects), policy, timeout).await?;
         let coupons = EntityRouter::<CouponState>::start(ctx.clone(), Arc::new(NoEffects), policy, timeout).await?;
         let payment_effects = PaymentEffects {
             provider,
             timeout: Duration::from_millis(config.payments.timeout_ms),
             max_attempts: config.payments.max_attempts,
+            recheck_after: Duration::from_millis(config.payments.recheck_after_ms),
         };
         let payments =
             EntityRouter::<PaymentState>::start(ctx.clone(), Arc::new(payment_effects), policy, timeout).await?;
@@ -173,7 +190,7 @@ impl Application {
             .context("auth.argon2_memory_kib / auth.argon2_iterations")?;
         let auth = Arc::new(AuthService::new(
             store.clone(),
-            store.clone(),
+            revocations.clone(),
             TokenKeys::new(&secret),
             hasher,
             config.auth.access_token_ttl_secs,
@@ -197,7 +214,7 @@ impl Application {
             hub,
             ws_auth_timeout: Duration::from_millis(config.notifications.ws_auth_timeout_ms),
             ctx,
-            auth_limiter: Arc::new(RateLimiter::new(config.http.auth_rate_limit_per_minute)),
+            auth_limiter,
             events: store.clone(),
             dependencies: Arc::new(Dependencies {
                 store_backend: match config.store.backend {
@@ -205,7 +222,7 @@ impl Application {
                     StoreBackend::Mongodb => "mongodb",
                 },
                 store: store.clone(),
-                revocations: store,
+                revocations,
                 bus: bus.clone(),
                 cache,
             }),
@@ -233,7 +250,7 @@ impl Application {
         let addr = self.listener.local_addr()?;
         tracing::info!(%addr, "commercex listening");
         let state = self.state.clone();
-        let limits = http::server::Limits::from(state.http.as_ref());
+        let limits = http::server::Limits::from(state.http.as_ref()).fit_open_file_limit();
         http::server::serve(self.listener, http::app(self.state), limits, shutdown).await;
         tracing::info!("http intake stopped; draining entity actors");
         // Orders first: they are the ones calling the other entities.

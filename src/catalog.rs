@@ -1,12 +1,16 @@
 //! The catalog service: product writes go to the product's actor; reads go through the read-aside cache to the
-//! catalog read model, which the store updates in the same commit as the product's events.
+//! catalog read model, which the store updates in the same commit as the product's events. Also the one effect a
+//! product runs: asking the orders' read model what became of orders of sales recorded before orders closed them.
 
 use std::sync::Arc;
 
-use crate::actors::{EntityError, EntityRouter};
+use async_trait::async_trait;
+
+use crate::actors::{Effects, EntityError, EntityRouter};
 use crate::cache::{Lookup, ProductCache};
-use crate::domain::product::{Product, ProductCommand, ProductDetails, ProductError, ProductState};
-use crate::store::{CatalogStore, Page, ProductQuery, StoreError};
+use crate::domain::order::OrderStatus;
+use crate::domain::product::{Product, ProductCommand, ProductDetails, ProductEffect, ProductError, ProductState};
+use crate::store::{CatalogStore, Page, ProductQuery, SalesStore, StoreError};
 
 pub type CatalogError = EntityError<ProductError>;
 
@@ -99,6 +103,31 @@ impl crate::actors::CommitObserver for ProductCacheInvalidation {
     async fn committed(&self, stream: &str) {
         if let Some(id) = stream.strip_prefix("product:") {
             self.0.invalidate(id).await;
+        }
+    }
+}
+
+/// Runs product effects against the orders' read model, which each order updates in the commit of its events.
+pub struct ProductEffects {
+    pub sales: Arc<dyn SalesStore>,
+}
+
+#[async_trait]
+impl Effects<ProductState> for ProductEffects {
+    async fn run(&self, _id: &str, effect: ProductEffect) -> Result<ProductCommand, String> {
+        match effect {
+            ProductEffect::CheckOrders { order_ids } => {
+                let mut finished = Vec::new();
+                for order_id in &order_ids {
+                    let order = self.sales.order(order_id).await.map_err(|e| e.to_string())?;
+                    // Only a shipped order is done with its stock for good: it can no longer be cancelled.
+                    if let Some(o) = order.filter(|o| matches!(o.status, OrderStatus::Shipped | OrderStatus::Delivered))
+                    {
+                        finished.push((order_id.clone(), o.reservation_expires_at));
+                    }
+                }
+                Ok(ProductCommand::OrdersChecked { order_ids, finished })
+            }
         }
     }
 }

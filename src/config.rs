@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 const ENV_PREFIX: &str = "COMMERCEX__";
+const MAX_RECHECK_AFTER_MS: u64 = 86_400_000;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -185,7 +186,8 @@ pub struct CacheConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CheckoutConfig {
-    /// How long stock stays reserved for an order that has not been paid; then the products release it.
+    /// How long stock stays reserved for an order that has not been paid; then the products release it. At most a
+    /// week: products forget old outcomes by that bound.
     pub reservation_ttl_secs: u64,
 }
 
@@ -199,6 +201,10 @@ pub struct PaymentsConfig {
     /// Charge attempts before a payment that keeps failing transiently is looked up by its idempotency key (and
     /// failed if the provider holds no charge).
     pub max_attempts: u32,
+    /// A payment failed because the provider held no charge under its key looks the key up again this long after,
+    /// in case a request still in flight was captured late (a capture found then is refunded). At least as long as
+    /// the provider may take to process a request it has received.
+    pub recheck_after_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -314,7 +320,7 @@ impl Default for CheckoutConfig {
 
 impl Default for PaymentsConfig {
     fn default() -> Self {
-        Self { simulated_latency_ms: 20, timeout_ms: 2_000, max_attempts: 4 }
+        Self { simulated_latency_ms: 20, timeout_ms: 2_000, max_attempts: 4, recheck_after_ms: 300_000 }
     }
 }
 
@@ -426,6 +432,7 @@ impl Config {
             ("checkout.reservation_ttl_secs", self.checkout.reservation_ttl_secs),
             ("payments.timeout_ms", self.payments.timeout_ms),
             ("payments.max_attempts", u64::from(self.payments.max_attempts)),
+            ("payments.recheck_after_ms", self.payments.recheck_after_ms),
             ("notifications.ws_auth_timeout_ms", self.notifications.ws_auth_timeout_ms),
         ];
         for (key, value) in positive {
@@ -438,6 +445,16 @@ impl Config {
         }
         if self.auth.refresh_token_ttl_secs <= self.auth.access_token_ttl_secs {
             return Err(key_error("auth.refresh_token_ttl_secs", "must be longer than auth.access_token_ttl_secs"));
+        }
+        let max_ttl = crate::domain::product::MAX_RESERVATION_TTL_SECS as u64;
+        if self.checkout.reservation_ttl_secs > max_ttl {
+            return Err(key_error("checkout.reservation_ttl_secs", format!("must be at most {max_ttl} (a week)")));
+        }
+        if self.payments.recheck_after_ms > MAX_RECHECK_AFTER_MS {
+            return Err(key_error(
+                "payments.recheck_after_ms",
+                format!("must be at most {MAX_RECHECK_AFTER_MS} (a day)"),
+            ));
         }
         if self.store.data_dir.as_os_str().is_empty() {
             return Err(key_error("store.data_dir", "must not be empty"));
@@ -503,9 +520,9 @@ impl Config {
             }
         }
         let url = &self.redis.url;
-        let redis_scheme = ["redis://", "rediss://", "redis+unix://"].iter().any(|p| url.starts_with(p));
+        let redis_scheme = ["redis://", "redis+unix://"].iter().any(|p| url.starts_with(p));
         if !url.is_empty() && !redis_scheme {
-            return Err(key_error("redis.url", "must be empty or a `redis://`, `rediss://` or `redis+unix://` URL"));
+            return Err(key_error("redis.url", "must be empty or a `redis://` or `redis+unix://` URL"));
         }
         if self.redis.key_prefix.is_empty() {
             return Err(key_error("redis.key_prefix", "must not be empty"));

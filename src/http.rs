@@ -39,7 +39,7 @@ use crate::auth::AuthService;
 use crate::carts::Carts;
 use crate::catalog::Catalog;
 use crate::config::HttpConfig;
-use crate::ratelimit::RateLimiter;
+use crate::ratelimit::RateLimit;
 use crate::store::EventStore;
 
 /// Everything a handler can reach.
@@ -57,7 +57,7 @@ pub struct AppState {
     pub ws_auth_timeout: Duration,
     /// The entity runtime's shared context (clock, fault points).
     pub ctx: Arc<crate::actors::EntityContext>,
-    pub auth_limiter: Arc<RateLimiter>,
+    pub auth_limiter: Arc<dyn RateLimit>,
     pub events: Arc<dyn EventStore>,
     /// What `/ready` checks besides the entity supervisors.
     pub dependencies: Arc<Dependencies>,
@@ -158,7 +158,7 @@ async fn deadline(State(limit): State<Duration>, req: Request, next: Next) -> Re
 async fn auth_rate_limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
     if let Some(ip) = peer {
-        if let Err(wait) = state.auth_limiter.check(ip) {
+        if let Err(wait) = state.auth_limiter.check(ip).await {
             let mut err = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many attempts; slow down");
             err.retry_after_secs = Some(wait.as_secs().max(1));
             return err.into_response();

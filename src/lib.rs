@@ -4,16 +4,17 @@
 //! |-------------|-----|
 //! | [`domain`]  | pure rules: products, carts, orders (the saga as a state machine), payments, coupons, users, currencies (ISO 4217), the one rule for user text; no I/O |
 //! | [`actors`]  | one `ractor` actor per product, cart, order, payment and coupon: supervised, recovered from the store, reached via the router, running the effects its state calls for; the resumer |
-//! | [`store`]   | storage interfaces (journal + snapshots + outbox + active streams, read models, users, revocations, notifications) and the embedded `redb` store |
+//! | [`store`]   | storage interfaces (journal + snapshots + outbox + active streams, read models, users, revocations, notifications), the embedded `redb` store, the MongoDB store and revocations in Redis |
 //! | [`bridge`]  | the event bus interface and its sinks, the in-process bus, the Kafka bridge, and the outbox relay that publishes committed events |
 //! | [`auth`]    | accounts, argon2id hashing, JWT access tokens, rotating refresh tokens, revocation |
-//! | [`catalog`] | product service: writes through product actors, reads through the cache and read model |
+//! | [`catalog`] | product service: writes through product actors, reads through the cache and read model; product effects (old sales checked against the orders' read model) |
 //! | [`carts`]   | cart service: cart actors plus catalog lookups for availability and pricing |
 //! | [`orders`]  | checkout and the order saga's steps (reserve, coupon, charge, commit, clear cart, compensate) |
 //! | [`notify`]  | notifications (stored, pushed over WebSocket) and templated transactional emails, fed by the outbox |
 //! | [`payments`] | the payment provider interface, the simulated provider, payment effects |
-//! | [`cache`]   | read-aside product cache |
-//! | [`ratelimit`] | per-client token buckets for the auth endpoints |
+//! | [`cache`]   | read-aside product cache, in process or in Redis |
+//! | [`ratelimit`] | per-client rate limits for the auth endpoints, in process or in Redis |
+//! | [`redis_client`] | the one Redis connection the cache, revocations and rate limits share; fast failure while Redis is down |
 //! | [`http`]    | the axum REST facade, the accept loop with its connection limits, cross-site checks, the notification WebSocket and the error shape |
 //! | [`app`]     | wiring, start-up and graceful shutdown |
 //! | [`clock`], [`faults`] | the process clock (pausable in tests) and named fault points for fault-injection tests |
@@ -35,5 +36,6 @@ pub mod notify;
 pub mod orders;
 pub mod payments;
 pub mod ratelimit;
+pub mod redis_client;
 pub mod store;
 pub mod telemetry;

@@ -114,12 +114,14 @@ impl Effects<OrderState> for OrderSaga {
                 }
                 let payment = self.payments.settled(&payment_id, self.payment_wait).await.map_err(unavailable)?;
                 let payment = payment.payment.ok_or("payment vanished")?;
-                match payment.status {
-                    PaymentStatus::Captured | PaymentStatus::Refunded => Ok(OrderCommand::PaymentCaptured),
-                    PaymentStatus::Failed => Ok(OrderCommand::PaymentFailed {
-                        reason: payment.failure.unwrap_or_else(|| "payment failed".into()),
-                    }),
-                    PaymentStatus::Pending => Err("payment still pending".into()),
+                match (payment.status, payment.failure) {
+                    (PaymentStatus::Pending, _) => Err("payment still pending".into()),
+                    // A failed payment stays failed for its order, even once a capture learned of later was refunded.
+                    (_, Some(reason)) => Ok(OrderCommand::PaymentFailed { reason }),
+                    (PaymentStatus::Failed, None) => {
+                        Ok(OrderCommand::PaymentFailed { reason: "payment failed".into() })
+                    }
+                    (PaymentStatus::Captured | PaymentStatus::Refunded, None) => Ok(OrderCommand::PaymentCaptured),
                 }
             }
             OrderEffect::CommitStock { product_ids } => {

@@ -11,12 +11,14 @@
 //! | `pm_card_flaky` | fails transiently twice, then captured (exercises retries) |
 //! | `pm_card_timeout` | never answers: times out on every attempt; the lookup finds no charge, the payment fails |
 //! | `pm_card_lostResponse` | captured, but every answer is lost: times out on every attempt; the lookup finds the capture |
+//! | `pm_card_lateCapture` | times out on every attempt and the lookup finds no charge, but the provider captures right after answering it: the recheck finds the capture, which is refunded |
 //! | anything else | declined: `invalid_payment_method` |
 //!
 //! When the attempts run out without an answer, [`PaymentEffects`] asks the provider for the charge by its
-//! idempotency key ([`PaymentProvider::lookup`]) instead of declaring the payment failed.
+//! idempotency key ([`PaymentProvider::lookup`]) instead of declaring the payment failed; a payment failed because
+//! the lookup found nothing asks once more after `recheck_after`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -24,6 +26,7 @@ use async_trait::async_trait;
 
 use crate::actors::{Effects, Entity};
 use crate::domain::payment::{PaymentCommand, PaymentEffect, PaymentState};
+use crate::domain::Timestamp;
 use crate::store::ReadModel;
 
 impl Entity for PaymentState {
@@ -35,6 +38,14 @@ impl Entity for PaymentState {
 
     fn next_effect(&self) -> Option<PaymentEffect> {
         PaymentState::next_effect(self)
+    }
+
+    fn due(&self, now: Timestamp) -> Option<PaymentCommand> {
+        PaymentState::due(self, now)
+    }
+
+    fn keep_alive(&self) -> bool {
+        PaymentState::keep_alive(self)
     }
 }
 
@@ -62,9 +73,9 @@ pub struct ProviderError(pub String);
 pub trait PaymentProvider: Send + Sync {
     async fn charge(&self, request: &ChargeRequest) -> Result<ChargeOutcome, ProviderError>;
     async fn refund(&self, charge_id: &str, idempotency_key: &str) -> Result<String, ProviderError>;
-    /// What became of the charge made with `idempotency_key`, asked when its answer never came. `None` means no
-    /// charge was made, and none can be any more: from then on the provider refuses that key, so a request still in
-    /// flight cannot capture after its payment has been declared failed.
+    /// What became of the charge made with `idempotency_key`, asked when its answer never came. `None` means the
+    /// provider holds no charge under the key now; a request still in flight may still be captured afterwards, which
+    /// is why a payment failed on `None` asks again later and refunds any capture it learns of.
     async fn lookup(&self, idempotency_key: &str) -> Result<Option<ChargeOutcome>, ProviderError>;
 }
 
@@ -82,8 +93,9 @@ struct Ledger {
     by_key: HashMap<String, LedgerCharge>,
     attempts: HashMap<String, u32>,
     refunds: HashMap<String, String>,
-    /// Keys a lookup found without a charge: refused from then on.
-    voided: HashSet<String>,
+    /// Requests received but not processed yet (`pm_card_lateCapture`): each is captured right after a lookup of its
+    /// key has answered that there is no charge.
+    in_flight: HashMap<String, ChargeRequest>,
 }
 
 /// In-memory provider with configurable latency; its ledger lets tests check what was really charged.
@@ -101,19 +113,19 @@ impl SimulatedProvider {
         self.ledger.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Decides and books a charge: the same key always gets the same capture; a voided key is declined.
+    /// Decides and books a charge: the same key always gets the same capture.
     fn book(&self, request: &ChargeRequest) -> Result<ChargeOutcome, ProviderError> {
-        let mut ledger = self.ledger();
+        Self::book_in(&mut self.ledger(), request)
+    }
+
+    fn book_in(ledger: &mut Ledger, request: &ChargeRequest) -> Result<ChargeOutcome, ProviderError> {
         if let Some(existing) = ledger.by_key.get(&request.idempotency_key) {
             return Ok(ChargeOutcome::Captured { charge_id: existing.charge_id.clone() });
-        }
-        if ledger.voided.contains(&request.idempotency_key) {
-            return Ok(ChargeOutcome::Declined { reason: "voided".into() });
         }
         let attempt = ledger.attempts.entry(request.idempotency_key.clone()).or_default();
         *attempt += 1;
         let capture = match request.method.as_str() {
-            "pm_card_visa" | "pm_card_mastercard" | "pm_card_lostResponse" => true,
+            "pm_card_visa" | "pm_card_mastercard" | "pm_card_lostResponse" | "pm_card_lateCapture" => true,
             "pm_card_flaky" if *attempt > 2 => true,
             "pm_card_flaky" => return Err(ProviderError("processing_error".into())),
             "pm_card_chargeDeclined" => return Ok(ChargeOutcome::Declined { reason: "card_declined".into() }),
@@ -147,6 +159,11 @@ impl PaymentProvider for SimulatedProvider {
         if request.method == "pm_card_timeout" {
             return std::future::pending().await;
         }
+        if request.method == "pm_card_lateCapture" {
+            // Received, and processed only once the payment has given up on it.
+            self.ledger().in_flight.entry(request.idempotency_key.clone()).or_insert_with(|| request.clone());
+            return std::future::pending().await;
+        }
         let outcome = self.book(request);
         if request.method == "pm_card_lostResponse" {
             // Booked, but the answer never reaches the caller.
@@ -175,13 +192,14 @@ impl PaymentProvider for SimulatedProvider {
     async fn lookup(&self, idempotency_key: &str) -> Result<Option<ChargeOutcome>, ProviderError> {
         tokio::time::sleep(self.latency).await;
         let mut ledger = self.ledger();
-        match ledger.by_key.get(idempotency_key) {
-            Some(charge) => Ok(Some(ChargeOutcome::Captured { charge_id: charge.charge_id.clone() })),
-            None => {
-                ledger.voided.insert(idempotency_key.to_string());
-                Ok(None)
-            }
+        if let Some(charge) = ledger.by_key.get(idempotency_key) {
+            return Ok(Some(ChargeOutcome::Captured { charge_id: charge.charge_id.clone() }));
         }
+        // Nothing yet; a request still in flight is processed right after this answer.
+        if let Some(request) = ledger.in_flight.remove(idempotency_key) {
+            Self::book_in(&mut ledger, &request)?;
+        }
+        Ok(None)
     }
 }
 
@@ -190,6 +208,8 @@ pub struct PaymentEffects {
     pub provider: std::sync::Arc<dyn PaymentProvider>,
     pub timeout: Duration,
     pub max_attempts: u32,
+    /// How long after failing for lack of a charge a payment looks its key up again.
+    pub recheck_after: Duration,
 }
 
 #[async_trait]
@@ -214,7 +234,9 @@ impl Effects<PaymentState> for PaymentEffects {
             PaymentEffect::Lookup => match tokio::time::timeout(self.timeout, self.provider.lookup(id)).await {
                 Ok(Ok(Some(ChargeOutcome::Captured { charge_id }))) => Ok(PaymentCommand::Charged { charge_id }),
                 Ok(Ok(Some(ChargeOutcome::Declined { reason }))) => Ok(PaymentCommand::Declined { reason }),
-                Ok(Ok(None)) => Ok(PaymentCommand::NotCharged),
+                Ok(Ok(None)) => Ok(PaymentCommand::NotCharged {
+                    recheck_after: chrono::Duration::from_std(self.recheck_after).unwrap_or(chrono::Duration::days(1)),
+                }),
                 // Still unknown: asked again after a backoff, for as long as it takes.
                 Ok(Err(e)) => Err(e.to_string()),
                 Err(_) => Err("charge lookup timed out".into()),
@@ -264,7 +286,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn lookups_find_lost_captures_and_void_keys_without_one() {
+    async fn lookups_find_lost_captures_and_captures_that_land_after_them() {
         let p = SimulatedProvider::new(Duration::ZERO);
         let wait = Duration::from_secs(5);
         let lost = tokio::time::timeout(wait, p.charge(&request("k1", "pm_card_lostResponse"))).await;
@@ -276,9 +298,17 @@ mod tests {
 
         assert!(tokio::time::timeout(wait, p.charge(&request("k2", "pm_card_timeout"))).await.is_err());
         assert_eq!(p.lookup("k2").await.unwrap(), None);
-        // From then on the key is refused: a request still in flight cannot capture.
-        let late = p.charge(&request("k2", "pm_card_visa")).await.unwrap();
-        assert_eq!(late, ChargeOutcome::Declined { reason: "voided".into() });
-        assert!(p.captures_for_order("order-k2").is_empty());
+        assert_eq!(p.lookup("k2").await.unwrap(), None, "a request never processed is never captured");
+
+        // A request still in flight when the lookup answers "no charge" is captured right after.
+        for _ in 0..2 {
+            assert!(tokio::time::timeout(wait, p.charge(&request("k3", "pm_card_lateCapture"))).await.is_err());
+        }
+        assert!(p.captures_for_order("order-k3").is_empty());
+        assert_eq!(p.lookup("k3").await.unwrap(), None);
+        let captured = p.captures_for_order("order-k3");
+        assert_eq!(captured.len(), 1, "captured once, after the lookup");
+        let found = ChargeOutcome::Captured { charge_id: captured[0].charge_id.clone() };
+        assert_eq!(p.lookup("k3").await.unwrap(), Some(found));
     }
 }

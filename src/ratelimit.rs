@@ -1,55 +1,20 @@
-//! Per-client rate limiting (token bucket), used on the authentication endpoints.
+//! Per-client rate limiting on the authentication endpoints: `per_minute` requests a minute per client address,
+//! with bursts up to `per_minute`. Kept in this process, or in Redis so that every process shares one budget per
+//! client.
 
-use std::collections::HashMap;
+mod in_process;
+mod redis;
+
 use std::net::IpAddr;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-pub struct RateLimiter {
-    per_minute: f64,
-    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
-}
+use async_trait::async_trait;
 
-impl RateLimiter {
-    pub fn new(per_minute: u32) -> Self {
-        Self { per_minute: f64::from(per_minute), buckets: Mutex::new(HashMap::new()) }
-    }
+pub use self::in_process::InProcessRateLimiter;
+pub use self::redis::RedisRateLimiter;
 
-    /// Takes one token for `client`; on refusal returns how long until the next token.
-    pub fn check(&self, client: IpAddr) -> Result<(), Duration> {
-        let now = Instant::now();
-        let rate = self.per_minute / 60.0;
-        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        if buckets.len() > 100_000 {
-            let per_minute = self.per_minute;
-            buckets.retain(|_, (tokens, at)| *tokens + now.duration_since(*at).as_secs_f64() * rate < per_minute);
-        }
-        let (tokens, at) = buckets.entry(client).or_insert((self.per_minute, now));
-        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * rate).min(self.per_minute);
-        *at = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64((1.0 - *tokens) / rate))
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn allows_a_burst_then_refuses_per_client() {
-        let limiter = RateLimiter::new(3);
-        let a: IpAddr = "10.0.0.1".parse().unwrap();
-        let b: IpAddr = "10.0.0.2".parse().unwrap();
-        for _ in 0..3 {
-            assert!(limiter.check(a).is_ok());
-        }
-        let wait = limiter.check(a).unwrap_err();
-        assert!(wait > Duration::from_secs(10) && wait <= Duration::from_secs(20), "{wait:?}");
-        assert!(limiter.check(b).is_ok());
-    }
+#[async_trait]
+pub trait RateLimit: Send + Sync {
+    /// Takes one request from `client`'s budget; on refusal, how long until the next request would be let through.
+    async fn check(&self, client: IpAddr) -> Result<(), Duration>;
 }

@@ -3,6 +3,8 @@
 //! MongoDB documents (one document per commit with a unique `(stream, seq)` index) as well as the embedded store.
 
 pub mod embedded;
+pub mod mongo;
+pub mod redis;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};

@@ -13,13 +13,22 @@ use super::live::Usage;
 use super::{Effects, Entity, EntityContext};
 use crate::store::{Commit, EventRecord, Snapshot, StoreError};
 
-type Reply<A> = RpcReplyPort<Result<A, EntityError<<A as crate::domain::Aggregate>::Error>>>;
+type Reply<A> = RpcReplyPort<Delivery<Result<A, EntityError<<A as crate::domain::Aggregate>::Error>>>>;
+
+/// An entity's answer to a request, or `Retry`: the actor is passivating, so the request was not handled and must
+/// go to its successor (the router re-sends it, as it does for a closed mailbox). Nothing a draining actor is asked
+/// can start work that its stop would strand.
+#[derive(Debug)]
+pub enum Delivery<T> {
+    Done(T),
+    Retry,
+}
 
 pub enum EntityMsg<A: Entity> {
     Execute(A::Command, Reply<A>),
-    Get(RpcReplyPort<A>),
+    Get(RpcReplyPort<Delivery<A>>),
     /// Answers once the entity has no effect pending or running (for instance a payment that has been decided).
-    Settled(RpcReplyPort<A>),
+    Settled(RpcReplyPort<Delivery<A>>),
     /// The outcome of the effect the actor started.
     EffectDone(Result<A::Command, String>),
     /// Try the pending effect again after a failure.
@@ -67,8 +76,10 @@ pub struct EntityState<A: Entity> {
     ticker: JoinHandle<()>,
     effect_running: bool,
     effect_failures: u32,
-    waiters: Vec<RpcReplyPort<A>>,
+    waiters: Vec<RpcReplyPort<Delivery<A>>>,
     usage: Arc<Usage>,
+    /// Passivation has begun: requests still queued are answered `Retry`.
+    draining: bool,
 }
 
 impl<A: Entity> EntityState<A> {
@@ -135,6 +146,7 @@ impl<A: Entity> Actor for EntityActor<A> {
             effect_failures: 0,
             waiters: Vec::new(),
             usage,
+            draining: false,
         })
     }
 
@@ -155,17 +167,35 @@ impl<A: Entity> Actor for EntityActor<A> {
         msg: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        if state.draining {
+            match msg {
+                EntityMsg::Execute(_, reply) => drop(reply.send(Delivery::Retry)),
+                EntityMsg::Get(reply) | EntityMsg::Settled(reply) => drop(reply.send(Delivery::Retry)),
+                _ => {}
+            }
+            return Ok(());
+        }
         let request = matches!(msg, EntityMsg::Execute(..) | EntityMsg::Get(_) | EntityMsg::Settled(_));
         self.handle_msg(&myself, msg, state).await?;
+        if state.draining {
+            return Ok(());
+        }
         let idle = state.can_passivate();
         state.usage.set_busy(!idle);
         // A request that found no entity (a read, or a command that was refused) leaves no actor behind.
         if request && idle && state.seq == 0 {
-            state.ticker.abort();
-            myself.drain()?;
+            passivate(&myself, state)?;
         }
         Ok(())
     }
+}
+
+/// Stops the actor once its mailbox is empty; requests still queued get `Retry` and reach its successor.
+fn passivate<A: Entity>(myself: &ActorRef<EntityMsg<A>>, state: &mut EntityState<A>) -> Result<(), ActorProcessingErr> {
+    state.draining = true;
+    state.ticker.abort();
+    myself.drain()?;
+    Ok(())
 }
 
 impl<A: Entity> EntityActor<A> {
@@ -182,13 +212,13 @@ impl<A: Entity> EntityActor<A> {
             }
             EntityMsg::Get(reply) => {
                 state.last_active = Instant::now();
-                let _ = reply.send(state.aggregate.clone());
+                let _ = reply.send(Delivery::Done(state.aggregate.clone()));
                 Ok(())
             }
             EntityMsg::Settled(reply) => {
                 state.last_active = Instant::now();
                 if state.settled() {
-                    let _ = reply.send(state.aggregate.clone());
+                    let _ = reply.send(Delivery::Done(state.aggregate.clone()));
                 } else {
                     state.waiters.push(reply);
                 }
@@ -218,8 +248,7 @@ impl<A: Entity> EntityActor<A> {
             EntityMsg::Passivate => {
                 if state.can_passivate() {
                     tracing::debug!(stream = %state.stream, "passivating to stay under the live entity cap");
-                    state.ticker.abort();
-                    myself.drain()?;
+                    passivate(myself, state)?;
                 }
                 Ok(())
             }
@@ -236,13 +265,12 @@ impl<A: Entity> EntityActor<A> {
         if let Some(command) = state.aggregate.due(self.ctx.clock.now()) {
             return self.execute(myself, command, None, state).await;
         }
-        let idle = state.last_active.elapsed() >= self.ctx.idle_timeout;
+        // An entity nobody ever wrote (started by a restart, or by a caller that gave up) does not wait for the idle
+        // timeout either.
+        let idle = state.last_active.elapsed() >= self.ctx.idle_timeout || state.seq == 0;
         if idle && state.can_passivate() {
             tracing::debug!(stream = %state.stream, "passivating idle entity");
-            state.ticker.abort();
-            // Drain: messages already queued are still served; later senders see a closed mailbox and the router
-            // starts a fresh actor for them.
-            myself.drain()?;
+            passivate(myself, state)?;
         }
         Ok(())
     }
@@ -276,7 +304,7 @@ impl<A: Entity> EntityActor<A> {
     ) -> Result<(), ActorProcessingErr> {
         let respond = |reply: Option<Reply<A>>, result| {
             if let Some(r) = reply {
-                let _ = r.send(result);
+                let _ = r.send(Delivery::Done(result));
             }
         };
         let now = self.ctx.clock.now();
@@ -362,7 +390,7 @@ impl<A: Entity> EntityActor<A> {
         self.start_effect(myself, state);
         if state.settled() {
             for waiter in state.waiters.drain(..) {
-                let _ = waiter.send(state.aggregate.clone());
+                let _ = waiter.send(Delivery::Done(state.aggregate.clone()));
             }
         }
     }

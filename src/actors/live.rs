@@ -8,7 +8,7 @@
 //! inside its own mailbox order that it has nothing in flight, so an entity with work is never evicted.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Instant;
 
@@ -32,12 +32,8 @@ fn now_ms() -> u64 {
 pub struct Usage {
     last_used: AtomicU64,
     state: AtomicU8,
-}
-
-impl Default for Usage {
-    fn default() -> Self {
-        Self { last_used: AtomicU64::new(now_ms()), state: AtomicU8::new(IDLE) }
-    }
+    /// The node's count of entities asked to passivate that have not stopped or declined yet.
+    passivating: Arc<AtomicUsize>,
 }
 
 impl Usage {
@@ -46,13 +42,27 @@ impl Usage {
         self.last_used.store(now_ms(), Ordering::Relaxed);
     }
 
-    /// Set by the entity itself after every message it handles.
+    /// Set by the entity itself after every message it handles (not once it is draining).
     pub fn set_busy(&self, busy: bool) {
-        self.state.store(if busy { BUSY } else { IDLE }, Ordering::Relaxed);
+        if self.state.swap(if busy { BUSY } else { IDLE }, Ordering::Relaxed) == PASSIVATING {
+            // Asked to passivate, it declined (work in flight) or was not reached yet.
+            self.passivating.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     fn claim_for_passivation(&self) -> bool {
-        self.state.compare_exchange(IDLE, PASSIVATING, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        let claimed = self.state.compare_exchange(IDLE, PASSIVATING, Ordering::Relaxed, Ordering::Relaxed).is_ok();
+        if claimed {
+            self.passivating.fetch_add(1, Ordering::Relaxed);
+        }
+        claimed
+    }
+
+    /// The actor is gone.
+    fn release(&self) {
+        if self.state.swap(IDLE, Ordering::Relaxed) == PASSIVATING {
+            self.passivating.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -68,39 +78,51 @@ impl<A: Entity> Clone for Slot<A> {
 }
 
 /// Live entity actors of one kind by id, shared with the router for its fast path.
-pub struct LiveMap<A: Entity>(Arc<RwLock<HashMap<String, Slot<A>>>>);
+pub struct LiveMap<A: Entity> {
+    map: Arc<RwLock<HashMap<String, Slot<A>>>>,
+    passivating: Arc<AtomicUsize>,
+}
 
 impl<A: Entity> Clone for LiveMap<A> {
     fn clone(&self) -> Self {
-        Self(self.0.clone())
-    }
-}
-
-impl<A: Entity> Default for LiveMap<A> {
-    fn default() -> Self {
-        Self(Arc::default())
+        Self { map: self.map.clone(), passivating: self.passivating.clone() }
     }
 }
 
 impl<A: Entity> LiveMap<A> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Slot<A>>> {
+        self.map.read().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn get(&self, id: &str) -> Option<Slot<A>> {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
+        self.read().get(id).cloned()
+    }
+
+    /// Usage for an actor about to start.
+    pub fn new_usage(&self) -> Arc<Usage> {
+        Arc::new(Usage {
+            last_used: AtomicU64::new(now_ms()),
+            state: AtomicU8::new(IDLE),
+            passivating: self.passivating.clone(),
+        })
     }
 
     pub fn insert(&self, id: String, slot: Slot<A>) {
-        self.0.write().unwrap_or_else(|p| p.into_inner()).insert(id, slot);
+        self.map.write().unwrap_or_else(|p| p.into_inner()).insert(id, slot);
     }
 
     /// Removes the entry if it still belongs to the actor with this id.
     pub fn remove_actor(&self, id: &str, actor: ractor::ActorId) {
-        let mut map = self.0.write().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
         if map.get(id).is_some_and(|s| s.actor.get_id() == actor) {
-            map.remove(id);
+            if let Some(slot) = map.remove(id) {
+                slot.usage.release();
+            }
         }
     }
 
     pub fn len(&self) -> usize {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).len()
+        self.read().len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -108,7 +130,7 @@ impl<A: Entity> LiveMap<A> {
     }
 
     pub fn actors(&self) -> Vec<ActorRef<EntityMsg<A>>> {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).values().map(|s| s.actor.clone()).collect()
+        self.read().values().map(|s| s.actor.clone()).collect()
     }
 }
 
@@ -126,7 +148,7 @@ impl<A: Entity> Passivator for LiveMap<A> {
     }
 
     fn idle(&self, n: usize) -> Vec<(u64, String)> {
-        let map = self.0.read().unwrap_or_else(|p| p.into_inner());
+        let map = self.read();
         let mut idle: Vec<(u64, String)> = map
             .iter()
             .filter(|(_, s)| s.usage.state.load(Ordering::Relaxed) == IDLE)
@@ -152,15 +174,20 @@ impl<A: Entity> Passivator for LiveMap<A> {
 pub struct LiveLimit {
     cap: usize,
     kinds: RwLock<Vec<Arc<dyn Passivator>>>,
+    /// Entities asked to passivate that have not stopped (or declined) yet: already on their way out.
+    passivating: Arc<AtomicUsize>,
 }
 
 impl LiveLimit {
     pub fn new(cap: usize) -> Arc<Self> {
-        Arc::new(Self { cap: cap.max(1), kinds: RwLock::default() })
+        Arc::new(Self { cap: cap.max(1), kinds: RwLock::default(), passivating: Arc::default() })
     }
 
-    pub fn register<A: Entity>(&self, live: LiveMap<A>) {
-        self.kinds.write().unwrap_or_else(|p| p.into_inner()).push(Arc::new(live));
+    /// The live map of one more kind, counted against the cap.
+    pub fn register<A: Entity>(&self) -> LiveMap<A> {
+        let live = LiveMap { map: Arc::default(), passivating: self.passivating.clone() };
+        self.kinds.write().unwrap_or_else(|p| p.into_inner()).push(Arc::new(live.clone()));
+        live
     }
 
     pub fn cap(&self) -> usize {
@@ -173,15 +200,17 @@ impl LiveLimit {
     }
 
     /// Called before starting an actor: at the cap, asks the least recently used idle entities to passivate, a
-    /// batch at a time so that the scan is paid once per batch rather than once per start. Returns how many were
-    /// asked.
+    /// batch at a time. Entities already asked do not count, so the scan is paid once per batch rather than once
+    /// per start. The cap is soft: when every entity has work in flight, nothing is asked and the start goes ahead.
+    /// Returns how many were asked.
     pub fn make_room(&self) -> usize {
         let kinds = self.kinds.read().unwrap_or_else(|p| p.into_inner()).clone();
         let live: usize = kinds.iter().map(|k| k.live()).sum();
-        if live < self.cap {
+        let staying = live.saturating_sub(self.passivating.load(Ordering::Relaxed));
+        if staying < self.cap {
             return 0;
         }
-        let batch = live + 1 - self.cap + self.cap / 32;
+        let batch = staying + 1 - self.cap + self.cap / 32;
         let mut candidates: Vec<(u64, usize, String)> = kinds
             .iter()
             .enumerate()

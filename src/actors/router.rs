@@ -8,7 +8,7 @@ use ractor::rpc::CallResult;
 use ractor::{Actor, ActorRef, ActorStatus, RpcReplyPort};
 use tokio::time::Instant;
 
-use super::entity::{EntityError, EntityMsg};
+use super::entity::{Delivery, EntityError, EntityMsg};
 use super::live::LiveMap;
 use super::supervisor::{EnsureError, EntitySupervisor, SupervisorMsg};
 use super::{Effects, Entity, EntityContext, RestartPolicy};
@@ -34,8 +34,7 @@ impl<A: Entity> EntityRouter<A> {
         policy: RestartPolicy,
         call_timeout: Duration,
     ) -> Result<Self, ractor::SpawnErr> {
-        let live = LiveMap::<A>::default();
-        ctx.live_limit.register(live.clone());
+        let live: LiveMap<A> = ctx.live_limit.register();
         let supervisor = EntitySupervisor::<A>::new(ctx, effects, live.clone(), policy);
         let (supervisor, _) = Actor::spawn(None, supervisor, ()).await?;
         Ok(Self { supervisor, live, call_timeout })
@@ -96,7 +95,7 @@ impl<A: Entity> EntityRouter<A> {
     async fn call<R: Send + 'static>(
         &self,
         id: &str,
-        make: impl Fn(RpcReplyPort<R>) -> EntityMsg<A>,
+        make: impl Fn(RpcReplyPort<Delivery<R>>) -> EntityMsg<A>,
     ) -> Result<R, EntityError<A::Error>> {
         let deadline = Instant::now() + self.call_timeout;
         let mut backoff = Duration::from_millis(1);
@@ -111,7 +110,9 @@ impl<A: Entity> EntityRouter<A> {
             if let Some(actor) = actor {
                 let remaining = deadline.saturating_duration_since(Instant::now());
                 match actor.call(&make, Some(remaining)).await {
-                    Ok(CallResult::Success(reply)) => return Ok(reply),
+                    Ok(CallResult::Success(Delivery::Done(reply))) => return Ok(reply),
+                    // The actor was passivating and did not handle it: its successor will.
+                    Ok(CallResult::Success(Delivery::Retry)) => {}
                     Ok(CallResult::Timeout) => {
                         return Err(EntityError::Unavailable(format!("{} {id} did not answer in time", A::KIND)))
                     }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, ActorStatus, RpcReplyPort, SupervisionEvent};
 
 use super::entity::{EntityActor, EntityMsg};
-use super::live::{LiveMap, Slot, Usage};
+use super::live::{LiveMap, Slot};
 use super::{Effects, Entity, EntityContext, RestartPolicy};
 
 /// The exit reason ractor gives an actor that stopped by draining its mailbox.
@@ -68,7 +68,7 @@ impl<A: Entity> EntitySupervisor<A> {
             return if is_serving(slot.actor.get_status()) { Ok(slot.actor) } else { Err(EnsureError::Busy) };
         }
         self.ctx.live_limit.make_room();
-        let usage = Arc::new(Usage::default());
+        let usage = self.live.new_usage();
         let (actor, _) = Actor::spawn_linked(
             None,
             EntityActor::<A>::new(self.ctx.clone(), self.effects.clone()),
@@ -123,6 +123,10 @@ impl<A: Entity> Actor for EntitySupervisor<A> {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             SupervisorMsg::Ensure(id, reply) => {
+                // A caller that gave up (deadline, disconnect) must not leave an actor started for nothing.
+                if reply.is_closed() {
+                    return Ok(());
+                }
                 let result = self.ensure(&myself, &id, state).await;
                 let _ = reply.send(result);
             }

@@ -13,7 +13,52 @@ pub const MAX_LINES: usize = 100;
 pub struct CartLine {
     pub product_id: String,
     pub quantity: u32,
+    /// When the line was put in the cart.
     pub added_at: Timestamp,
+    /// Units added to the line after `added_at`, oldest first, counted in `quantity`. A check-out takes only the
+    /// units that were in the cart when its order was placed, so units added while the order was being paid stay.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub additions: Vec<Addition>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Addition {
+    pub quantity: u32,
+    pub at: Timestamp,
+}
+
+impl CartLine {
+    /// Changes the quantity as of `at`: an increase is a new addition; a decrease takes the newest units first.
+    fn set_quantity(&mut self, quantity: u32, at: Timestamp) {
+        if quantity > self.quantity {
+            self.additions.push(Addition { quantity: quantity - self.quantity, at });
+        } else {
+            let mut excess = self.quantity - quantity;
+            while excess > 0 {
+                let Some(last) = self.additions.last_mut() else { break };
+                let taken = excess.min(last.quantity);
+                last.quantity -= taken;
+                excess -= taken;
+                if last.quantity == 0 {
+                    self.additions.pop();
+                }
+            }
+        }
+        self.quantity = quantity;
+    }
+
+    /// The line left once the units in the cart at `placed_at` are taken, if any units were added after it.
+    fn after_check_out(&self, placed_at: Timestamp) -> Option<CartLine> {
+        let later = self.additions.iter().position(|a| a.at > placed_at)?;
+        let (first, rest) = self.additions[later..].split_first()?;
+        Some(CartLine {
+            product_id: self.product_id.clone(),
+            quantity: first.quantity + rest.iter().map(|a| a.quantity).sum::<u32>(),
+            added_at: first.at,
+            additions: rest.to_vec(),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,8 +94,8 @@ pub enum CartCommand {
         product_id: String,
     },
     Clear,
-    /// Removes the lines an order bought: those of its products that were in the cart when it was placed. A line
-    /// added later is not the order's, so a repeated check-out leaves it alone.
+    /// Removes what an order bought: the units of its products that were in the cart when it was placed. Units
+    /// added later are not the order's: they stay, and a repeated check-out leaves them alone.
     CheckOut {
         order_id: String,
         product_ids: Vec<String>,
@@ -90,8 +135,8 @@ impl Cart {
         self.lines.iter().map(|l| u64::from(l.quantity)).sum()
     }
 
-    /// Whether a check-out of `product_ids` by an order placed at `placed_at` takes the line. Check-outs recorded
-    /// before orders sent their time carry none, and took every line of those products.
+    /// Whether a check-out of `product_ids` by an order placed at `placed_at` takes units of the line. Check-outs
+    /// recorded before orders sent their time carry none, and took every line of those products.
     fn checked_out_by(line: &CartLine, product_ids: &[String], placed_at: Option<Timestamp>) -> bool {
         product_ids.contains(&line.product_id) && placed_at.is_none_or(|placed| line.added_at <= placed)
     }
@@ -181,10 +226,13 @@ impl Aggregate for Cart {
         match event {
             CartEvent::LineSet { product_id, quantity, currency, at } => {
                 match self.lines.iter_mut().find(|l| &l.product_id == product_id) {
-                    Some(line) => line.quantity = *quantity,
-                    None => {
-                        self.lines.push(CartLine { product_id: product_id.clone(), quantity: *quantity, added_at: *at })
-                    }
+                    Some(line) => line.set_quantity(*quantity, *at),
+                    None => self.lines.push(CartLine {
+                        product_id: product_id.clone(),
+                        quantity: *quantity,
+                        added_at: *at,
+                        additions: vec![],
+                    }),
                 }
                 self.currency = Some(currency.clone());
                 self.updated_at = Some(*at);
@@ -202,7 +250,15 @@ impl Aggregate for Cart {
                 self.updated_at = Some(*at);
             }
             CartEvent::CheckedOut { product_ids, placed_at, at, .. } => {
-                self.lines.retain(|l| !Self::checked_out_by(l, product_ids, *placed_at));
+                self.lines = std::mem::take(&mut self.lines)
+                    .into_iter()
+                    .filter_map(|l| {
+                        if !Self::checked_out_by(&l, product_ids, *placed_at) {
+                            return Some(l);
+                        }
+                        placed_at.and_then(|placed| l.after_check_out(placed))
+                    })
+                    .collect();
                 if self.lines.is_empty() {
                     self.currency = None;
                 }
@@ -352,6 +408,70 @@ mod tests {
     }
 
     #[test]
+    fn units_added_while_the_order_is_paid_stay_in_the_cart() {
+        let t = |secs| chrono::Utc::now() + chrono::Duration::seconds(secs);
+        let t0 = t(0);
+        let at = |c: &mut Cart, cmd: &CartCommand, when| {
+            for e in c.decide("u", cmd, when).unwrap() {
+                c.apply(&e);
+            }
+        };
+        let add = |quantity| CartCommand::AddItem { product_id: "a".into(), quantity, product: usd(9) };
+        let mut c = Cart::default();
+        at(&mut c, &add(1), t0);
+        // The order is placed with that one unit; before its check-out step runs, the shopper adds two more.
+        let placed_at = t0 + chrono::Duration::seconds(1);
+        at(&mut c, &add(2), t0 + chrono::Duration::seconds(2));
+        assert_eq!(c.line("a").map(|l| l.quantity), Some(3));
+        let check_out = CartCommand::CheckOut { order_id: "o1".into(), product_ids: vec!["a".into()], placed_at };
+        at(&mut c, &check_out, t0 + chrono::Duration::seconds(3));
+        let line = c.line("a").expect("the two units added after the order stay");
+        assert_eq!((line.quantity, line.added_at), (2, t0 + chrono::Duration::seconds(2)));
+        assert_eq!(c.currency.as_deref(), Some("USD"));
+        // The same check-out again takes nothing more.
+        let before = c.clone();
+        assert!(c.decide("u", &check_out, t0 + chrono::Duration::seconds(4)).unwrap().is_empty());
+        assert_eq!(c, before);
+    }
+
+    #[test]
+    fn lowering_a_line_takes_the_newest_units_first() {
+        let t0 = chrono::Utc::now();
+        let secs = |n| t0 + chrono::Duration::seconds(n);
+        let mut c = Cart::default();
+        let set = |product_id: &str, quantity| CartCommand::SetQuantity {
+            product_id: product_id.into(),
+            quantity,
+            product: usd(99),
+        };
+        for (cmd, when) in [
+            (CartCommand::AddItem { product_id: "a".into(), quantity: 2, product: usd(99) }, secs(0)),
+            (CartCommand::AddItem { product_id: "a".into(), quantity: 3, product: usd(99) }, secs(2)),
+            (CartCommand::AddItem { product_id: "a".into(), quantity: 4, product: usd(99) }, secs(4)),
+            (set("a", 4), secs(5)),
+        ] {
+            for e in c.decide("u", &cmd, when).unwrap() {
+                c.apply(&e);
+            }
+        }
+        // 2 at 0s, 2 of the 3 at 2s: an order placed at 3s bought 4 units, and none are left.
+        let line = c.line("a").unwrap();
+        assert_eq!(line.additions, [Addition { quantity: 2, at: secs(2) }]);
+        let check_out = |placed_at| CartEvent::CheckedOut {
+            order_id: "o".into(),
+            product_ids: vec!["a".into()],
+            placed_at: Some(placed_at),
+            at: secs(6),
+        };
+        let mut taken = c.clone();
+        taken.apply(&check_out(secs(3)));
+        assert!(taken.lines.is_empty());
+        // An order placed at 1s bought the first 2: the 2 added at 2s stay.
+        c.apply(&check_out(secs(1)));
+        assert_eq!(c.line("a").map(|l| (l.quantity, l.added_at)), Some((2, secs(2))));
+    }
+
+    #[test]
     fn check_outs_recorded_without_their_order_time_still_apply() {
         let mut c = Cart::default();
         run(&mut c, CartCommand::AddItem { product_id: "a".into(), quantity: 2, product: usd(9) }).unwrap();
@@ -366,7 +486,7 @@ mod tests {
     #[test]
     fn totals_skip_unavailable_lines() {
         let now = chrono::Utc::now();
-        let line = |id: &str, q| CartLine { product_id: id.into(), quantity: q, added_at: now };
+        let line = |id: &str, q| CartLine { product_id: id.into(), quantity: q, added_at: now, additions: vec![] };
         let entry = |title, price, currency, available| Some(CatalogEntry { title, price, currency, available });
         let usd = Some("USD");
         let lines = vec![
@@ -406,6 +526,9 @@ mod tests {
                 let mut seen = std::collections::HashSet::new();
                 for l in &c.lines {
                     prop_assert!(l.quantity >= 1 && l.quantity <= MAX_LINE_QUANTITY);
+                    // Every addition holds units, and the units first added are still there.
+                    prop_assert!(l.additions.iter().all(|a| a.quantity > 0));
+                    prop_assert!(l.additions.iter().map(|a| a.quantity).sum::<u32>() < l.quantity);
                     prop_assert!(seen.insert(l.product_id.clone()));
                 }
             }

@@ -9,6 +9,15 @@ use super::{currency, required_text, Aggregate, Timestamp};
 
 pub const MAX_PRICE_MINOR: i64 = 100_000_000_000;
 pub const MAX_STOCK: i64 = 1_000_000_000;
+/// The longest reservation a checkout may hold (`checkout.reservation_ttl_secs`): an outcome whose order's
+/// reservation expiry was not recorded is forgotten only once this long has passed since the product last changed.
+pub const MAX_RESERVATION_TTL_SECS: i64 = 7 * 24 * 3600;
+/// How a product's state keeps order outcomes. 0: its stream or snapshot began before orders told products they
+/// were done with them (`product.order_closed`), so it may hold outcomes nobody will close; it is migrated once
+/// (`product.outcomes_migrated`). 1: orders close what they leave.
+pub const OUTCOMES_FORMAT: u32 = 1;
+/// Orders checked against their read model per effect, when migrating sales recorded before orders closed them.
+const CHECK_BATCH: usize = 64;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -94,6 +103,21 @@ pub enum ProductCommand {
     ExpireReservations {
         now: Timestamp,
     },
+    /// Adopts outcomes recorded before orders closed them (a state of format 0): the ones that can no longer matter
+    /// are scheduled to be forgotten, and sales are checked against their orders.
+    MigrateOutcomes,
+    /// What the orders of sales recorded before orders closed them have become: `finished` ones (shipped, so they
+    /// can never be restocked) with their reservation expiry; every order in `order_ids` has been checked.
+    OrdersChecked {
+        order_ids: Vec<String>,
+        finished: Vec<(String, Timestamp)>,
+    },
+}
+
+/// The effect a product's state can call for: asking whether the orders of old sales have finished.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProductEffect {
+    CheckOrders { order_ids: Vec<String> },
 }
 
 /// Stock held for an order.
@@ -120,6 +144,9 @@ pub enum Settlement {
 pub enum ProductEvent {
     Created {
         product: Product,
+        /// [`OUTCOMES_FORMAT`]; absent (0) from streams recorded before orders closed their outcomes.
+        #[serde(default)]
+        format: u32,
     },
     Updated {
         title: String,
@@ -169,6 +196,17 @@ pub enum ProductEvent {
     OrderClosed {
         order_id: String,
         expires_at: Timestamp,
+        at: Timestamp,
+    },
+    /// A state of format 0 adopted: released, restocked and closed outcomes with no expiry to be forgotten by are
+    /// forgotten after `forget_after`, and every sale's order is to be checked.
+    OutcomesMigrated {
+        forget_after: Timestamp,
+        at: Timestamp,
+    },
+    /// These orders of old sales have been checked (those found finished were closed by `order_closed` events).
+    OrdersChecked {
+        order_ids: Vec<String>,
         at: Timestamp,
     },
 }
@@ -230,6 +268,13 @@ pub struct ProductState {
     /// every outcome: then it is summed from `settled`.
     #[serde(default)]
     units_sold: Option<i64>,
+    /// [`OUTCOMES_FORMAT`], or 0 for a state whose stream or snapshot began before it.
+    #[serde(default)]
+    format: u32,
+    /// Orders of sales recorded before orders closed their outcomes, still to be checked: one that has shipped is
+    /// closed; one that has not will close the sale itself when it ships or is cancelled.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub unchecked: BTreeSet<String>,
 }
 
 impl ProductState {
@@ -259,8 +304,11 @@ impl ProductState {
     }
 
     fn forget(&mut self, order_id: &str, expires_at: Timestamp) {
-        self.settled.remove(order_id);
-        self.forgotten_until = self.forgotten_until.max(Some(expires_at));
+        // A migrated outcome may be scheduled twice (by its migration, then by its order's close): the later one
+        // finds it gone and must not push `forgotten_until` further.
+        if self.settled.remove(order_id).is_some() {
+            self.forgotten_until = self.forgotten_until.max(Some(expires_at));
+        }
     }
 
     /// Drops the settled orders whose reservation expiry has passed by `now` and that will send no further step.
@@ -283,6 +331,46 @@ impl ProductState {
 
     fn add_sold(&mut self, quantity: i64) {
         self.units_sold = Some(self.sold() + quantity);
+    }
+
+    /// Whether the state may hold outcomes recorded before orders closed them, and has any outcome at all.
+    fn needs_migration(&self) -> bool {
+        self.format < OUTCOMES_FORMAT && self.product.is_some() && !self.settled.is_empty()
+    }
+
+    /// A command the passing of time (or a recovered old state) makes due.
+    pub fn due(&self, now: Timestamp) -> Option<ProductCommand> {
+        if self.needs_migration() {
+            return Some(ProductCommand::MigrateOutcomes);
+        }
+        self.expired_reservations(now).then_some(ProductCommand::ExpireReservations { now })
+    }
+
+    pub fn next_effect(&self) -> Option<ProductEffect> {
+        (!self.unchecked.is_empty()).then(|| ProductEffect::CheckOrders {
+            order_ids: self.unchecked.iter().take(CHECK_BATCH).cloned().collect(),
+        })
+    }
+
+    /// Schedules the outcomes of a format-0 state: those that only refuse a late reservation are forgotten after
+    /// `forget_after`; sales wait for their order's word, asked for once.
+    fn migrate(&mut self, forget_after: Timestamp) {
+        let scheduled: std::collections::HashSet<&String> = self.forgetting.iter().map(|(_, id)| id).collect();
+        let mut forget = Vec::new();
+        for (order_id, outcome) in &self.settled {
+            match outcome {
+                Settlement::Committed { .. } => {
+                    self.unchecked.insert(order_id.clone());
+                }
+                Settlement::Released | Settlement::Restocked { .. } | Settlement::Closed => {
+                    if !scheduled.contains(order_id) {
+                        forget.push(order_id.clone());
+                    }
+                }
+            }
+        }
+        self.forgetting.extend(forget.into_iter().map(|order_id| (forget_after, order_id)));
+        self.format = OUTCOMES_FORMAT;
     }
 }
 
@@ -362,7 +450,7 @@ impl Aggregate for ProductState {
                     created_at: now,
                     updated_at: now,
                 };
-                Ok(vec![ProductEvent::Created { product }])
+                Ok(vec![ProductEvent::Created { product, format: OUTCOMES_FORMAT }])
             }
             ProductCommand::Update { expected_version, details } => {
                 let current = self.live()?;
@@ -462,6 +550,33 @@ impl Aggregate for ProductState {
                 }
                 _ => vec![],
             }),
+            ProductCommand::MigrateOutcomes => {
+                if !self.needs_migration() {
+                    return Ok(vec![]);
+                }
+                // No reservation recorded in the state is younger than the product's last change, so none it
+                // remembers expires later than that plus the longest reservation.
+                let last_change = self.product.as_ref().map_or(now, |p| p.updated_at.min(now));
+                let forget_after = last_change + chrono::Duration::seconds(MAX_RESERVATION_TTL_SECS);
+                Ok(vec![ProductEvent::OutcomesMigrated { forget_after, at: now }])
+            }
+            ProductCommand::OrdersChecked { order_ids, finished } => {
+                let mut events: Vec<ProductEvent> = finished
+                    .iter()
+                    .filter(|(order_id, _)| matches!(self.settled.get(order_id), Some(Settlement::Committed { .. })))
+                    .map(|(order_id, expires_at)| ProductEvent::OrderClosed {
+                        order_id: order_id.clone(),
+                        expires_at: *expires_at,
+                        at: now,
+                    })
+                    .collect();
+                let checked: Vec<String> =
+                    order_ids.iter().filter(|id| self.unchecked.contains(*id)).cloned().collect();
+                if !checked.is_empty() {
+                    events.push(ProductEvent::OrdersChecked { order_ids: checked, at: now });
+                }
+                Ok(events)
+            }
             ProductCommand::ExpireReservations { now: at } => Ok(self
                 .reservations
                 .iter()
@@ -479,8 +594,9 @@ impl Aggregate for ProductState {
     fn apply(&mut self, event: &ProductEvent) {
         self.units_sold = Some(self.sold());
         let at = match event {
-            ProductEvent::Created { product } => {
+            ProductEvent::Created { product, format } => {
                 self.product = Some(product.clone());
+                self.format = *format;
                 product.created_at
             }
             ProductEvent::Updated { title, description, price, currency, category, image_url, version, at } => {
@@ -555,7 +671,18 @@ impl Aggregate for ProductState {
             }
             ProductEvent::OrderClosed { order_id, expires_at, at } => {
                 self.settled.insert(order_id.clone(), Settlement::Closed);
+                self.unchecked.remove(order_id);
                 self.close(order_id, *expires_at, *at);
+                *at
+            }
+            ProductEvent::OutcomesMigrated { forget_after, at } => {
+                self.migrate(*forget_after);
+                *at
+            }
+            ProductEvent::OrdersChecked { order_ids, at } => {
+                for order_id in order_ids {
+                    self.unchecked.remove(order_id);
+                }
                 *at
             }
         };
@@ -573,6 +700,8 @@ impl Aggregate for ProductState {
             ProductEvent::ReservationReleased { .. } => "product.reservation_released",
             ProductEvent::Restocked { .. } => "product.restocked",
             ProductEvent::OrderClosed { .. } => "product.order_closed",
+            ProductEvent::OutcomesMigrated { .. } => "product.outcomes_migrated",
+            ProductEvent::OrdersChecked { .. } => "product.orders_checked",
         }
     }
 }
@@ -671,7 +800,7 @@ mod tests {
         }
         let multi_line = ProductDetails { description: Some("Blue.\n\tDishwasher safe.\r\n".into()), ..details() };
         let events = create(multi_line).unwrap();
-        let ProductEvent::Created { product } = &events[0] else { panic!("{events:?}") };
+        let ProductEvent::Created { product, .. } = &events[0] else { panic!("{events:?}") };
         assert_eq!(product.description, "Blue.\n\tDishwasher safe.");
         let mut s = created(1);
         let err = run(&mut s, ProductCommand::AdjustStock { delta: 1, reason: "found\u{85}".into() });
@@ -799,6 +928,117 @@ mod tests {
         run(&mut s, ProductCommand::Restock { order_id: "a".into() }).unwrap();
         run(&mut s, ProductCommand::Restock { order_id: "a".into() }).unwrap();
         assert_eq!((s.sold(), s.product.as_ref().unwrap().stock_on_hand), (0, 10));
+    }
+
+    /// A product recorded before orders closed their outcomes: a snapshot with neither `forgetting` nor
+    /// `unitsSold`, or a stream whose `created` event carries no format.
+    fn old_format_state(last_change: Timestamp) -> ProductState {
+        let mut old = serde_json::to_value(created(10)).unwrap();
+        old["settled"] = serde_json::json!({
+            "shipped": {"outcome": "committed", "quantity": 2},
+            "paid": {"outcome": "committed", "quantity": 1},
+            "released": {"outcome": "released"},
+            "restocked": {"outcome": "restocked", "quantity": 3},
+        });
+        old["product"]["stockOnHand"] = 7.into();
+        old["product"]["updatedAt"] = serde_json::to_value(last_change).unwrap();
+        for field in ["forgetting", "forgottenUntil", "unitsSold", "format"] {
+            old.as_object_mut().unwrap().remove(field);
+        }
+        serde_json::from_value(old).unwrap()
+    }
+
+    #[test]
+    fn outcomes_recorded_before_orders_closed_them_are_forgotten_once_they_cannot_matter() {
+        let t = now();
+        let last_change = t - chrono::Duration::days(1);
+        let mut s = old_format_state(last_change);
+        let at = |s: &mut ProductState, cmd: &ProductCommand, when| {
+            for e in s.decide("p1", cmd, when)? {
+                s.apply(&e);
+            }
+            Ok::<_, ProductError>(())
+        };
+        assert_eq!(s.sold(), 3);
+        let migrate = s.due(t).expect("an old state is migrated first");
+        at(&mut s, &migrate, t).unwrap();
+        assert!(s.due(t).is_none() && s.decide("p1", &migrate, t).unwrap().is_empty(), "once");
+        // Released and restocked outcomes only refuse late steps: forgotten once no reservation they knew can
+        // still be running, a week after the product last changed.
+        let forget_after = last_change + chrono::Duration::seconds(MAX_RESERVATION_TTL_SECS);
+        let scheduled: Vec<_> = s.forgetting.iter().cloned().collect();
+        assert_eq!(scheduled, [(forget_after, "released".to_string()), (forget_after, "restocked".to_string())]);
+        // A sale may still be restocked if its order is cancelled: its order is asked instead.
+        assert_eq!(
+            s.next_effect(),
+            Some(ProductEffect::CheckOrders { order_ids: vec!["paid".into(), "shipped".into()] })
+        );
+        let shipped_expiry = last_change - chrono::Duration::days(2);
+        let checked = ProductCommand::OrdersChecked {
+            order_ids: vec!["paid".into(), "shipped".into()],
+            finished: vec![("shipped".into(), shipped_expiry)],
+        };
+        at(&mut s, &checked, t).unwrap();
+        assert_eq!((s.next_effect(), s.unchecked.len()), (None, 0));
+        assert_eq!(s.settled.keys().collect::<Vec<_>>(), ["paid", "released", "restocked"], "the shipped sale is gone");
+        assert_eq!(s.sold(), 3, "forgetting never unsells");
+
+        // Late steps of the forgotten and the remembered orders change nothing; the paid order is cancelled and
+        // restocked exactly once, then closes.
+        let late = [
+            ProductCommand::Restock { order_id: "shipped".into() },
+            ProductCommand::Restock { order_id: "restocked".into() },
+            ProductCommand::Reserve {
+                order_id: "released".into(),
+                quantity: 1,
+                expires_at: t + chrono::Duration::minutes(5),
+            },
+            ProductCommand::Reserve { order_id: "shipped".into(), quantity: 1, expires_at: shipped_expiry },
+        ];
+        for cmd in &late {
+            let _ = at(&mut s, cmd, t);
+        }
+        let restock = ProductCommand::Restock { order_id: "paid".into() };
+        at(&mut s, &restock, t).unwrap();
+        at(&mut s, &restock, t).unwrap();
+        at(&mut s, &ProductCommand::CloseOrder { order_id: "paid".into(), expires_at: shipped_expiry }, t).unwrap();
+        let p = s.product.as_ref().unwrap();
+        assert_eq!((p.stock_on_hand, p.stock_reserved, s.sold()), (8, 0, 2));
+
+        // Past the fallback expiry, nothing is left of the old outcomes.
+        let later = forget_after + chrono::Duration::seconds(1);
+        at(&mut s, &ProductCommand::AdjustStock { delta: 1, reason: "count".into() }, later).unwrap();
+        assert!(s.settled.is_empty() && s.forgetting.is_empty(), "{:?} {:?}", s.settled, s.forgetting);
+        for cmd in &late {
+            let _ = at(&mut s, cmd, later);
+        }
+        let p = s.product.as_ref().unwrap();
+        assert_eq!((p.stock_on_hand, p.stock_reserved, s.sold()), (9, 0, 2));
+    }
+
+    #[test]
+    fn streams_recorded_before_orders_closed_outcomes_are_migrated_and_new_ones_never() {
+        let mut s = created(5);
+        assert!(s.due(now()).is_none(), "a new product has nothing to migrate");
+        let expires_at = now() + chrono::Duration::minutes(15);
+        run(&mut s, ProductCommand::Reserve { order_id: "o1".into(), quantity: 1, expires_at }).unwrap();
+        run(&mut s, ProductCommand::CommitReservation { order_id: "o1".into() }).unwrap();
+        assert!(s.due(now()).is_none() && s.next_effect().is_none());
+        // The same history, its `created` event written before events carried a format.
+        let mut old = ProductState::default();
+        let mut created =
+            serde_json::to_value(ProductEvent::Created { product: s.product.clone().unwrap(), format: 1 }).unwrap();
+        created.as_object_mut().unwrap().remove("format");
+        old.apply(&serde_json::from_value(created).unwrap());
+        for cmd in [
+            ProductCommand::Reserve { order_id: "o1".into(), quantity: 1, expires_at },
+            ProductCommand::CommitReservation { order_id: "o1".into() },
+        ] {
+            run(&mut old, cmd).unwrap();
+        }
+        let migrate = old.due(now()).expect("migrated");
+        run(&mut old, migrate).unwrap();
+        assert_eq!(old.next_effect(), Some(ProductEffect::CheckOrders { order_ids: vec!["o1".into()] }));
     }
 
     #[test]

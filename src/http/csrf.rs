@@ -27,10 +27,15 @@ pub async fn refuse_cross_site_writes(State(state): State<AppState>, req: Reques
     next.run(req).await
 }
 
-/// The request would be authenticated by a session cookie rather than a bearer token.
+/// The request would be authenticated by a session cookie rather than a bearer token. Only a `Bearer` header
+/// counts: a browser can attach other `Authorization` schemes (cached Basic credentials) to a cross-site request by
+/// itself, but never a bearer token.
 pub fn cookie_authenticated(headers: &HeaderMap) -> bool {
-    !headers.contains_key(header::AUTHORIZATION)
-        && (cookie(headers, ACCESS_COOKIE).is_some() || cookie(headers, REFRESH_COOKIE).is_some())
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer "));
+    !bearer && (cookie(headers, ACCESS_COOKIE).is_some() || cookie(headers, REFRESH_COOKIE).is_some())
 }
 
 /// `Ok` when the request's `Origin` (else `Referer`) is the server's own or an allowed one, or when it has neither.

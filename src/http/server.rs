@@ -66,6 +66,33 @@ content-length: 93\r\n\
 \r\n\
 {\"error\":{\"code\":\"service_unavailable\",\"message\":\"too many open connections; retry shortly\"}}";
 
+/// File descriptors kept free of connections: the store, the log, outgoing connections to the backends.
+const RESERVED_FDS: u64 = 256;
+
+impl Limits {
+    /// Raises the process's open-file limit as far as allowed (the usual soft limit, 1024, is far below the default
+    /// `max_connections`), and lowers `max_connections` to fit what is available, so that the cap, not `EMFILE`,
+    /// is what turns connections away.
+    pub fn fit_open_file_limit(mut self) -> Self {
+        match rlimit::increase_nofile_limit(u64::MAX) {
+            Ok(limit) => {
+                let room = limit.saturating_sub(RESERVED_FDS).max(1);
+                if (self.max_connections as u64) > room {
+                    tracing::warn!(
+                        max_connections = self.max_connections,
+                        open_file_limit = limit,
+                        using = room,
+                        "http.max_connections exceeds what the open-file limit allows; lowered"
+                    );
+                    self.max_connections = room as usize;
+                }
+            }
+            Err(error) => tracing::warn!(%error, "cannot read or raise the open-file limit"),
+        }
+        self
+    }
+}
+
 /// Serves `app` on `listener` until `shutdown` completes, then waits for in-flight requests to finish.
 pub async fn serve(listener: TcpListener, app: Router, limits: Limits, shutdown: impl Future<Output = ()>) {
     let permits = Arc::new(Semaphore::new(limits.max_connections.min(Semaphore::MAX_PERMITS)));

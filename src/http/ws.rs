@@ -34,6 +34,8 @@ const UNAUTHORIZED: u16 = 4401;
 const FORBIDDEN: u16 = 4403;
 /// Sessions ended on another node are noticed by this periodic check (on this node, at once).
 const RECHECK_EVERY: Duration = Duration::from_secs(30);
+/// A client must take each message within this time or its socket is dropped.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// RFC 6455 "message too big".
 const TOO_BIG: u16 = 1009;
 /// Largest message before the client has authenticated: an auth message is a few hundred bytes.
@@ -91,14 +93,18 @@ async fn upgrade(
 /// frame is not lost to a reset connection.
 async fn close(mut socket: WebSocket, code: u16, reason: &'static str) {
     let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
-    if socket.send(Message::Close(Some(frame))).await.is_ok() {
+    if matches!(tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Close(Some(frame)))).await, Ok(Ok(()))) {
         let _ = tokio::time::timeout(Duration::from_secs(2), async { while let Some(Ok(_)) = socket.recv().await {} })
             .await;
     }
 }
 
+/// Sends one message; `false` if the socket is gone or the client has not taken it within [`SEND_TIMEOUT`]. A
+/// client that stops reading is dropped, so it cannot hold its connection (and its slot) while sign-out, blocking
+/// and token expiry wait behind a send that never completes.
 async fn send(socket: &mut WebSocket, value: serde_json::Value) -> bool {
-    socket.send(Message::Text(value.to_string().into())).await.is_ok()
+    let sent = tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Text(value.to_string().into()))).await;
+    matches!(sent, Ok(Ok(())))
 }
 
 /// A read failed because the frame or message is over [`MESSAGE_LIMIT`].
@@ -193,7 +199,10 @@ async fn session(mut socket: WebSocket, state: AppState, principal: Option<Princ
                             None => break,
                         },
                         Ok(ClientMessage::Auth { .. }) => None,
-                        Err(e) => Some(json!({ "type": "error", "message": format!("unknown message: {e}") })),
+                        Err(_) => Some(json!({
+                            "type": "error",
+                            "message": "unknown message: expected {\"type\":\"ping\"} or {\"type\":\"resume\",\"after\":<notification id>}",
+                        })),
                     };
                     if let Some(r) = reply {
                         if !send(&mut socket, r).await {

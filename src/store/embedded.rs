@@ -114,11 +114,11 @@ impl EmbeddedStore {
         let io = |what: &str, e: std::io::Error| {
             StoreError::Unavailable(format!("cannot {what} {}: {e}", data_dir.display()))
         };
+        let created = !data_dir.exists();
         std::fs::create_dir_all(data_dir).map_err(|e| io("create", e))?;
-        restrict(data_dir, 0o700).map_err(|e| io("restrict", e))?;
         let file = data_dir.join("commercex.redb");
         let db = Database::create(&file).map_err(db_err)?;
-        restrict(&file, 0o600).map_err(|e| io("restrict the store file in", e))?;
+        make_private(data_dir, &file, created);
         let txn = db.begin_write().map_err(db_err)?;
         {
             txn.open_table(EVENTS).map_err(db_err)?;
@@ -161,16 +161,33 @@ impl EmbeddedStore {
     }
 }
 
+/// Makes the store file 0600 and the data directory 0700. A directory this process did not create is tightened
+/// only if it belongs to the same user as the store file and is not a shared sticky directory (such as /tmp);
+/// otherwise, and when a change is not permitted (a volume owned by another user), the looser mode is logged as a
+/// warning rather than stopping start-up.
 #[cfg(unix)]
-fn restrict(path: &Path, mode: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+fn make_private(dir: &Path, file: &Path, created: bool) {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let tighten = |path: &Path, mode: u32| {
+        if let Err(error) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)) {
+            tracing::warn!(path = %path.display(), %error, "cannot restrict the permissions of the store");
+        }
+    };
+    tighten(file, 0o600);
+    let (Ok(dir_meta), Ok(file_meta)) = (std::fs::metadata(dir), std::fs::metadata(file)) else { return };
+    let open_to_others = dir_meta.mode() & 0o077 != 0;
+    let sticky = dir_meta.mode() & 0o1000 != 0;
+    if created || (dir_meta.uid() == file_meta.uid() && !sticky) {
+        if open_to_others {
+            tighten(dir, 0o700);
+        }
+    } else if open_to_others {
+        tracing::warn!(path = %dir.display(), mode = format!("{:o}", dir_meta.mode() & 0o7777), "the data directory is open to other users; it holds password hashes");
+    }
 }
 
 #[cfg(not(unix))]
-fn restrict(_path: &Path, _mode: u32) -> std::io::Result<()> {
-    Ok(())
-}
+fn make_private(_dir: &Path, _file: &Path, _created: bool) {}
 
 fn commit_blocking(db: &Database, commit: Commit) -> Result<(), StoreError> {
     let txn = db.begin_write().map_err(db_err)?;
@@ -375,6 +392,13 @@ mod tests {
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&data), 0o700);
         assert_eq!(mode(&data.join("commercex.redb")), 0o600);
+        // A shared sticky directory (like /tmp) is left as it is: only the store file is made private.
+        let shared = dir.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        drop(EmbeddedStore::open(&shared).unwrap());
+        assert_eq!(std::fs::metadata(&shared).unwrap().permissions().mode() & 0o7777, 0o1777);
+        assert_eq!(mode(&shared.join("commercex.redb")), 0o600);
     }
 
     #[tokio::test]

@@ -252,6 +252,56 @@ async fn a_capture_whose_answer_was_lost_is_looked_up_and_the_order_is_paid() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capture_that_lands_after_the_payment_failed_is_refunded() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let p = app.create_product(&admin, "Kettle", 3100, 3).await["id"].as_str().unwrap().to_string();
+    let user = app.signup("late@example.com").await;
+    let t = Some(user.token.as_str());
+    app.post("/api/cart/items", t, json!({"productId": p, "quantity": 1})).await;
+    let placed = app.checkout(&user.token, "k", json!({"paymentMethod": "pm_card_lateCapture"})).await;
+    assert_eq!(placed.status, 202, "{:?}", placed.body);
+    let id = placed.body["id"].as_str().unwrap().to_string();
+
+    // Every attempt times out and the lookup finds no charge: the order fails.
+    let done = ["paid", "payment_failed", "cancelled", "refunded"];
+    let order = app.wait_order(&user.token, &id, |o| done.contains(&o["status"].as_str().unwrap())).await;
+    assert_eq!(order["status"], "payment_failed", "{order}");
+    // Right after that answer the provider processed the request it still held: the card is charged after all.
+    // The payment's recheck finds the capture and refunds it.
+    let payment_of = |body: Value| body["items"][0].clone();
+    let start = tokio::time::Instant::now();
+    let payment = loop {
+        let payment = payment_of(app.get(&format!("/api/payments?orderId={id}"), t).await.body);
+        if payment["status"] == "refunded" {
+            break payment;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "the late capture was never refunded: {payment}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let captures = app.provider.captures_for_order(&id);
+    assert_eq!(captures.len(), 1, "{captures:?}");
+    assert!(captures[0].refunded, "the money went back: {captures:?}");
+    assert_eq!(captures[0].amount, 3100);
+    assert_eq!(payment["chargeId"], captures[0].charge_id.as_str());
+    assert!(payment["refundId"].as_str().is_some_and(|r| r.starts_with("re_")), "{payment}");
+    assert!(payment["failure"].as_str().unwrap().contains("timeout"), "{payment}");
+
+    // The order stays failed: nothing was sold or is held, and the cart keeps its item for another try.
+    let settled = app.state.orders.router().settled(&id, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(settled.order.unwrap().status.as_str(), "payment_failed");
+    assert_eq!(app.get(&format!("/api/orders/{id}"), t).await.body["status"], "payment_failed");
+    assert_eq!(stock(&app, &p).await, (3, 0));
+    assert_eq!(app.get("/api/cart", t).await.body["itemCount"], 1);
+    let refunded = |n: &Value| n["kind"] == "payment.refunded" && n["data"]["orderId"] == id.as_str();
+    let start = tokio::time::Instant::now();
+    while !app.get("/api/notifications?limit=100", t).await.body["items"].as_array().unwrap().iter().any(refunded) {
+        assert!(start.elapsed() < Duration::from_secs(20), "the customer was never told of the refund");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_checkouts_never_oversell() {
     let app = std::sync::Arc::new(spawn_app().await);
     let admin = app.admin().await;

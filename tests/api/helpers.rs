@@ -66,6 +66,7 @@ pub fn test_config(dir: &std::path::Path) -> Config {
     config.payments.simulated_latency_ms = 5;
     config.payments.timeout_ms = 300;
     config.payments.max_attempts = 3;
+    config.payments.recheck_after_ms = 200;
     config.notifications.ws_auth_timeout_ms = 500;
     if std::env::var("COMMERCEX_TEST_BACKENDS").as_deref() == Ok("real") {
         use_real_backends(&mut config, dir);

@@ -14,5 +14,6 @@ mod live_entities;
 mod resilience;
 mod saga_faults;
 mod sessions;
+mod upgrades;
 mod user_text;
 mod websocket_guards;

@@ -10,9 +10,9 @@
 //!   category, so a text query is filtered and counted without reading a document.
 //! - the number of live products per scope, in `counters`.
 //!
-//! The MongoDB store has the same shape: indexes `{categoryKey, createdAt, _id}`, `{categoryKey, price, _id}`,
-//! `{categoryKey, titleLower, _id}` and the same three without `categoryKey`, partial on `deleted: false`, plus a
-//! multikey index on a `words` array queried as `{words: {$all: [/^word/, ...]}}`.
+//! The MongoDB store has the same shape (`src/store/mongo/catalog.rs`): indexes `{deleted, categoryKey, createdKey,
+//! id}`, `{deleted, categoryKey, price, id}`, `{deleted, categoryKey, titleKey, id}` and the same three without
+//! `categoryKey`, plus a multikey index on a `words` array queried by prefix range.
 
 use std::cmp::Reverse;
 use std::collections::HashSet;
