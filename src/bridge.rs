@@ -1,66 +1,92 @@
 //! The event bus: every persisted domain event is published exactly as journaled, with its unique id so consumers
-//! drop duplicates (delivery is at-least-once). The default bus is in-process; a Kafka bridge plugs in behind the
-//! same [`EventBus`] trait. Events reach the bus only through the [`outbox::OutboxRelay`], which reads them from the
-//! store after they are committed, so an event is never published for a write that did not happen, nor lost for
-//! one that did.
+//! drop duplicates (delivery is at-least-once). Two buses sit behind the same [`EventBus`] trait: the in-process
+//! broadcast ([`in_process`]) and the Kafka bridge ([`kafka`]). Events reach the bus only through the
+//! [`outbox::OutboxRelay`], which reads them from the store after they are committed, so an event is never published
+//! for a write that did not happen, nor lost for one that did.
 
+pub mod in_process;
+pub mod kafka;
 pub mod outbox;
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
 use crate::store::EventRecord;
 
+pub use in_process::InProcessBus;
+
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
     #[error("event bus unavailable: {0}")]
     Unavailable(String),
+    /// A mistake no retry fixes: bad settings, an event of a kind the bus has no topic for, sinks attached twice.
+    #[error("event bus misconfigured: {0}")]
+    Config(String),
 }
 
 #[async_trait]
 pub trait EventBus: Send + Sync {
+    /// Returns once the bus has taken the event (for Kafka: once the broker acknowledged it), so the caller may
+    /// forget it; an error means it may or may not have been taken, and the caller publishes it again.
     async fn publish(&self, event: &EventRecord) -> Result<(), BusError>;
-    /// A live feed of events published from now on.
+    /// Publishes events given in commit order, as `publish` would one after another, except that a bus may take
+    /// events of different entities at once. `Err((taken, error))`: the first `taken` events were taken and
+    /// `error` stopped the next. Later events may have been taken as well, and are published again with it: a
+    /// duplicate, never a reordering, since an entity's event is sent only once the one before it was taken.
+    async fn publish_batch(&self, events: &[EventRecord]) -> Result<(), (usize, BusError)> {
+        for (taken, event) in events.iter().enumerate() {
+            self.publish(event).await.map_err(|error| (taken, error))?;
+        }
+        Ok(())
+    }
+    /// A live feed of every event published from now on, by any process sharing the bus.
     fn subscribe(&self) -> broadcast::Receiver<EventRecord>;
+    /// Starts handing events published from now on to `sinks` (see [`Sinks`]). Call it once, at start-up, before
+    /// the outbox relay starts publishing.
+    async fn attach(&self, sinks: Sinks) -> Result<(), BusError> {
+        let _ = sinks;
+        Err(BusError::Config(format!("the {} bus cannot hand events to sinks", self.backend())))
+    }
     /// Whether the bus can take events now (for readiness); an in-process bus always can.
     async fn ping(&self) -> Result<(), BusError> {
         Ok(())
     }
+    /// Graceful stop, after the outbox relay has stopped: sinks finish the event in hand, what they handled is
+    /// recorded as consumed, and what was published is delivered.
+    async fn close(&self) {}
     /// `in_process` or `kafka`, as configured.
     fn backend(&self) -> &'static str;
 }
 
-/// A local consumer fed by the outbox relay before an event is acknowledged: at-least-once, so every sink must
-/// recognise an event it has already handled (by its id).
+/// A consumer of events: at-least-once, so every sink must recognise an event it has already handled (by its id).
+/// An error means "not handled": the event is handed over again.
 #[async_trait]
 pub trait EventSink: Send + Sync {
     async fn handle(&self, event: &EventRecord) -> Result<(), String>;
 }
 
-/// In-process bus: a broadcast channel. Slow subscribers skip ahead (and are told how many events they missed).
-pub struct InProcessBus {
-    sender: broadcast::Sender<EventRecord>,
+/// Sinks grouped by how many processes of a deployment must react to each event.
+#[derive(Clone, Default)]
+pub struct Sinks {
+    /// Every process handles every event: reactions about what this process holds, such as its product cache or
+    /// the WebSockets connected to it.
+    pub every_process: Vec<Arc<dyn EventSink>>,
+    /// One process of the deployment handles each event: reactions that must happen once, such as storing a
+    /// notification or sending an email.
+    pub once: Vec<Arc<dyn EventSink>>,
 }
 
-impl InProcessBus {
-    pub fn new(capacity: usize) -> Self {
-        Self { sender: broadcast::channel(capacity).0 }
+/// Hands `event` to each sink in turn, stopping at the first that fails.
+async fn deliver(sinks: &[Arc<dyn EventSink>], event: &EventRecord) -> Result<(), String> {
+    for sink in sinks {
+        sink.handle(event).await?;
     }
+    Ok(())
 }
 
-#[async_trait]
-impl EventBus for InProcessBus {
-    async fn publish(&self, event: &EventRecord) -> Result<(), BusError> {
-        // No subscriber is not an error: the event is still durable in the journal.
-        let _ = self.sender.send(event.clone());
-        Ok(())
-    }
-
-    fn subscribe(&self) -> broadcast::Receiver<EventRecord> {
-        self.sender.subscribe()
-    }
-
-    fn backend(&self) -> &'static str {
-        "in_process"
-    }
+/// The kind of entity an event belongs to and the entity's id: `order` and `ord_1` for `order:ord_1`.
+pub fn kind_and_id(stream: &str) -> (&str, &str) {
+    stream.split_once(':').unwrap_or((stream, stream))
 }

@@ -1,5 +1,7 @@
 //! Publishes committed events from the store's outbox to the bus, oldest first, acknowledging them only after the
 //! bus accepted them. Woken by every commit; also polls, so events left by a crash are published after restart.
+//! A batch goes to the bus at once ([`EventBus::publish_batch`]: each entity's events in order, different entities
+//! side by side); the relay stops at the first event not taken, so nothing after it leaves the outbox before it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,8 +9,8 @@ use std::time::Duration;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
-use super::{EventBus, EventSink};
-use crate::store::EventStore;
+use super::{deliver, EventBus, EventSink};
+use crate::store::{EventRecord, EventStore};
 
 const BATCH: usize = 256;
 
@@ -62,22 +64,25 @@ impl OutboxRelay {
             if batch.is_empty() {
                 return Ok(published);
             }
-            let mut done = Vec::with_capacity(batch.len());
-            for entry in &batch {
-                let mut delivered = self.bus.publish(&entry.event).await.map_err(|e| e.to_string());
-                for sink in &self.sinks {
-                    if delivered.is_ok() {
-                        delivered = sink.handle(&entry.event).await;
-                    }
-                }
-                if let Err(e) = delivered {
-                    self.store.outbox_ack(&done).await?;
-                    return Err(e.into());
+            let events: Vec<EventRecord> = batch.iter().map(|entry| entry.event.clone()).collect();
+            let (taken, mut failure) = match self.bus.publish_batch(&events).await {
+                Ok(()) => (events.len(), None),
+                Err((taken, error)) => (taken, Some(error.to_string())),
+            };
+            // Only the events before the first failure leave the outbox, so the next flush starts again from it.
+            let mut done = Vec::with_capacity(taken);
+            for entry in &batch[..taken] {
+                if let Err(error) = deliver(&self.sinks, &entry.event).await {
+                    failure = Some(error);
+                    break;
                 }
                 done.push(entry.position);
             }
             self.store.outbox_ack(&done).await?;
             published += done.len();
+            if let Some(error) = failure {
+                return Err(error.into());
+            }
         }
     }
 }
@@ -106,6 +111,30 @@ mod tests {
         async fn publish(&self, event: &EventRecord) -> Result<(), BusError> {
             if self.fail_first.load(Ordering::SeqCst) > 0 {
                 self.fail_first.fetch_sub(1, Ordering::SeqCst);
+                return Err(BusError::Unavailable("broker down".into()));
+            }
+            self.accepted.lock().unwrap().push(event.id.clone());
+            Ok(())
+        }
+        fn subscribe(&self) -> broadcast::Receiver<EventRecord> {
+            broadcast::channel(1).1
+        }
+
+        fn backend(&self) -> &'static str {
+            "test"
+        }
+    }
+
+    /// Refuses one event once, accepting everything else, and records what it accepted.
+    struct RefusingBus {
+        refuse: Mutex<Option<String>>,
+        accepted: Mutex<Vec<String>>,
+    }
+
+    #[async_trait]
+    impl EventBus for RefusingBus {
+        async fn publish(&self, event: &EventRecord) -> Result<(), BusError> {
+            if self.refuse.lock().unwrap().take_if(|id| *id == event.id).is_some() {
                 return Err(BusError::Unavailable("broker down".into()));
             }
             self.accepted.lock().unwrap().push(event.id.clone());
@@ -157,5 +186,23 @@ mod tests {
         assert_eq!(*bus.accepted.lock().unwrap(), ["a:1/1", "a:1/2", "b:1/1", "a:1/3"], "commit order");
         assert!(store.outbox_pending(10).await.unwrap().is_empty());
         assert_eq!(relay.flush().await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_refused_event_holds_back_every_later_one_so_no_entity_is_reordered() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        store.commit(commit("a:1", 0, 1)).await.unwrap();
+        store.commit(commit("b:1", 0, 1)).await.unwrap();
+        store.commit(commit("a:1", 1, 1)).await.unwrap();
+        store.commit(commit("b:1", 1, 1)).await.unwrap();
+        let bus = Arc::new(RefusingBus { refuse: Mutex::new(Some("b:1/1".into())), accepted: Mutex::new(Vec::new()) });
+        let relay = OutboxRelay::new(store.clone(), bus.clone(), Arc::new(Notify::new()));
+
+        assert!(relay.flush().await.is_err());
+        assert_eq!(*bus.accepted.lock().unwrap(), ["a:1/1"], "nothing after the refused event was published");
+        assert_eq!(store.outbox_pending(10).await.unwrap().len(), 3, "the refused event and those after it stay");
+        assert_eq!(relay.flush().await.unwrap(), 3);
+        assert_eq!(*bus.accepted.lock().unwrap(), ["a:1/1", "b:1/1", "a:1/2", "b:1/2"], "commit order");
     }
 }

@@ -2,11 +2,15 @@
 //! against every implementation of the trait. The in-process side runs with `cargo test`; the side on real servers
 //! is `#[ignore]`d and run by `scripts/test.sh` (`cargo test --test contract -- --include-ignored`).
 //!
+//! The bus contract (`bus.rs`) runs on the in-process bus and on Kafka at `COMMERCEX_TEST_KAFKA_BROKERS`, each Kafka
+//! test on topics and consumer groups of its own, its topics deleted afterwards.
+//!
 //! The store contract (`store.rs`, `store/catalog.rs`; revocations in `revocations.rs`) runs on the embedded store
 //! in a temporary directory and on MongoDB at `COMMERCEX_TEST_MONGODB_URI`, each test in a fresh database dropped
 //! afterwards; `mongo.rs` adds what only a remote store has: writes interrupted between documents, a server that
 //! goes away.
 
+mod bus;
 mod cache;
 mod fixtures;
 mod mongo;
