@@ -3,7 +3,7 @@
 #   1. `cargo test`: unit, property, contract (embedded / in-process side) and end-to-end tests on the embedded defaults;
 #   2. the contract suites against the real servers (MongoDB, Kafka and Redis protocol servers started by
 #      scripts/infra.sh; installed on first use, which takes a while and shows its progress);
-#   3. the end-to-end suite again with store.backend = mongodb and redis.url set.
+#   3. the end-to-end suite again with store.backend = mongodb, bus.backend = kafka and redis.url set.
 # Servers this script started are stopped at the end; servers that were already running are left running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,5 +27,5 @@ eval "$(scripts/infra.sh env)"
 echo "== contract suites against MongoDB, Kafka and Redis"
 cargo test --test contract "$@" -- --include-ignored
 
-echo "== end-to-end suite on MongoDB + Redis"
-COMMERCEX_TEST_BACKENDS=real cargo test --test api "$@"
+echo "== end-to-end suite on MongoDB + Kafka + Redis"
+COMMERCEX_TEST_BACKENDS=real COMMERCEX_TEST_BUS=kafka cargo test --test api "$@"

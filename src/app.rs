@@ -19,8 +19,9 @@ use crate::actors::{EntityContext, EntityRouter, NoEffects, RestartPolicy};
 use crate::auth::password::PasswordHasher;
 use crate::auth::tokens::{random_token, TokenKeys};
 use crate::auth::AuthService;
+use crate::bridge::kafka::{KafkaBus, KafkaSettings};
 use crate::bridge::outbox::OutboxRelay;
-use crate::bridge::{EventBus, InProcessBus};
+use crate::bridge::{EventBus, InProcessBus, Sinks};
 use crate::cache::{InProcessCache, ProductCache, RedisCache};
 use crate::carts::Carts;
 use crate::catalog::{Catalog, ProductCacheInvalidation, ProductEffects};
@@ -164,8 +165,22 @@ impl Application {
         };
         let bus: Arc<dyn EventBus> = match config.bus.backend {
             BusBackend::InProcess => Arc::new(InProcessBus::new(4096)),
-            BusBackend::Kafka => anyhow::bail!("bus.backend = \"kafka\" is not available in this build yet"),
+            BusBackend::Kafka => {
+                let kafka = &config.bus.kafka;
+                let partitions = i32::try_from(kafka.partitions).context("bus.kafka.partitions")?;
+                let settings = KafkaSettings::new(&kafka.brokers, &kafka.topic_prefix, partitions, &kafka.group_id);
+                let bus = KafkaBus::connect(&settings)
+                    .await
+                    .with_context(|| format!("cannot use Kafka at bus.kafka.brokers = {}", kafka.brokers))?;
+                tracing::info!(brokers = %kafka.brokers, prefix = %kafka.topic_prefix, "Kafka bridge ready");
+                Arc::new(bus)
+            }
         };
+        // Storing notifications and sending emails must happen once per deployment. The notifier also pushes to the
+        // WebSockets connected to the process that handled the event.
+        bus.attach(Sinks { every_process: Vec::new(), once: vec![Arc::new(notifier)] })
+            .await
+            .context("attaching the notifier to the bus")?;
         let (stop_background, stop) = watch::channel(false);
         let resumer = Resumer::new(
             store.clone(),
@@ -177,7 +192,7 @@ impl Application {
                 Arc::new(orders),
             ],
         );
-        let relay = OutboxRelay::new(store.clone(), bus.clone(), committed).with_sink(Arc::new(notifier));
+        let relay = OutboxRelay::new(store.clone(), bus.clone(), committed);
         let background = vec![
             relay.spawn(stop.clone()),
             spawn_cache_invalidation(bus.subscribe(), catalog.clone(), stop.clone()),
@@ -265,6 +280,8 @@ impl Application {
         for task in self.background {
             let _ = task.await;
         }
+        // The relay has stopped: consumers finish the event in hand and commit, the producer delivers the rest.
+        self.bus.close().await;
         // Actors release the store as their tasks wind down; wait for the file to be closed.
         let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
         if let Some(closed) = &self.store_closed {

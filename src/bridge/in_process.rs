@@ -47,6 +47,11 @@ impl EventBus for InProcessBus {
         Ok(())
     }
 
+    /// Lets go of the sinks (and what they hold, such as the store) once the relay has stopped.
+    async fn close(&self) {
+        self.sinks.write().unwrap_or_else(|poisoned| poisoned.into_inner()).clear();
+    }
+
     fn backend(&self) -> &'static str {
         "in_process"
     }
