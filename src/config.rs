@@ -727,6 +727,39 @@ mod tests {
         assert!(err.to_string().contains("redis.url"), "{err}");
     }
 
+    /// Every `COMMERCEX__` variable `docker-compose.yml` sets is a real key, and together they form a valid config.
+    #[test]
+    fn the_compose_file_sets_only_real_keys() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docker-compose.yml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let vars: Vec<(String, String)> = text
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("COMMERCEX__").map(|rest| format!("COMMERCEX__{rest}")))
+            .map(|l| {
+                let (name, value) = l.split_once(':').unwrap();
+                let value = value.trim().trim_matches('"');
+                // `${VAR:?...}` and `${VAR:-default}` are filled in by compose: stand in a valid value.
+                let value = if value.starts_with("${") {
+                    match name {
+                        "COMMERCEX__AUTH__JWT_SECRET" => "a-secret-of-at-least-thirty-two-characters",
+                        "COMMERCEX__AUTH__BOOTSTRAP_ADMIN__EMAIL" => "admin@example.com",
+                        _ => "pass-word-1",
+                    }
+                } else {
+                    value
+                };
+                (name.to_string(), value.to_string())
+            })
+            .collect();
+        assert!(vars.len() >= 10, "{vars:?}");
+        // Unknown keys are refused by name, so a misspelt variable in the compose file fails here.
+        let misspelt = Config::from_sources(None, env(&[("COMMERCEX__STORE__MONGO__URI", "mongodb://x")]));
+        assert!(misspelt.unwrap_err().to_string().contains("mongo"));
+        let config = Config::from_sources(None, vars).expect("the compose environment is a valid config");
+        assert_eq!((config.store.backend, config.bus.backend), (StoreBackend::Mongodb, BusBackend::Kafka));
+        assert!(!config.redis.url.is_empty());
+    }
+
     #[test]
     fn cli_arguments() {
         let args = |v: &[&str]| path_from_args(v.iter().map(|s| s.to_string()));
