@@ -7,15 +7,18 @@
 //!   categories). A key is `scope | sort | value | id` in bytes that order like the values, so a page is a walk over
 //!   a key range: forwards for an ascending sort, backwards for a descending one, ties ordered by id.
 //! - `catalog_words`: `word | 0 | id` for every distinct word of the title and description, holding the price and
-//!   category, so a text query is filtered and counted without reading a document.
+//!   category, so a search word's products are found and filtered without reading a document.
+//! - `catalog_terms`: per live product, what a filtered listing checks and sorts it by (price, createdAt, lowercase
+//!   title, words), so a product met in a sort index or a word's entries is checked with one lookup.
 //! - the number of live products per scope, in `counters`.
 //!
 //! The MongoDB store has the same shape (`src/store/mongo/catalog.rs`): indexes `{deleted, categoryKey, createdKey,
 //! id}`, `{deleted, categoryKey, price, id}`, `{deleted, categoryKey, titleKey, id}` and the same three without
-//! `categoryKey`, plus a multikey index on a `words` array queried by prefix range.
+//! `categoryKey`, plus a multikey index on a `words` array queried by prefix range for a search word of 3 or more
+//! characters and by equality for a shorter one. How far a listing reads is bounded by the rules in
+//! `store::listing` ([`ListingBounds`]).
 
-use std::cmp::Reverse;
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 use std::ops::Bound;
 
 use async_trait::async_trait;
@@ -23,21 +26,21 @@ use redb::{Database, ReadOnlyTable, ReadableTable, Table, TableDefinition, Write
 
 use super::{db_err, decode, read_doc, EmbeddedStore, COUNTERS, PRODUCTS};
 use crate::domain::product::Product;
-use crate::store::{product_words, search_words, CatalogStore, Page, ProductQuery, ProductSort, StoreError};
+use crate::store::{
+    product_words, CatalogStore, ListingBounds, Page, ProductQuery, ProductSort, SearchTerm, StoreError,
+};
 
 const SORT_KEYS: TableDefinition<&[u8], ()> = TableDefinition::new("catalog_sort");
 /// `word | 0 | id` -> (price, category key).
 const WORDS: TableDefinition<&[u8], (i64, &str)> = TableDefinition::new("catalog_words");
+/// id -> (price, createdAt seconds, createdAt nanoseconds, lowercase title, words separated by spaces).
+const TERMS: TableDefinition<&str, (i64, i64, u32, &str, &str)> = TableDefinition::new("catalog_terms");
 
 /// Raised whenever the index layout changes: a store written with another layout (or none) rebuilds on open.
-const INDEX_VERSION: u64 = 1;
+const INDEX_VERSION: u64 = 2;
 const INDEX_VERSION_KEY: &str = "catalog_index_version";
 /// `catalog_live` counts every live product, `catalog_live:{category key}` those of one category.
 const LIVE: &str = "catalog_live";
-
-/// Reading and decoding one product document costs about as much as walking this many index entries (about 2 µs
-/// against 0.1 µs in `cargo bench --bench catalog`).
-const DOCUMENT_COST: usize = 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -157,6 +160,43 @@ fn corrupt(what: &str) -> StoreError {
     StoreError::Corrupt(format!("malformed catalog index entry: {what}"))
 }
 
+/// What a listing checks and sorts a product by (a `catalog_terms` row).
+#[derive(Debug, PartialEq)]
+struct Terms {
+    price: i64,
+    created: (i64, u32),
+    title: String,
+    /// Distinct words, separated by spaces (a word is letters and digits only).
+    words: String,
+}
+
+impl Terms {
+    fn of(p: &Product) -> Self {
+        Self {
+            price: p.price,
+            created: (p.created_at.timestamp(), p.created_at.timestamp_subsec_nanos()),
+            title: p.title.to_lowercase(),
+            words: product_words(p).into_iter().collect::<Vec<_>>().join(" "),
+        }
+    }
+
+    fn read(
+        table: &ReadOnlyTable<&'static str, (i64, i64, u32, &'static str, &'static str)>,
+        id: &[u8],
+    ) -> Result<Self, StoreError> {
+        let id = std::str::from_utf8(id).map_err(|_| corrupt("id is not UTF-8"))?;
+        let found = table.get(id).map_err(db_err)?.ok_or_else(|| corrupt(&format!("no terms for product {id}")))?;
+        let (price, secs, nanos, title, words) = found.value();
+        Ok(Self { price, created: (secs, nanos), title: title.to_string(), words: words.to_string() })
+    }
+
+    /// Whether the product is priced within `prices` and has, for every term, a word it matches.
+    fn accepts(&self, terms: &[SearchTerm], prices: Option<(i64, i64)>) -> bool {
+        prices.is_none_or(|(min, max)| (min..=max).contains(&self.price))
+            && terms.iter().all(|t| self.words.split(' ').any(|w| t.matches(w)))
+    }
+}
+
 /// What a live product contributes to the indexes.
 #[derive(Debug, PartialEq)]
 struct Entries {
@@ -164,6 +204,7 @@ struct Entries {
     price: i64,
     sort_keys: Vec<Vec<u8>>,
     word_keys: Vec<Vec<u8>>,
+    terms: Terms,
 }
 
 fn entries(p: &Product) -> Option<Entries> {
@@ -182,20 +223,29 @@ fn entries(p: &Product) -> Option<Entries> {
             key
         })
         .collect();
-    Some(Entries { category, price: p.price, sort_keys, word_keys })
+    Some(Entries { category, price: p.price, sort_keys, word_keys, terms: Terms::of(p) })
 }
 
 struct Writer<'t> {
     sorts: Table<'t, &'static [u8], ()>,
     words: Table<'t, &'static [u8], (i64, &'static str)>,
+    terms: Table<'t, &'static str, (i64, i64, u32, &'static str, &'static str)>,
 }
 
 impl<'t> Writer<'t> {
     fn open(txn: &'t WriteTransaction) -> Result<Self, StoreError> {
-        Ok(Self { sorts: txn.open_table(SORT_KEYS).map_err(db_err)?, words: txn.open_table(WORDS).map_err(db_err)? })
+        Ok(Self {
+            sorts: txn.open_table(SORT_KEYS).map_err(db_err)?,
+            words: txn.open_table(WORDS).map_err(db_err)?,
+            terms: txn.open_table(TERMS).map_err(db_err)?,
+        })
     }
 
-    fn insert(&mut self, e: &Entries, counters: &mut Table<&'static str, u64>) -> Result<(), StoreError> {
+    fn insert(&mut self, id: &str, e: &Entries, counters: &mut Table<&'static str, u64>) -> Result<(), StoreError> {
+        let t = &e.terms;
+        self.terms
+            .insert(id, (t.price, t.created.0, t.created.1, t.title.as_str(), t.words.as_str()))
+            .map_err(db_err)?;
         for key in &e.sort_keys {
             self.sorts.insert(key.as_slice(), ()).map_err(db_err)?;
         }
@@ -206,7 +256,8 @@ impl<'t> Writer<'t> {
         count(counters, &live_counter(Some(&e.category)), true)
     }
 
-    fn remove(&mut self, e: &Entries, counters: &mut Table<&'static str, u64>) -> Result<(), StoreError> {
+    fn remove(&mut self, id: &str, e: &Entries, counters: &mut Table<&'static str, u64>) -> Result<(), StoreError> {
+        self.terms.remove(id).map_err(db_err)?;
         for key in &e.sort_keys {
             self.sorts.remove(key.as_slice()).map_err(db_err)?;
         }
@@ -247,10 +298,10 @@ pub(super) fn index_product(
     }
     let mut writer = Writer::open(txn)?;
     if let Some(old) = old {
-        writer.remove(&old, counters)?;
+        writer.remove(&product.id, &old, counters)?;
     }
     if let Some(new) = new {
-        writer.insert(&new, counters)?;
+        writer.insert(&product.id, &new, counters)?;
     }
     Ok(())
 }
@@ -266,6 +317,7 @@ pub(super) fn prepare(txn: &WriteTransaction) -> Result<(), StoreError> {
     }
     txn.delete_table(SORT_KEYS).map_err(db_err)?;
     txn.delete_table(WORDS).map_err(db_err)?;
+    txn.delete_table(TERMS).map_err(db_err)?;
     let live_counters = (Bound::Included(LIVE), Bound::Excluded("catalog_livf"));
     counters.retain_in::<&str, _>(live_counters, |_, _| false).map_err(db_err)?;
     let products: Vec<Product> = {
@@ -277,8 +329,10 @@ pub(super) fn prepare(txn: &WriteTransaction) -> Result<(), StoreError> {
         all
     };
     let mut writer = Writer::open(txn)?;
-    for e in products.iter().filter_map(entries) {
-        writer.insert(&e, &mut counters)?;
+    for p in &products {
+        if let Some(e) = entries(p) {
+            writer.insert(&p.id, &e, &mut counters)?;
+        }
     }
     counters.insert(INDEX_VERSION_KEY, INDEX_VERSION).map_err(db_err)?;
     tracing::info!(products = products.len(), "built the catalog indexes");
@@ -288,21 +342,9 @@ pub(super) fn prepare(txn: &WriteTransaction) -> Result<(), StoreError> {
 /// What a listing read, to tell a query's cost apart from the catalog's size.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Work {
+    /// Entries of the sort, word and terms indexes read (a terms lookup counts as one).
     pub index_entries: usize,
     pub documents: usize,
-}
-
-/// How a filtered listing (text or price range) picks its page out of the matching ids: by walking the scope's
-/// index of the requested sort, keeping matches, until the page is full; or by reading every match and sorting
-/// them. Tests pin each way to check both.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Plan {
-    /// Whichever should read less.
-    Cheapest,
-    #[cfg(test)]
-    Walk,
-    #[cfg(test)]
-    Sort,
 }
 
 /// The keys of one sort index of one scope (for the price index, possibly only a price range), and the direction
@@ -328,179 +370,292 @@ impl SortRange {
         }
         Self { sort, descending, value_at: prefix.len(), lo, hi }
     }
+
+    fn bounds(&self) -> (Bound<&[u8]>, Bound<&[u8]>) {
+        (Bound::Included(self.lo.as_slice()), self.hi.as_deref().map_or(Bound::Unbounded, Bound::Excluded))
+    }
+}
+
+/// The keys of a search term's entries in the word index: the word and every longer word it begins, or the word
+/// alone.
+fn word_bounds(term: &SearchTerm) -> (Vec<u8>, Option<Vec<u8>>) {
+    let word = term.word.as_bytes();
+    if term.prefix {
+        (word.to_vec(), successor(word))
+    } else {
+        ([word, &[0]].concat(), Some([word, &[1]].concat()))
+    }
+}
+
+/// Where a walk over a sort range stops.
+struct Stop {
+    /// After keeping this many ids.
+    kept: usize,
+    /// After reading this many entries.
+    entries: usize,
+}
+
+/// What a walk over a sort range found.
+struct Walked {
+    /// The kept ids at the page's positions.
+    page: Vec<Vec<u8>>,
+    kept: usize,
+    /// Whether the walk reached the end of the range.
+    ended: bool,
+    /// Entries read, including one read past the entry cap to learn whether the range went on.
+    entries: usize,
+}
+
+/// Walks `range` in listing order, keeping the ids `keep` accepts, until the range ends or `stop` says.
+fn walk(
+    sorts: &ReadOnlyTable<&'static [u8], ()>,
+    range: &SortRange,
+    (offset, limit): (usize, usize),
+    stop: Stop,
+    mut keep: impl FnMut(&[u8]) -> Result<bool, StoreError>,
+) -> Result<Walked, StoreError> {
+    let rows = sorts.range::<&[u8]>(range.bounds()).map_err(db_err)?;
+    let mut rows: Box<dyn Iterator<Item = _>> = if range.descending { Box::new(rows.rev()) } else { Box::new(rows) };
+    let mut walked = Walked { page: Vec::new(), kept: 0, ended: false, entries: 0 };
+    loop {
+        if walked.kept == stop.kept {
+            return Ok(walked);
+        }
+        let Some(row) = rows.next() else {
+            walked.ended = true;
+            return Ok(walked);
+        };
+        walked.entries += 1;
+        if walked.entries > stop.entries {
+            return Ok(walked);
+        }
+        let (key, _) = row.map_err(db_err)?;
+        let key = key.value();
+        let id = id_of_sort_key(key, range.value_at, range.sort).ok_or_else(|| corrupt("sort key"))?;
+        if keep(id)? {
+            if walked.kept >= offset && walked.page.len() < limit {
+                walked.page.push(id.to_vec());
+            }
+            walked.kept += 1;
+        }
+    }
+}
+
+type Rows<'a> = Box<dyn Iterator<Item = Result<(Vec<u8>, bool), StoreError>> + 'a>;
+
+/// The entries of one filter (a search term's, or the price range's), read in step with the others' to find a narrow
+/// one: each entry's id and whether it passes the listing's other cheap checks (category and price).
+struct Feed<'a> {
+    rows: Rows<'a>,
+    read: usize,
+    ids: Vec<Vec<u8>>,
 }
 
 struct Reader {
     sorts: ReadOnlyTable<&'static [u8], ()>,
     words: ReadOnlyTable<&'static [u8], (i64, &'static str)>,
+    terms: ReadOnlyTable<&'static str, (i64, i64, u32, &'static str, &'static str)>,
     products: ReadOnlyTable<&'static str, &'static [u8]>,
     work: Work,
 }
 
+/// The query as the indexes read it.
+struct Plan<'q> {
+    q: &'q ProductQuery,
+    bounds: ListingBounds,
+    category: Option<String>,
+    scope: Vec<u8>,
+    in_scope: usize,
+    terms: Vec<SearchTerm>,
+    prices: Option<(i64, i64)>,
+    window: (usize, usize),
+    sort: SortKey,
+}
+
 impl Reader {
-    fn load(&mut self, id: &[u8]) -> Result<Product, StoreError> {
-        let id = std::str::from_utf8(id).map_err(|_| corrupt("id is not UTF-8"))?;
-        self.work.documents += 1;
-        let found = self.products.get(id).map_err(db_err)?;
-        let bytes = found.ok_or_else(|| corrupt(&format!("product {id} is indexed but missing")))?;
-        decode(bytes.value())
-    }
-
-    fn load_all<'a>(&mut self, ids: impl IntoIterator<Item = &'a Vec<u8>>) -> Result<Vec<Product>, StoreError> {
-        ids.into_iter().map(|id| self.load(id)).collect()
-    }
-
-    /// Walks `range` in listing order, keeping the ids `keep` accepts. Returns the kept ids at
-    /// `offset..offset + limit` and, if `count_all`, how many were kept in all (otherwise the walk stops at the end
-    /// of the page).
-    fn walk(
-        &mut self,
-        range: &SortRange,
-        (offset, limit): (usize, usize),
-        count_all: bool,
-        mut keep: impl FnMut(&[u8]) -> bool,
-    ) -> Result<(Vec<Vec<u8>>, usize), StoreError> {
-        let bounds =
-            (Bound::Included(range.lo.as_slice()), range.hi.as_deref().map_or(Bound::Unbounded, Bound::Excluded));
-        let rows = self.sorts.range::<&[u8]>(bounds).map_err(db_err)?;
-        let rows: Box<dyn Iterator<Item = _>> = if range.descending { Box::new(rows.rev()) } else { Box::new(rows) };
-        let (mut page, mut kept) = (Vec::new(), 0);
-        for row in rows {
-            if !count_all && page.len() == limit {
-                break;
-            }
-            let (key, _) = row.map_err(db_err)?;
-            self.work.index_entries += 1;
-            let key = key.value();
-            let id = id_of_sort_key(key, range.value_at, range.sort).ok_or_else(|| corrupt("sort key"))?;
-            if !keep(id) {
-                continue;
-            }
-            if kept >= offset && page.len() < limit {
-                page.push(id.to_vec());
-            }
-            kept += 1;
+    fn load_all(&mut self, ids: &[Vec<u8>]) -> Result<Vec<Product>, StoreError> {
+        let mut loaded = Vec::with_capacity(ids.len());
+        for id in ids {
+            let id = std::str::from_utf8(id).map_err(|_| corrupt("id is not UTF-8"))?;
+            self.work.documents += 1;
+            let found = self.products.get(id).map_err(db_err)?;
+            let bytes = found.ok_or_else(|| corrupt(&format!("product {id} is indexed but missing")))?;
+            loaded.push(decode(bytes.value())?);
         }
-        Ok((page, kept))
+        Ok(loaded)
     }
 
-    /// The ids of the scope's live products priced within `min..=max`.
-    fn priced_within(&mut self, scope: &[u8], (min, max): (i64, i64)) -> Result<HashSet<Vec<u8>>, StoreError> {
-        let mut ids = HashSet::new();
-        let range = SortRange::new(scope, SortKey::Price, false, Some((min, max)));
-        self.walk(&range, (0, 0), true, |id| {
-            ids.insert(id.to_vec());
-            true
-        })?;
-        Ok(ids)
+    /// No text and no price range: the page off the sort index, the total from the scope's counter.
+    fn unfiltered(&mut self, plan: &Plan) -> Result<(Vec<Vec<u8>>, usize, bool), StoreError> {
+        let (offset, limit) = plan.window;
+        if offset >= plan.in_scope {
+            return Ok((Vec::new(), plan.in_scope, true));
+        }
+        let range = SortRange::new(&plan.scope, plan.sort, plan.q.sort.descending(), None);
+        let walked =
+            walk(&self.sorts, &range, plan.window, Stop { kept: offset + limit, entries: usize::MAX }, |_| Ok(true))?;
+        self.work.index_entries += walked.entries;
+        Ok((walked.page, plan.in_scope, true))
     }
 
-    /// The ids of the live products with, for every word, a word that starts with it, in the category (if any) and
-    /// priced within `min..=max`.
-    fn with_words(
-        &mut self,
-        words: &[String],
-        category: Option<&str>,
-        (min, max): (i64, i64),
-    ) -> Result<HashSet<Vec<u8>>, StoreError> {
-        // Longer words tend to match fewer products, and each word only narrows what the previous ones found.
-        let mut words = words.to_vec();
-        words.sort_by(|a, b| (Reverse(a.len()), a).cmp(&(Reverse(b.len()), b)));
-        words.dedup();
-        let mut found: Option<HashSet<Vec<u8>>> = None;
-        for word in &words {
-            let hi = successor(word.as_bytes());
-            let bounds = (Bound::Included(word.as_bytes()), hi.as_deref().map_or(Bound::Unbounded, Bound::Excluded));
-            let mut hits = HashSet::new();
-            for row in self.words.range::<&[u8]>(bounds).map_err(db_err)? {
+    /// A price range sorted by price: the page off the range, counted on to `max(narrow, offset + limit)` and one
+    /// more.
+    fn price_sorted(&mut self, plan: &Plan) -> Result<(Vec<Vec<u8>>, usize, bool), StoreError> {
+        let (offset, limit) = plan.window;
+        let range = SortRange::new(&plan.scope, plan.sort, plan.q.sort.descending(), plan.prices);
+        let counted = plan.bounds.narrow.max(offset + limit);
+        let walked = walk(
+            &self.sorts,
+            &range,
+            plan.window,
+            Stop { kept: counted.saturating_add(1), entries: usize::MAX },
+            |_| Ok(true),
+        )?;
+        self.work.index_entries += walked.entries;
+        Ok((walked.page, walked.kept, walked.ended))
+    }
+
+    /// The candidates of the query's narrowest filter, if one is narrow: reads every filter's entries in step and
+    /// stops at the first filter to end within `narrow` entries, or once each has more. So it reads at most
+    /// `filters x (narrow + 1)` entries, and `filters x` the narrow one's entries when there is one.
+    fn narrow_candidates(&mut self, plan: &Plan) -> Result<Option<BTreeSet<Vec<u8>>>, StoreError> {
+        let mut feeds: Vec<Feed> = Vec::new();
+        let (category, prices) = (plan.category.as_deref(), plan.prices);
+        for term in &plan.terms {
+            let (lo, hi) = word_bounds(term);
+            let bounds = (Bound::Included(lo.as_slice()), hi.as_deref().map_or(Bound::Unbounded, Bound::Excluded));
+            let rows = self.words.range::<&[u8]>(bounds).map_err(db_err)?.map(move |row| {
                 let (key, value) = row.map_err(db_err)?;
-                self.work.index_entries += 1;
                 let (price, product_category) = value.value();
-                let key = key.value();
-                let id = id_of_word_key(key).ok_or_else(|| corrupt("word key"))?;
-                if category.is_some_and(|c| c != product_category) || price < min || price > max {
-                    continue;
-                }
-                if found.as_ref().is_none_or(|f| f.contains(id)) {
-                    hits.insert(id.to_vec());
-                }
-            }
-            if hits.is_empty() {
-                return Ok(hits);
-            }
-            found = Some(hits);
+                let id = id_of_word_key(key.value()).ok_or_else(|| corrupt("word key"))?.to_vec();
+                let passes = category.is_none_or(|c| c == product_category)
+                    && prices.is_none_or(|(min, max)| (min..=max).contains(&price));
+                Ok((id, passes))
+            });
+            feeds.push(Feed { rows: Box::new(rows), read: 0, ids: Vec::new() });
         }
-        Ok(found.unwrap_or_default())
+        if let Some(range) = prices.map(|p| SortRange::new(&plan.scope, SortKey::Price, false, Some(p))) {
+            let rows = self.sorts.range::<&[u8]>(range.bounds()).map_err(db_err)?.map(move |row| {
+                let (key, _) = row.map_err(db_err)?;
+                let id =
+                    id_of_sort_key(key.value(), range.value_at, SortKey::Price).ok_or_else(|| corrupt("sort key"))?;
+                Ok((id.to_vec(), true))
+            });
+            feeds.push(Feed { rows: Box::new(rows), read: 0, ids: Vec::new() });
+        }
+        while feeds.iter().any(|f| f.read <= plan.bounds.narrow) {
+            for feed in feeds.iter_mut().filter(|f| f.read <= plan.bounds.narrow) {
+                let Some(row) = feed.rows.next() else {
+                    return Ok(Some(std::mem::take(&mut feed.ids).into_iter().collect()));
+                };
+                self.work.index_entries += 1;
+                feed.read += 1;
+                let (id, passes) = row?;
+                if passes {
+                    feed.ids.push(id);
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// A filtered listing with a narrow filter: its candidates checked and sorted, every match counted.
+    fn narrow(
+        &mut self,
+        plan: &Plan,
+        candidates: BTreeSet<Vec<u8>>,
+    ) -> Result<(Vec<Vec<u8>>, usize, bool), StoreError> {
+        let mut hits = Vec::new();
+        for id in candidates {
+            self.work.index_entries += 1;
+            let terms = Terms::read(&self.terms, &id)?;
+            if terms.accepts(&plan.terms, plan.prices) {
+                hits.push((id, terms));
+            }
+        }
+        hits.sort_by(|(a, ta), (b, tb)| {
+            let ascending = match plan.sort {
+                SortKey::Created => ta.created.cmp(&tb.created),
+                SortKey::Price => ta.price.cmp(&tb.price),
+                SortKey::Title => ta.title.cmp(&tb.title),
+            }
+            .then_with(|| a.cmp(b));
+            if plan.q.sort.descending() {
+                ascending.reverse()
+            } else {
+                ascending
+            }
+        });
+        let (offset, limit) = plan.window;
+        let total = hits.len();
+        Ok((hits.into_iter().skip(offset).take(limit).map(|(id, _)| id).collect(), total, true))
+    }
+
+    /// A filtered listing whose filters are all broad: the matches among the first `window` products in listing
+    /// order, counted; exact only if the window held the whole range.
+    fn broad(&mut self, plan: &Plan) -> Result<(Vec<Vec<u8>>, usize, bool), StoreError> {
+        let prices = if plan.sort == SortKey::Price { plan.prices } else { None };
+        let range = SortRange::new(&plan.scope, plan.sort, plan.q.sort.descending(), prices);
+        let mut lookups = 0;
+        let stop = Stop { kept: usize::MAX, entries: plan.bounds.window };
+        let walked = walk(&self.sorts, &range, plan.window, stop, |id| {
+            lookups += 1;
+            Ok(Terms::read(&self.terms, id)?.accepts(&plan.terms, plan.prices))
+        })?;
+        self.work.index_entries += walked.entries + lookups;
+        Ok((walked.page, walked.kept, walked.ended))
     }
 }
 
-/// One page of the listing, and what it took to read it.
+/// One page of the listing by the rules of [`ProductQuery::paginate_within`], and what it took to read it.
 ///
-/// - No text and no price range: the page is walked off the sort index; the total is the scope's counter.
-/// - Price range, sorted by price: the page is walked off the price range, which is counted for the total.
-/// - Otherwise the matching ids are found in the word index or the price range (index entries only), and the page is
-///   either walked off the sort index keeping matches, or cut from all matches read and sorted, whichever reads less.
-fn list(db: &Database, q: &ProductQuery, plan: Plan) -> Result<(Page<Product>, Work), StoreError> {
+/// - No text and no price range: the page is walked off the sort index; the total is the scope's counter, and a
+///   page past it reads nothing.
+/// - A price range sorted by price: the page is walked off the price range, counted on for the total up to a bound.
+/// - Otherwise the filters' index entries are read in step until one filter proves narrow (its candidates are
+///   checked against the terms index and sorted) or all broad (the first `window` products of the sort index are
+///   checked and the page cut from those that match).
+fn list(db: &Database, q: &ProductQuery, bounds: ListingBounds) -> Result<(Page<Product>, Work), StoreError> {
     let txn = db.begin_read().map_err(db_err)?;
     let mut reader = Reader {
         sorts: txn.open_table(SORT_KEYS).map_err(db_err)?,
         words: txn.open_table(WORDS).map_err(db_err)?,
+        terms: txn.open_table(TERMS).map_err(db_err)?,
         products: txn.open_table(PRODUCTS).map_err(db_err)?,
         work: Work::default(),
     };
     let category = q.category.as_deref().map(category_key);
-    let scope = scope(category.as_deref());
     let in_scope = {
         let counters = txn.open_table(COUNTERS).map_err(db_err)?;
         let found = counters.get(live_counter(category.as_deref()).as_str()).map_err(db_err)?;
         found.map_or(0, |v| v.value()) as usize
     };
-    let words = q.text.as_deref().map(search_words).unwrap_or_default();
-    let prices = (q.min_price.is_some() || q.max_price.is_some())
-        .then(|| (q.min_price.unwrap_or(i64::MIN), q.max_price.unwrap_or(i64::MAX)));
-    let window = ((q.page.saturating_sub(1) as usize).saturating_mul(q.limit as usize), q.limit as usize);
-    let (sort, descending) = (SortKey::of(q.sort), q.sort.descending());
-    if prices.is_some_and(|(min, max)| min > max) {
-        return Ok((Page { items: Vec::new(), page: q.page, limit: q.limit, total: 0 }, reader.work));
-    }
-
-    let (items, total) = if words.is_empty() && prices.is_none() {
-        let (ids, _) = reader.walk(&SortRange::new(&scope, sort, descending, None), window, false, |_| true)?;
-        (reader.load_all(&ids)?, in_scope)
-    } else if words.is_empty() && sort == SortKey::Price {
-        let (ids, total) = reader.walk(&SortRange::new(&scope, sort, descending, prices), window, true, |_| true)?;
-        (reader.load_all(&ids)?, total)
+    let plan = Plan {
+        q,
+        bounds,
+        scope: scope(category.as_deref()),
+        category,
+        in_scope,
+        terms: q.terms(),
+        prices: q.price_range(),
+        window: q.window(),
+        sort: SortKey::of(q.sort),
+    };
+    let (ids, total, total_is_exact) = if plan.prices.is_some_and(|(min, max)| min > max) {
+        (Vec::new(), 0, true)
+    } else if plan.terms.is_empty() && plan.prices.is_none() {
+        reader.unfiltered(&plan)?
+    } else if plan.terms.is_empty() && q.sort.by_price() {
+        reader.price_sorted(&plan)?
     } else {
-        let matches = match (words.is_empty(), prices) {
-            (true, Some(range)) => reader.priced_within(&scope, range)?,
-            _ => reader.with_words(&words, category.as_deref(), prices.unwrap_or((i64::MIN, i64::MAX)))?,
-        };
-        let total = matches.len();
-        let (offset, limit) = window;
-        if offset >= total {
-            (Vec::new(), total)
-        } else {
-            // Matches spread evenly over the scope are met about every `in_scope / total` entries.
-            let walked = in_scope.saturating_mul((offset + limit).min(total)) / total;
-            let walk = match plan {
-                Plan::Cheapest => walked <= total.saturating_mul(DOCUMENT_COST),
-                #[cfg(test)]
-                Plan::Walk => true,
-                #[cfg(test)]
-                Plan::Sort => false,
-            };
-            if walk {
-                let range = SortRange::new(&scope, sort, descending, None);
-                let (ids, _) = reader.walk(&range, window, false, |id| matches.contains(id))?;
-                (reader.load_all(&ids)?, total)
-            } else {
-                let mut hits = reader.load_all(matches.iter())?;
-                hits.sort_by(|a, b| q.compare(a, b));
-                (hits.into_iter().skip(offset).take(limit).collect(), total)
-            }
+        match reader.narrow_candidates(&plan)? {
+            Some(candidates) => reader.narrow(&plan, candidates)?,
+            None => reader.broad(&plan)?,
         }
     };
-    Ok((Page { items, page: q.page, limit: q.limit, total: total as u64 }, reader.work))
+    let items = reader.load_all(&ids)?;
+    let page = Page { items, page: q.page, limit: q.limit, total: total as u64, total_is_exact };
+    Ok((page, reader.work))
 }
 
 #[async_trait]
@@ -513,7 +668,7 @@ impl CatalogStore for EmbeddedStore {
     async fn list_products(&self, query: &ProductQuery) -> Result<Page<Product>, StoreError> {
         let query = query.clone();
         self.run(move |db| {
-            let (page, work) = list(db, &query, Plan::Cheapest)?;
+            let (page, work) = list(db, &query, ListingBounds::DEFAULT)?;
             tracing::debug!(index_entries = work.index_entries, documents = work.documents, "product listing");
             Ok(page)
         })
@@ -580,18 +735,36 @@ mod tests {
         page.items.iter().map(|p| p.id.as_str()).collect()
     }
 
-    /// The listing, checked against the reference rules applied to every stored product.
-    fn listed(db: &Database, q: &ProductQuery, plan: Plan) -> (Page<Product>, Work) {
-        let (page, work) = list(db, q, plan).unwrap();
-        let expected = q.paginate(read_all::<Product>(db, PRODUCTS).unwrap().into_iter());
-        assert_eq!((ids(&page), page.total), (ids(&expected), expected.total), "{q:?} planned {plan:?}");
+    /// Bounds that no test catalog reaches: the whole listing, exactly.
+    const UNBOUNDED: ListingBounds = ListingBounds { narrow: usize::MAX, window: usize::MAX };
+
+    /// The listing, checked against the reference rules applied to every stored product; and, as every page is a
+    /// correct cut of the whole listing, against the unbounded listing too: equal when its total is exact, otherwise
+    /// a prefix of the same page with a total that is a lower bound.
+    fn listed(db: &Database, q: &ProductQuery, bounds: ListingBounds) -> (Page<Product>, Work) {
+        let (page, work) = list(db, q, bounds).unwrap();
+        let catalog = read_all::<Product>(db, PRODUCTS).unwrap();
+        let expected = q.paginate_within(catalog.clone(), bounds);
+        assert_eq!(
+            (ids(&page), page.total, page.total_is_exact),
+            (ids(&expected), expected.total, expected.total_is_exact),
+            "{q:?} within {bounds:?}"
+        );
+        let whole = q.paginate_within(catalog, UNBOUNDED);
+        assert!(whole.total_is_exact);
+        if page.total_is_exact {
+            assert_eq!((ids(&page), page.total), (ids(&whole), whole.total), "{q:?} within {bounds:?}");
+        } else {
+            assert!(ids(&whole).starts_with(&ids(&page)), "{q:?} within {bounds:?}");
+            assert!(page.total <= whole.total, "{q:?} within {bounds:?}");
+        }
         (page, work)
     }
 
     fn any_product() -> impl Strategy<Value = Product> {
         let titles =
             ["Red mug", "red MUG", "Blue mug", "Desk lamp", "Teapot", "Äpfel Öl", "a\u{0}b", "a", "mug-2000", ""];
-        let descriptions = ["", "A red mug", "steel kettle 1.7 l", "mugs and more", "ÄPFEL"];
+        let descriptions = ["", "A red mug", "steel kettle 1.7 l", "mugs and more", "ÄPFEL", "mu ke 20"];
         let categories = ["kitchen", "Kitchen", "office", "ÄB", "äb"];
         let prices = prop_oneof![-3i64..4, Just(i64::MIN), Just(i64::MAX)];
         (0..12usize, 0..titles.len(), 0..descriptions.len(), prices, 0..categories.len(), -2i64..3, any::<bool>())
@@ -603,7 +776,24 @@ mod tests {
     }
 
     fn any_query() -> impl Strategy<Value = ProductQuery> {
-        let texts = ["mug", "MU", "red mug", "m", "ke", "2000", "!!", "lamp desk", "äp", "öl", "zzz", "a b"];
+        let texts = [
+            "mug",
+            "MU",
+            "red mug",
+            "m",
+            "ke",
+            "2000",
+            "20",
+            "!!",
+            "lamp desk",
+            "äp",
+            "äpf",
+            "öl",
+            "zzz",
+            "a b",
+            "mug mu",
+            "red mug kettle steel more",
+        ];
         let categories = ["kitchen", "KITCHEN", "office", "äb", "ÄB", "none"];
         let sorts = [
             ProductSort::Newest,
@@ -634,8 +824,9 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(32))]
 
-        /// Whatever was written, rewritten and deleted, every way of reading a page gives exactly the page the
-        /// reference rules cut from the whole catalog.
+        /// Whatever was written, rewritten and deleted, a page is exactly the one the reference rules cut from the
+        /// whole catalog, with the default bounds (which these catalogs never reach) and with bounds small enough
+        /// to cut the listing.
         #[test]
         fn indexed_listing_equals_the_reference(
             writes in proptest::collection::vec(any_product(), 0..20),
@@ -646,12 +837,36 @@ mod tests {
             for p in &writes {
                 commit(&store.db, p);
             }
+            let cuts = [(0, 0), (0, 3), (1, 2), (2, 1), (3, 5), (8, 4)];
             for q in &queries {
-                for plan in [Plan::Cheapest, Plan::Walk, Plan::Sort] {
-                    listed(&store.db, q, plan);
+                for (narrow, window) in cuts {
+                    listed(&store.db, q, ListingBounds { narrow, window });
                 }
+                let (page, _) = listed(&store.db, q, ListingBounds::DEFAULT);
+                prop_assert!(page.total_is_exact);
             }
         }
+    }
+
+    #[test]
+    fn short_words_match_whole_words_and_longer_ones_beginnings() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        commit(&store.db, &product("a", "Red mug", "", 900, "kitchen", 1));
+        commit(&store.db, &product("b", "Mu mugs", "", 900, "kitchen", 2));
+        commit(&store.db, &product("c", "Teapot", "", 900, "kitchen", 3));
+        let search = |text: &str| {
+            let q = ProductQuery { page: 1, limit: 10, text: Some(text.into()), ..Default::default() };
+            ids(&listed(&store.db, &q, ListingBounds::DEFAULT).0).into_iter().map(String::from).collect::<Vec<_>>()
+        };
+        assert_eq!(search("mu"), ["b"]);
+        assert_eq!(search("mug"), ["b", "a"]);
+        assert_eq!(search("te"), Vec::<String>::new());
+        assert_eq!(search("tea"), ["c"]);
+        assert_eq!(search("RE mug"), Vec::<String>::new());
+        assert_eq!(search("red m"), Vec::<String>::new());
+        assert_eq!(search("red mu"), Vec::<String>::new());
+        assert_eq!(search("mu mug"), ["b"]);
     }
 
     #[test]
@@ -669,6 +884,7 @@ mod tests {
             let txn = db.begin_write().unwrap();
             txn.delete_table(SORT_KEYS).unwrap();
             txn.delete_table(WORDS).unwrap();
+            txn.delete_table(TERMS).unwrap();
             let mut counters = txn.open_table(COUNTERS).unwrap();
             for key in [INDEX_VERSION_KEY, LIVE, "catalog_live:kitchen", "catalog_live:office"] {
                 counters.remove(key).unwrap();
@@ -677,7 +893,7 @@ mod tests {
             txn.commit().unwrap();
         }
         let store = EmbeddedStore::open(dir.path()).unwrap();
-        let all = listed(&store.db, &ProductQuery { page: 1, limit: 10, ..Default::default() }, Plan::Cheapest).0;
+        let all = listed(&store.db, &ProductQuery { page: 1, limit: 10, ..Default::default() }, UNBOUNDED).0;
         assert_eq!((ids(&all), all.total), (vec!["b", "a"], 2));
         let q = ProductQuery {
             page: 1,
@@ -686,11 +902,17 @@ mod tests {
             category: Some("KITCHEN".into()),
             ..Default::default()
         };
-        assert_eq!(ids(&listed(&store.db, &q, Plan::Cheapest).0), ["a"]);
+        assert_eq!(ids(&listed(&store.db, &q, UNBOUNDED).0), Vec::<&str>::new());
+        let q = ProductQuery { text: Some("mug".into()), ..q };
+        assert_eq!(ids(&listed(&store.db, &q, UNBOUNDED).0), ["a"]);
+        // A window of one product: the terms index answers for it.
+        let q = ProductQuery { text: Some("mug".into()), category: None, ..q };
+        assert_eq!(ids(&listed(&store.db, &q, ListingBounds { narrow: 0, window: 1 }).0), Vec::<&str>::new());
+        assert_eq!(ids(&listed(&store.db, &q, ListingBounds { narrow: 0, window: 2 }).0), ["a"]);
         // Writes after the rebuild keep the rebuilt indexes and counts right.
         commit(&store.db, &Product { deleted: true, ..product("a", "Red mug", "", 900, "Kitchen", 1) });
         let q = ProductQuery { page: 1, limit: 10, category: Some("kitchen".into()), ..Default::default() };
-        assert_eq!(listed(&store.db, &q, Plan::Cheapest).0.total, 0);
+        assert_eq!(listed(&store.db, &q, UNBOUNDED).0.total, 0);
     }
 
     #[test]
@@ -715,40 +937,73 @@ mod tests {
             f(&mut q);
             q
         };
+        let ListingBounds { narrow, window } = ListingBounds::DEFAULT;
+        let bounded = |q: &ProductQuery| listed(&store.db, q, ListingBounds::DEFAULT);
 
-        let (first, work) = listed(&store.db, &query(|_| {}), Plan::Cheapest);
-        assert_eq!((first.items.len(), first.total as usize), (20, live));
+        let (first, work) = bounded(&query(|_| {}));
+        assert_eq!((first.items.len(), first.total as usize, first.total_is_exact), (20, live, true));
         assert_eq!(work, Work { index_entries: 20, documents: 20 });
 
-        let (category, work) = listed(&store.db, &query(|q| q.category = Some("CAT3".into())), Plan::Cheapest);
+        let (category, work) = bounded(&query(|q| q.category = Some("CAT3".into())));
         assert_eq!(category.items.len(), 20);
         assert_eq!(work, Work { index_entries: 20, documents: 20 });
 
         let deep = query(|q| q.page = 300);
-        assert_eq!(listed(&store.db, &deep, Plan::Cheapest).1, Work { index_entries: 6_000, documents: 20 });
+        assert_eq!(bounded(&deep).1, Work { index_entries: 6_000, documents: 20 });
 
+        // Past the end: nothing is read, the total comes from the counter.
+        let (past, work) = bounded(&query(|q| (q.category, q.page) = (Some("cat3".into()), 26)));
+        assert_eq!((past.items.len(), past.total, past.total_is_exact), (0, 500, true));
+        assert_eq!(work, Work::default());
+        let (past, work) = bounded(&query(|q| q.page = 4_000_000));
+        assert_eq!((past.items.len(), past.total as usize), (0, live));
+        assert_eq!(work, Work::default());
+
+        // A price range sorted by price: the range up to the page, counted on to the bound.
         let priced = query(|q| {
             (q.min_price, q.max_price, q.sort, q.page) = (Some(1_000), Some(5_000), ProductSort::PriceAsc, 2)
         });
-        let (page, work) = listed(&store.db, &priced, Plan::Cheapest);
-        assert!(page.total > 300 && page.total < 500, "{}", page.total);
+        let (page, work) = bounded(&priced);
+        assert!(page.total > 300 && page.total < 500 && page.total_is_exact, "{}", page.total);
         assert_eq!(work, Work { index_entries: page.total as usize, documents: 20 });
+        let (page, work) = bounded(&query(|q| (q.min_price, q.sort) = (Some(0), ProductSort::PriceDesc)));
+        assert_eq!((page.items.len(), page.total as usize, page.total_is_exact), (20, narrow + 1, false));
+        assert_eq!(work, Work { index_entries: narrow + 1, documents: 20 });
 
-        // A wide price range sorted otherwise: walking the newest-first index finds the page quickly.
-        let wide = query(|q| (q.min_price, q.max_price) = (Some(10_000), None));
-        let (page, work) = listed(&store.db, &wide, Plan::Cheapest);
-        assert!(page.total > 8_000);
-        assert_eq!(work.documents, 20);
-        assert!(work.index_entries < page.total as usize + 100, "{work:?}");
+        // A narrow price range sorted otherwise: its products are checked and sorted, nothing else is read.
+        let narrow_range = query(|q| (q.min_price, q.max_price) = (Some(1_000), Some(5_000)));
+        let (page, work) = bounded(&narrow_range);
+        assert!(page.total_is_exact);
+        assert_eq!(work, Work { index_entries: 2 * page.total as usize, documents: 20 });
 
-        // A rare word: its few matches are read and sorted.
-        let (rare, work) = listed(&store.db, &query(|q| q.text = Some("LIMIT".into())), Plan::Cheapest);
-        assert_eq!(rare.total, 20);
-        assert_eq!(work, Work { index_entries: 20, documents: 20 });
+        // A rare word: its few products are checked and sorted.
+        let (rare, work) = bounded(&query(|q| q.text = Some("LIMIT".into())));
+        assert_eq!((rare.total, rare.total_is_exact), (20, true));
+        assert_eq!(work, Work { index_entries: 40, documents: 20 });
 
-        // Common words: only the page is read.
-        let (common, work) = listed(&store.db, &query(|q| q.text = Some("ITEM st".into())), Plan::Cheapest);
-        assert!(common.total > 1_000);
-        assert_eq!(work.documents, 20);
+        // Broad filters: the page is cut from the first `window` products of the sort index.
+        let (common, work) = bounded(&query(|q| q.text = Some("ITEM ste".into())));
+        assert!(common.total > 100 && !common.total_is_exact, "{}", common.total);
+        assert_eq!(work, Work { index_entries: 2 * (narrow + 1) + 2 * window + 1, documents: 20 });
+        let (wide, work) = bounded(&query(|q| (q.min_price, q.sort) = (Some(10_000), ProductSort::TitleAsc)));
+        assert!(wide.total > 800 && !wide.total_is_exact, "{}", wide.total);
+        assert_eq!(work, Work { index_entries: narrow + 1 + 2 * window + 1, documents: 20 });
+
+        // Hostile shapes: however much of the catalog they would match, each reads a few thousand entries at most,
+        // out of 10,000 products with 30,000 word entries.
+        let hostile: [fn(&mut ProductQuery); 6] = [
+            |q| q.text = Some("a e i o s".into()),
+            |q| q.text = Some("red blu ste oak mug".into()),
+            |q| (q.text, q.min_price) = (Some("eve ite red blu ste".into()), Some(0)),
+            |q| (q.text, q.sort, q.page, q.limit) = (Some("eve ite".into()), ProductSort::TitleDesc, 100, 100),
+            |q| (q.min_price, q.max_price, q.page) = (Some(0), Some(i64::MAX), 500),
+            |q| (q.min_price, q.sort, q.category) = (Some(100), ProductSort::PriceAsc, Some("cat1".into())),
+        ];
+        for shape in hostile {
+            let q = query(shape);
+            let (_, work) = bounded(&q);
+            assert!(work.index_entries <= 6 * (narrow + 1) + 2 * window + 1, "{q:?}: {work:?}");
+            assert!(work.index_entries < 5_100 && work.documents <= q.limit as usize, "{q:?}: {work:?}");
+        }
     }
 }
