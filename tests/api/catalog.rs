@@ -132,7 +132,10 @@ async fn listing_queries_past_the_limits_are_refused_with_the_limit_named() {
     for deep in ["page=4000000", "page=501&limit=20", "page=101&limit=100", "page=10001&limit=1"] {
         let (status, code, message) = refused(&app.get(&format!("/api/products?{deep}"), None).await);
         assert_eq!((status, code.as_str()), (400, "invalid_query"), "{deep}");
-        assert!(message.contains("at most 10000") && message.contains("use filters to narrow the listing"), "{message}");
+        assert!(
+            message.contains("at most 10000") && message.contains("use filters to narrow the listing"),
+            "{message}"
+        );
     }
 
     // At the limits: answered, and a page past the end is empty with the total.
