@@ -180,17 +180,41 @@ impl Terms {
     }
 
     fn read(table: &ReadOnlyTable<&'static str, TermsRow>, id: &[u8]) -> Result<Self, StoreError> {
-        let id = std::str::from_utf8(id).map_err(|_| corrupt("id is not UTF-8"))?;
-        let found = table.get(id).map_err(db_err)?.ok_or_else(|| corrupt(&format!("no terms for product {id}")))?;
+        let found = Self::row(table, id)?;
         let (price, secs, nanos, title, words) = found.value();
         Ok(Self { price, created: (secs, nanos), title: title.to_string(), words: words.to_string() })
     }
 
-    /// Whether the product is priced within `prices` and has, for every term, a word it matches.
-    fn accepts(&self, terms: &[SearchTerm], prices: Option<(i64, i64)>) -> bool {
-        prices.is_none_or(|(min, max)| (min..=max).contains(&self.price))
-            && terms.iter().all(|t| self.words.split(' ').any(|w| t.matches(w)))
+    /// Whether the product is priced within `prices` and has, for every term, a word it matches, read in place.
+    fn check(
+        table: &ReadOnlyTable<&'static str, TermsRow>,
+        id: &[u8],
+        terms: &[SearchTerm],
+        prices: Option<(i64, i64)>,
+    ) -> Result<bool, StoreError> {
+        let found = Self::row(table, id)?;
+        let (price, _, _, _, words) = found.value();
+        Ok(accepts(price, words, terms, prices))
     }
+
+    fn row<'t>(
+        table: &'t ReadOnlyTable<&'static str, TermsRow>,
+        id: &[u8],
+    ) -> Result<redb::AccessGuard<'t, TermsRow>, StoreError> {
+        let id = std::str::from_utf8(id).map_err(|_| corrupt("id is not UTF-8"))?;
+        table.get(id).map_err(db_err)?.ok_or_else(|| corrupt(&format!("no terms for product {id}")))
+    }
+
+    fn accepts(&self, terms: &[SearchTerm], prices: Option<(i64, i64)>) -> bool {
+        accepts(self.price, &self.words, terms, prices)
+    }
+}
+
+/// Whether a product of this price and these words (separated by spaces) is within `prices` and has, for every
+/// term, a word it matches.
+fn accepts(price: i64, words: &str, terms: &[SearchTerm], prices: Option<(i64, i64)>) -> bool {
+    prices.is_none_or(|(min, max)| (min..=max).contains(&price))
+        && terms.iter().all(|t| words.split(' ').any(|w| t.matches(w)))
 }
 
 /// What a live product contributes to the indexes.

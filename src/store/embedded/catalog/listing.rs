@@ -276,7 +276,7 @@ impl Reader {
         let stop = Stop { kept: usize::MAX, entries: plan.bounds.window };
         let walked = walk(&self.sorts, &range, plan.window, stop, |id| {
             lookups += 1;
-            Ok(Terms::read(&self.terms, id)?.accepts(&plan.terms, plan.prices))
+            Terms::check(&self.terms, id, &plan.terms, plan.prices)
         })?;
         self.work.index_entries += walked.entries + lookups;
         Ok((walked.page, walked.kept, walked.ended))
