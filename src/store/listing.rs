@@ -210,13 +210,13 @@ impl ProductQuery {
     /// - otherwise: the matches among the first `bounds.window` products in listing order of the scope (and of the
     ///   price range when sorted by price), total exact only when that window held all of those products.
     pub fn paginate_within(&self, products: impl IntoIterator<Item = Product>, bounds: ListingBounds) -> Page<Product> {
-        let mut scope: Vec<Product> = products.into_iter().filter(|p| !p.deleted).collect();
+        let live: Vec<Product> = products.into_iter().filter(|p| !p.deleted).collect();
         let terms = self.terms();
         let entries = |t: &SearchTerm| -> usize {
-            scope.iter().map(|p| product_words(p).iter().filter(|w| t.matches(w)).count()).sum()
+            live.iter().map(|p| product_words(p).iter().filter(|w| t.matches(w)).count()).sum()
         };
         let narrow_word = terms.iter().any(|t| entries(t) <= bounds.narrow);
-        scope.retain(|p| self.in_scope(p));
+        let mut scope: Vec<Product> = live.into_iter().filter(|p| self.in_scope(p)).collect();
         scope.sort_by(|a, b| self.compare(a, b));
         let (offset, limit) = self.window();
         let page = |hits: Vec<Product>, total: usize, total_is_exact: bool| Page {
@@ -245,5 +245,40 @@ impl ProductQuery {
         hits = scope.iter().take(bounds.window).filter(|p| self.matches(p)).cloned().collect();
         let total = hits.len();
         page(hits, total, scope.len() <= bounds.window)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(text: &str, page: u32, limit: u32) -> ProductQuery {
+        ProductQuery { page, limit, text: Some(text.into()), ..Default::default() }
+    }
+
+    #[test]
+    fn limits_are_inclusive_and_count_characters_and_words() {
+        assert_eq!(query(&"ä".repeat(100), 1, 20).validate(), Ok(()));
+        assert!(query(&"a".repeat(101), 1, 20).validate().unwrap_err().contains("100 characters"));
+        assert_eq!(query("one two, three-four 5", 1, 20).validate(), Ok(()));
+        assert!(query("one two three four 5 6", 1, 20).validate().unwrap_err().contains("it has 6"));
+        assert_eq!(query("", 100, 100).validate(), Ok(()));
+        assert_eq!(query("", 10_000, 1).validate(), Ok(()));
+        for (page, limit) in [(101, 100), (10_001, 1), (u32::MAX, 100)] {
+            let refused = query("", page, limit).validate().unwrap_err();
+            assert!(refused.contains("use filters to narrow the listing"), "{refused}");
+        }
+        let q = ProductQuery { min_price: Some(2), max_price: Some(1), ..query("", 1, 1) };
+        assert!(q.validate().is_err());
+    }
+
+    #[test]
+    fn words_under_three_characters_are_whole_words() {
+        let terms = query("Mug MU äp äpf mu 7", 1, 1).terms();
+        let shown: Vec<(&str, bool)> = terms.iter().map(|t| (t.word.as_str(), t.prefix)).collect();
+        assert_eq!(shown, [("7", false), ("mu", false), ("mug", true), ("äp", false), ("äpf", true)]);
+        let mu = &terms[1];
+        assert!(mu.matches("mu") && !mu.matches("mug"));
+        assert!(terms[2].matches("mugs") && !terms[2].matches("smug"));
     }
 }
