@@ -187,7 +187,8 @@ pub fn page_and_limit(page: Option<u32>, limit: Option<u32>) -> Result<(u32, u32
     Ok((page, limit))
 }
 
-/// A page of results with its position in the whole listing.
+/// A page of results with its position in the whole listing. When `totalIsExact` is false, `total` and `totalPages`
+/// are lower bounds: the listing stopped counting.
 pub fn page_json<T: serde::Serialize>(page: crate::store::Page<T>) -> serde_json::Value {
     let total_pages = page.total.div_ceil(u64::from(page.limit.max(1)));
     serde_json::json!({
@@ -195,6 +196,7 @@ pub fn page_json<T: serde::Serialize>(page: crate::store::Page<T>) -> serde_json
         "page": page.page,
         "limit": page.limit,
         "total": page.total,
+        "totalIsExact": page.total_is_exact,
         "totalPages": total_pages,
     })
 }

@@ -4,7 +4,7 @@
 //! |-------------|-----|
 //! | [`domain`]  | pure rules: products, carts, orders (the saga as a state machine), payments, coupons, users, currencies (ISO 4217), the one rule for user text; no I/O |
 //! | [`actors`]  | one `ractor` actor per product, cart, order, payment and coupon: supervised, recovered from the store, reached via the router, running the effects its state calls for; the resumer |
-//! | [`store`]   | storage interfaces (journal + snapshots + outbox + active streams, read models, users, revocations, notifications), the embedded `redb` store, the MongoDB store and revocations in Redis |
+//! | [`store`]   | storage interfaces (journal + snapshots + outbox + active streams, read models, users, revocations, notifications), the product listing rules every store gives, the embedded `redb` store, the MongoDB store and revocations in Redis |
 //! | [`bridge`]  | the event bus interface and its sinks, the in-process bus, the Kafka bridge, and the outbox relay that publishes committed events |
 //! | [`auth`]    | accounts, argon2id hashing, JWT access tokens, rotating refresh tokens, revocation |
 //! | [`catalog`] | product service: writes through product actors, reads through the cache and read model; product effects (old sales checked against the orders' read model) |

@@ -1,6 +1,7 @@
 //! Storage interfaces: the event journal (with snapshots and the outbox), the catalog read model, user accounts
 //! and token revocations. Every write is a single atomic write per entity, so the same interface maps onto
 //! MongoDB documents (one document per commit with a unique `(stream, seq)` index) as well as the embedded store.
+//! The product listing's rules, shared by every store, are in `listing`.
 
 pub mod embedded;
 pub mod mongo;
@@ -15,6 +16,12 @@ use crate::domain::payment::{Payment, PaymentStatus};
 use crate::domain::product::Product;
 use crate::domain::user::User;
 use crate::domain::Timestamp;
+
+mod listing;
+pub use listing::{
+    product_words, search_words, ListingBounds, ProductQuery, ProductSort, SearchTerm, MAX_LISTING_DEPTH,
+    MAX_QUERY_CHARS, MAX_QUERY_WORDS, MIN_PREFIX_CHARS,
+};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -102,113 +109,21 @@ pub struct Page<T> {
     pub items: Vec<T>,
     pub page: u32,
     pub limit: u32,
+    /// How many items the listing holds, or, when `total_is_exact` is false, at least how many: a bounded product
+    /// listing stops counting (see [`ListingBounds`]).
     pub total: u64,
+    pub total_is_exact: bool,
 }
 
 impl<T> Page<T> {
     pub fn map<U>(self, f: impl FnMut(T) -> U) -> Page<U> {
-        Page { items: self.items.into_iter().map(f).collect(), page: self.page, limit: self.limit, total: self.total }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ProductSort {
-    #[default]
-    Newest,
-    Oldest,
-    PriceAsc,
-    PriceDesc,
-    TitleAsc,
-    TitleDesc,
-}
-
-impl ProductSort {
-    pub fn descending(self) -> bool {
-        matches!(self, Self::Newest | Self::PriceDesc | Self::TitleDesc)
-    }
-}
-
-/// The words a text is searched by: its runs of letters and digits, in lowercase.
-pub fn search_words(text: &str) -> Vec<String> {
-    text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_lowercase).collect()
-}
-
-/// The distinct words of a product's title and description.
-pub fn product_words(p: &Product) -> std::collections::BTreeSet<String> {
-    search_words(&p.title).into_iter().chain(search_words(&p.description)).collect()
-}
-
-impl std::str::FromStr for ProductSort {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(match s {
-            "newest" | "-createdAt" => Self::Newest,
-            "oldest" | "createdAt" => Self::Oldest,
-            "price" | "price_asc" => Self::PriceAsc,
-            "-price" | "price_desc" => Self::PriceDesc,
-            "title" => Self::TitleAsc,
-            "-title" => Self::TitleDesc,
-            other => return Err(format!("unknown sort `{other}`; use newest, oldest, price, -price, title or -title")),
-        })
-    }
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct ProductQuery {
-    pub page: u32,
-    pub limit: u32,
-    /// Words that must all be found, each as the beginning of a word of the title or description (see
-    /// [`search_words`]). A text without any word filters nothing.
-    pub text: Option<String>,
-    pub category: Option<String>,
-    pub min_price: Option<i64>,
-    pub max_price: Option<i64>,
-    pub sort: ProductSort,
-}
-
-impl ProductQuery {
-    /// Whether a product belongs in this listing (deleted products never do).
-    pub fn matches(&self, p: &Product) -> bool {
-        if p.deleted {
-            return false;
+        Page {
+            items: self.items.into_iter().map(f).collect(),
+            page: self.page,
+            limit: self.limit,
+            total: self.total,
+            total_is_exact: self.total_is_exact,
         }
-        if let Some(c) = &self.category {
-            if !p.category.eq_ignore_ascii_case(c) {
-                return false;
-            }
-        }
-        if self.min_price.is_some_and(|m| p.price < m) || self.max_price.is_some_and(|m| p.price > m) {
-            return false;
-        }
-        if let Some(text) = &self.text {
-            let words = product_words(p);
-            return search_words(text).iter().all(|w| words.iter().any(|t| t.starts_with(w.as_str())));
-        }
-        true
-    }
-
-    /// The listing order. Equal values are ordered by id, and a descending sort is exactly the ascending one
-    /// reversed, so one ascending index per sort serves both directions.
-    pub fn compare(&self, a: &Product, b: &Product) -> std::cmp::Ordering {
-        let ascending = match self.sort {
-            ProductSort::Newest | ProductSort::Oldest => a.created_at.cmp(&b.created_at),
-            ProductSort::PriceAsc | ProductSort::PriceDesc => a.price.cmp(&b.price),
-            ProductSort::TitleAsc | ProductSort::TitleDesc => a.title.to_lowercase().cmp(&b.title.to_lowercase()),
-        }
-        .then_with(|| a.id.cmp(&b.id));
-        if self.sort.descending() {
-            ascending.reverse()
-        } else {
-            ascending
-        }
-    }
-
-    /// Filters, sorts and cuts one page out of `products`: the listing rules applied to a whole catalog, which every
-    /// store's indexed listing must agree with.
-    pub fn paginate(&self, products: impl Iterator<Item = Product>) -> Page<Product> {
-        let mut hits: Vec<Product> = products.filter(|p| self.matches(p)).collect();
-        hits.sort_by(|a, b| self.compare(a, b));
-        page_of(hits, self.page, self.limit)
     }
 }
 
@@ -351,5 +266,11 @@ impl<T> Store for T where T: EventStore + CatalogStore + UserStore + RevocationS
 pub fn page_of<T>(items: Vec<T>, page: u32, limit: u32) -> Page<T> {
     let total = items.len() as u64;
     let start = (page.saturating_sub(1) as usize).saturating_mul(limit as usize);
-    Page { items: items.into_iter().skip(start).take(limit as usize).collect(), page, limit, total }
+    Page {
+        items: items.into_iter().skip(start).take(limit as usize).collect(),
+        page,
+        limit,
+        total,
+        total_is_exact: true,
+    }
 }

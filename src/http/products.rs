@@ -49,22 +49,18 @@ struct ListParams {
 
 async fn list(State(state): State<AppState>, Query(p): Query<ListParams>) -> Result<Json<Value>, ApiError> {
     let (page, limit) = page_and_limit(p.page, p.limit)?;
-    let sort =
-        p.sort.as_deref().map(str::parse).transpose().map_err(|e: String| ApiError::bad_request("invalid_query", e))?;
-    if let (Some(min), Some(max)) = (p.min_price, p.max_price) {
-        if min > max {
-            return Err(ApiError::bad_request("invalid_query", "`minPrice` is greater than `maxPrice`"));
-        }
-    }
+    let invalid = |e: String| ApiError::bad_request("invalid_query", e);
+    let sort = p.sort.as_deref().map(str::parse).transpose().map_err(invalid)?;
     let query = ProductQuery {
         page,
         limit,
-        text: p.q.filter(|s| !s.trim().is_empty()),
+        text: p.q,
         category: p.category.filter(|s| !s.trim().is_empty()),
         min_price: p.min_price,
         max_price: p.max_price,
         sort: sort.unwrap_or_default(),
     };
+    query.validate().map_err(invalid)?;
     let found = state.catalog.list(&query).await?;
     Ok(Json(page_json(found.map(ProductView::from))))
 }

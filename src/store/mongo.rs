@@ -234,7 +234,7 @@ async fn find_page<T: DeserializeOwned>(
         collect(coll.find(filter.clone()).sort(sort).skip(skip).limit(i64::from(limit)).await.map_err(store_err)?).await
     };
     let (total, items) = tokio::try_join!(count, items)?;
-    Ok(Page { items, page, limit, total })
+    Ok(Page { items, page, limit, total, total_is_exact: true })
 }
 
 /// Writes `document` (which holds its `_id`) unless the stored one was derived from a later stream sequence

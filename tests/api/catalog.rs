@@ -80,6 +80,7 @@ async fn listing_paginates_searches_filters_and_sorts() {
 
     let page = app.get("/api/products?limit=2&page=3&sort=price", None).await;
     assert_eq!((page.body["total"].as_u64(), page.body["totalPages"].as_u64()), (Some(5), Some(3)));
+    assert_eq!(page.body["totalIsExact"], true);
     assert_eq!(titles(&page), ["Desk lamp"]);
     assert_eq!(titles(&app.get("/api/products?q=red", None).await).len(), 2);
     assert_eq!(titles(&app.get("/api/products?q=RED%20mug", None).await), ["Red mug"]);
@@ -90,9 +91,12 @@ async fn listing_paginates_searches_filters_and_sorts() {
     );
     assert_eq!(titles(&app.get("/api/products?sort=-title&limit=1", None).await), ["Teapot"]);
 
-    // A search word matches the beginning of a word, never its middle.
+    // A search word of 3 or more characters matches the beginning of a word, never its middle; a shorter one only a
+    // whole word.
     assert_eq!(titles(&app.get("/api/products?q=TEA", None).await), ["Teapot"]);
-    assert_eq!(titles(&app.get("/api/products?q=m%20re&sort=title", None).await), ["Red mug"]);
+    assert_eq!(titles(&app.get("/api/products?q=mug%20red&sort=title", None).await), ["Red mug"]);
+    assert_eq!(titles(&app.get("/api/products?q=A%20pen", None).await), ["Red pen"]);
+    assert_eq!(app.get("/api/products?q=m%20re", None).await.body["total"], 0);
     assert_eq!(app.get("/api/products?q=ug", None).await.body["total"], 0);
 
     // An edited product moves to its new place in every listing.
@@ -109,6 +113,40 @@ async fn listing_paginates_searches_filters_and_sorts() {
         let r = app.get(&format!("/api/products?{bad}"), None).await;
         assert_eq!((r.status, r.code()), (400, "invalid_query"), "{bad}");
     }
+}
+
+#[tokio::test]
+async fn listing_queries_past_the_limits_are_refused_with_the_limit_named() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    app.create_product(&admin, "Red mug", 900, 5).await;
+    let refused = |r: &crate::helpers::Resp| (r.status, r.code().to_string(), r.body["error"]["message"].to_string());
+
+    let long = "m".repeat(101);
+    let (status, code, message) = refused(&app.get(&format!("/api/products?q={long}"), None).await);
+    assert_eq!((status, code.as_str()), (400, "invalid_query"));
+    assert!(message.contains("`q` must be at most 100 characters"), "{message}");
+    let (status, code, message) = refused(&app.get("/api/products?q=a%20e%20i%20o%20s%20t", None).await);
+    assert_eq!((status, code.as_str()), (400, "invalid_query"));
+    assert!(message.contains("at most 5 words; it has 6"), "{message}");
+    for deep in ["page=4000000", "page=501&limit=20", "page=101&limit=100", "page=10001&limit=1"] {
+        let (status, code, message) = refused(&app.get(&format!("/api/products?{deep}"), None).await);
+        assert_eq!((status, code.as_str()), (400, "invalid_query"), "{deep}");
+        assert!(
+            message.contains("at most 10000") && message.contains("use filters to narrow the listing"),
+            "{message}"
+        );
+    }
+
+    // At the limits: answered, and a page past the end is empty with the total.
+    let q = format!("{} red mug r m", "m".repeat(88));
+    assert_eq!(q.chars().count(), 100);
+    let r = app.get(&format!("/api/products?q={}&page=100&limit=100", q.replace(' ', "%20")), None).await;
+    assert_eq!((r.status, r.body["total"].as_u64()), (200, Some(0)), "{:?}", r.body);
+    let r = app.get("/api/products?q=red%20mug&page=500&limit=20", None).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!((r.body["items"].as_array().map(Vec::len), r.body["total"].as_u64()), (Some(0), Some(1)));
+    assert_eq!(r.body["totalIsExact"], true);
 }
 
 #[tokio::test]

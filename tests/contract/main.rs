@@ -95,6 +95,7 @@ contract! {
     read_models_follow_last_commit => crate::store::read_models_follow_the_last_commit_of_their_stream,
     catalog_listing_rules => crate::store::catalog::listing_follows_the_listing_rules,
     catalog_listing_equals_reference => crate::store::catalog::listing_equals_the_reference_on_random_catalogs,
+    catalog_broad_listings_bounded => crate::store::catalog::broad_listings_are_cut_by_the_bounds,
     users_unique_email_and_versioned => crate::store::users_are_unique_by_email_and_updated_by_version,
     refresh_tokens_used_once => crate::store::refresh_tokens_are_used_once,
     sales_listed_newest_first => crate::store::sales_are_listed_newest_first,

@@ -3,17 +3,25 @@
 //! in lowercase), `createdKey` (a string that sorts like the creation time) and `words`, the distinct words of the
 //! title and description ([`product_words`]). Every sort has a compound index led by `deleted` (so live products
 //! are one range) for all products and one per category, ending in `id` so that ties are ordered by id in both
-//! directions. A text query asks, for every word, that some element of `words` lies in the range of strings that
-//! begin with it, which the multikey index on `words` answers by a range scan; no regular expression is involved,
-//! so there is nothing to escape.
+//! directions. A text query asks, for every search word of 3 or more characters, that some element of `words` lies
+//! in the range of strings that begin with it, and for a shorter one that `words` holds it, which the multikey index
+//! on `words` answers by a range scan or a point lookup; no regular expression is involved, so there is nothing to
+//! escape.
+//!
+//! A listing reads no more than the bounds of the listing rules ([`ProductQuery::paginate_within`]) let it: a
+//! filtered listing first asks each filter for at most `narrow + 1` documents to find a narrow one, and when there
+//! is none, reads the first `window + 1` documents of the sort index (only their id, price and words) and cuts the
+//! page from those that match, loading only the page's documents.
 
 use async_trait::async_trait;
-use mongodb::bson::{doc, Document};
-use mongodb::IndexModel;
+use mongodb::bson::{doc, Bson, Document};
+use mongodb::{Collection, IndexModel};
 
-use super::{find_page, from_doc, index, store_err, time_key, to_doc, MongoStore, PRODUCTS};
+use super::{collect, find_page, from_doc, index, store_err, time_key, to_doc, MongoStore, PRODUCTS};
 use crate::domain::product::Product;
-use crate::store::{product_words, search_words, CatalogStore, Page, ProductQuery, ProductSort, StoreError};
+use crate::store::{
+    product_words, CatalogStore, ListingBounds, Page, ProductQuery, ProductSort, SearchTerm, StoreError,
+};
 
 pub(super) fn indexes() -> Vec<IndexModel> {
     let mut all = Vec::new();
@@ -47,21 +55,29 @@ fn successor(prefix: &str) -> Option<String> {
     None
 }
 
-/// Matches documents with a word that begins with `word`.
-fn word_prefix(word: &str) -> Document {
-    let range = match successor(word) {
-        Some(end) => doc! {"$gte": word, "$lt": end},
-        None => doc! {"$gte": word},
+/// Matches documents with a word that `term` matches: one that begins with it, or, for a short term, the word itself.
+fn word_filter(term: &SearchTerm) -> Document {
+    if !term.prefix {
+        return doc! {"words": &term.word};
+    }
+    let range = match successor(&term.word) {
+        Some(end) => doc! {"$gte": &term.word, "$lt": end},
+        None => doc! {"$gte": &term.word},
     };
     doc! {"words": {"$elemMatch": range}}
 }
 
-/// The query for [`ProductQuery::matches`].
-fn filter(q: &ProductQuery) -> Document {
+/// The live products of the query's category, or of the catalog.
+fn scope_filter(q: &ProductQuery) -> Document {
     let mut filter = doc! {"deleted": false};
     if let Some(c) = &q.category {
         filter.insert("categoryKey", c.to_ascii_lowercase());
     }
+    filter
+}
+
+/// `filter` narrowed to the query's price range, if it has one.
+fn priced(mut filter: Document, q: &ProductQuery) -> Document {
     if q.min_price.is_some() || q.max_price.is_some() {
         let mut range = Document::new();
         if let Some(min) = q.min_price {
@@ -72,11 +88,15 @@ fn filter(q: &ProductQuery) -> Document {
         }
         filter.insert("price", range);
     }
-    let mut words = q.text.as_deref().map(search_words).unwrap_or_default();
-    words.sort();
-    words.dedup();
-    if !words.is_empty() {
-        filter.insert("$and", words.iter().map(|w| word_prefix(w)).collect::<Vec<_>>());
+    filter
+}
+
+/// The query for [`ProductQuery::matches`].
+fn filter(q: &ProductQuery) -> Document {
+    let mut filter = priced(scope_filter(q), q);
+    let terms = q.terms();
+    if !terms.is_empty() {
+        filter.insert("$and", terms.iter().map(word_filter).collect::<Vec<_>>());
     }
     filter
 }
@@ -100,8 +120,128 @@ impl CatalogStore for MongoStore {
     }
 
     async fn list_products(&self, query: &ProductQuery) -> Result<Page<Product>, StoreError> {
-        find_page(&self.coll(PRODUCTS), filter(query), sort(query), query.page, query.limit).await
+        list(&self.coll(PRODUCTS), query, ListingBounds::DEFAULT).await
     }
+}
+
+/// One page by the rules of [`ProductQuery::paginate_within`].
+async fn list(
+    coll: &Collection<Document>,
+    q: &ProductQuery,
+    bounds: ListingBounds,
+) -> Result<Page<Product>, StoreError> {
+    let (terms, prices, (offset, limit)) = (q.terms(), q.price_range(), q.window());
+    let page = |items: Vec<Product>, total: usize, total_is_exact: bool| Page {
+        items,
+        page: q.page,
+        limit: q.limit,
+        total: total as u64,
+        total_is_exact,
+    };
+    if prices.is_some_and(|(min, max)| min > max) {
+        return Ok(page(Vec::new(), 0, true));
+    }
+    if terms.is_empty() && prices.is_none() {
+        return find_page(coll, filter(q), sort(q), q.page, q.limit).await;
+    }
+    if terms.is_empty() && q.sort.by_price() {
+        // The page off the price range, and its total counted no further than the rules count it.
+        let counted = bounds.narrow.max(offset + limit);
+        let total = count(coll, filter(q), counted.saturating_add(1)).await?;
+        let mut items = Vec::new();
+        if limit > 0 && offset < total {
+            let rows = coll.find(filter(q)).sort(sort(q)).skip(offset as u64).limit(limit as i64);
+            items = collect(rows.await.map_err(store_err)?).await?;
+        }
+        return Ok(page(items, total, total <= counted));
+    }
+    if narrow(coll, q, &terms, bounds.narrow).await? {
+        return find_page(coll, filter(q), sort(q), q.page, q.limit).await;
+    }
+    // Every filter is broad: the page is cut from the matches among the first `window` products in listing order.
+    let window = if q.sort.by_price() { priced(scope_filter(q), q) } else { scope_filter(q) };
+    let rows = coll
+        .find(window)
+        .sort(sort(q))
+        .limit(i64::try_from(bounds.window.saturating_add(1)).unwrap_or(i64::MAX))
+        .projection(doc! {"_id": 1, "price": 1, "words": 1})
+        .await
+        .map_err(store_err)?;
+    let rows: Vec<Document> = collect(rows).await?;
+    let total_is_exact = rows.len() <= bounds.window;
+    let mut matching = Vec::new();
+    for row in rows.iter().take(bounds.window) {
+        let price = int(row, "price")?;
+        let words = words(row)?;
+        let priced_within = prices.is_none_or(|(min, max)| (min..=max).contains(&price));
+        if priced_within && terms.iter().all(|t| words.iter().any(|w| t.matches(w))) {
+            matching.push(row.get_str("_id").map_err(|e| StoreError::Corrupt(e.to_string()))?.to_string());
+        }
+    }
+    let ids: Vec<&String> = matching.iter().skip(offset).take(limit).collect();
+    let mut items = Vec::with_capacity(ids.len());
+    if !ids.is_empty() {
+        let found: Vec<Product> = collect(coll.find(doc! {"_id": {"$in": &ids}}).await.map_err(store_err)?).await?;
+        for id in &ids {
+            let product = found.iter().find(|p| &&p.id == id);
+            items.push(product.cloned().ok_or_else(|| StoreError::Corrupt(format!("product {id} went missing")))?);
+        }
+    }
+    Ok(page(items, matching.len(), total_is_exact))
+}
+
+/// Whether one of the query's filters is narrow: a search term with at most `narrow` entries in the whole catalog (one
+/// per product and distinct word it matches), or a price range with at most `narrow` products in the scope. Reads at
+/// most `narrow + 1` documents per filter.
+async fn narrow(
+    coll: &Collection<Document>,
+    q: &ProductQuery,
+    terms: &[SearchTerm],
+    narrow: usize,
+) -> Result<bool, StoreError> {
+    let cap = narrow.saturating_add(1);
+    for term in terms {
+        let mut live = word_filter(term);
+        live.insert("deleted", false);
+        let found = coll
+            .find(live)
+            .limit(i64::try_from(cap).unwrap_or(i64::MAX))
+            .projection(doc! {"_id": 0, "words": 1})
+            .await
+            .map_err(store_err)?;
+        let found: Vec<Document> = collect(found).await?;
+        let mut entries = 0;
+        for d in &found {
+            entries += words(d)?.iter().filter(|w| term.matches(w)).count();
+        }
+        if found.len() < cap && entries <= narrow {
+            return Ok(true);
+        }
+    }
+    if q.price_range().is_some() {
+        return Ok(count(coll, priced(scope_filter(q), q), cap).await? <= narrow);
+    }
+    Ok(false)
+}
+
+/// The number of documents matching `filter`, counted no further than `cap`.
+async fn count(coll: &Collection<Document>, filter: Document, cap: usize) -> Result<usize, StoreError> {
+    let n = coll.count_documents(filter).limit(cap as u64).await.map_err(store_err)?;
+    Ok(usize::try_from(n).unwrap_or(usize::MAX))
+}
+
+fn int(d: &Document, field: &str) -> Result<i64, StoreError> {
+    match d.get(field) {
+        Some(Bson::Int64(n)) => Ok(*n),
+        Some(Bson::Int32(n)) => Ok(i64::from(*n)),
+        other => Err(StoreError::Corrupt(format!("`{field}` is not an integer: {other:?}"))),
+    }
+}
+
+fn words(d: &Document) -> Result<Vec<&str>, StoreError> {
+    let corrupt = || StoreError::Corrupt("`words` is not an array of strings".into());
+    let words = d.get_array("words").map_err(|_| corrupt())?;
+    words.iter().map(|w| w.as_str().ok_or_else(corrupt)).collect()
 }
 
 #[cfg(test)]
@@ -130,6 +270,8 @@ mod tests {
         let q = ProductQuery { text: Some("Mu mu red".into()), min_price: Some(5), ..Default::default() };
         let f = filter(&q);
         assert_eq!(f.get_document("price").unwrap(), &doc! {"$gte": 5_i64});
-        assert_eq!(f.get_array("$and").unwrap().len(), 2);
+        let words = f.get_array("$and").unwrap();
+        assert_eq!(words.len(), 2);
+        assert_eq!(words[0].as_document().unwrap(), &doc! {"words": "mu"}, "a short word is matched whole");
     }
 }

@@ -87,8 +87,9 @@ impl NotificationStore for MongoStore {
         let mine = find_page::<Document>(&coll, doc! {"userId": user_id}, doc! {"id": -1}, page, limit);
         let unread = async { coll.count_documents(doc! {"userId": user_id, "read": false}).await.map_err(store_err) };
         let (mine, unread) = tokio::try_join!(mine, unread)?;
-        let items = mine.items.into_iter().map(notification).collect::<Result<_, _>>()?;
-        Ok((Page { items, page: mine.page, limit: mine.limit, total: mine.total }, unread))
+        let Page { items, page, limit, total, total_is_exact } = mine;
+        let items = items.into_iter().map(notification).collect::<Result<_, _>>()?;
+        Ok((Page { items, page, limit, total, total_is_exact }, unread))
     }
 
     async fn mark_read(&self, user_id: &str, id: u64) -> Result<bool, StoreError> {

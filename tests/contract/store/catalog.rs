@@ -1,6 +1,7 @@
-//! The product listing: the rules of `ProductQuery` (word-prefix search over title and description, category
-//! ignoring ASCII case, inclusive price range, six sorts with ties by id, deleted products never listed, the total),
-//! on hand-picked catalogs and, against `ProductQuery::paginate` as the reference, on random ones.
+//! The product listing: the rules of `ProductQuery` (search over title and description by word beginnings, or whole
+//! words for words under 3 characters, category ignoring ASCII case, inclusive price range, six sorts with ties by
+//! id, deleted products never listed, the total and whether it is exact, the bounds of a broad listing), on
+//! hand-picked catalogs and, against `ProductQuery::paginate` as the reference, on random ones.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -52,7 +53,11 @@ impl Catalog {
         let page = self.list(q).await;
         let expected = q.paginate(self.latest.values().cloned());
         assert_eq!(page.items, expected.items, "{q:?}");
-        assert_eq!((page.total, page.page, page.limit), (expected.total, q.page, q.limit), "{q:?}");
+        assert_eq!(
+            (page.total, page.total_is_exact, page.page, page.limit),
+            (expected.total, expected.total_is_exact, q.page, q.limit),
+            "{q:?}"
+        );
         (page.items.iter().map(|p| p.id.clone()).collect(), page.total)
     }
 }
@@ -79,20 +84,25 @@ pub async fn listing_follows_the_listing_rules(store: Arc<dyn Store>) {
     catalog.put(Product { deleted: true, ..product("p7", "Red mug (old)", "mug", 900, "kitchen", 50) }).await;
 
     let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    // Word beginnings, in any case, in title or description; every word must match.
+    // Word beginnings, in any case, in title or description; every word must match; a word of 1 or 2 characters
+    // only as a whole word.
     let text = |t: &str| query(|q| q.text = Some(t.into()));
     assert_eq!(catalog.check(&text("tea")).await.0, ids(&["p2"]));
     assert!(catalog.check(&text("pot")).await.0 == ids(&["p2"]), "\"pot\" begins a word of the description");
     assert!(catalog.check(&text("eapot")).await.0.is_empty(), "a word's middle is not searched");
-    assert_eq!(catalog.check(&text("RED mu")).await.0, ids(&["p6", "p1"]));
+    assert_eq!(catalog.check(&text("RED mug")).await.0, ids(&["p6", "p1"]));
+    assert!(catalog.check(&text("RED mu")).await.0.is_empty(), "\"mu\" is not a word of theirs");
+    assert_eq!(catalog.check(&text("ÖL")).await.0, ids(&["p5"]), "a short word matches a whole word");
     assert_eq!(catalog.check(&text("mug")).await, (ids(&["p6", "p4", "p1"]), 3));
     assert_eq!(catalog.check(&text("2000 blue")).await.0, ids(&["p4"]));
-    assert_eq!(catalog.check(&text("äp ÖL éc")).await.0, ids(&["p5"]));
+    assert_eq!(catalog.check(&text("äpf ÖL écl")).await.0, ids(&["p5"]));
+    assert!(catalog.check(&text("äp")).await.0.is_empty());
     assert_eq!(catalog.check(&text("40w")).await.0, ids(&["p3"]));
     assert!(catalog.check(&text("mug lamp")).await.0.is_empty());
     assert!(catalog.check(&text("mugs")).await.0.is_empty());
     assert_eq!(catalog.check(&text(".*")).await.1, 6, "no letters or digits: nothing filtered, nothing escaped");
     assert!(catalog.check(&text("m.g")).await.0.is_empty(), "punctuation separates words: \"m\" and \"g\"");
+    assert_eq!(catalog.check(&text("40 w")).await.0, ids(&[] as &[&str]), "\"40w\" is one word");
     assert_eq!(catalog.check(&text("(red")).await.0, ids(&["p6", "p1"]));
 
     // Category ignoring ASCII case only; inclusive prices.
@@ -210,5 +220,37 @@ pub async fn listing_equals_the_reference_on_random_catalogs(store: Arc<dyn Stor
         for _ in 0..40 {
             catalog.check(&random_query(&mut rng)).await;
         }
+    }
+}
+
+/// A catalog past the bounds: 1,050 products, all titled "mug". A search for "mug" or a price range from 0 is broad
+/// and cut from the first 1,000 products in listing order; a narrow price range, a rare word or a category of 525 is
+/// listed whole; a price range sorted by price is counted to 500 (or the page's end).
+pub async fn broad_listings_are_cut_by_the_bounds(store: Arc<dyn Store>) {
+    let mut catalog = Catalog::new(store);
+    for i in 0..1_050i64 {
+        let p = product(&format!("p{i:04}"), &format!("Mug {i}"), "", i, &format!("c{}", i % 2), i);
+        catalog.put(p).await;
+    }
+    // A query, and the items, total and exactness of its page.
+    type Case = (fn(&mut ProductQuery), usize, u64, bool);
+    let cases: [Case; 11] = [
+        (|q| q.text = Some("mug".into()), 50, 1_000, false),
+        (|q| (q.text, q.sort, q.page) = (Some("mug".into()), ProductSort::TitleAsc, 20), 50, 1_000, false),
+        (|q| (q.text, q.page) = (Some("mug".into()), 21), 0, 1_000, false),
+        (|q| (q.text, q.category) = (Some("mug".into()), Some("C1".into())), 50, 525, true),
+        (|q| q.text = Some("mug 7".into()), 1, 1, true),
+        (|q| q.min_price = Some(0), 50, 1_000, false),
+        (|q| (q.min_price, q.max_price) = (Some(100), Some(599)), 50, 500, true),
+        (|q| (q.text, q.min_price, q.sort) = (Some("mug".into()), Some(40), ProductSort::PriceAsc), 50, 1_000, false),
+        (|q| (q.min_price, q.sort) = (Some(0), ProductSort::PriceDesc), 50, 501, false),
+        (|q| (q.min_price, q.sort, q.page) = (Some(0), ProductSort::PriceAsc, 16), 50, 801, false),
+        (|q| (q.min_price, q.max_price, q.sort) = (Some(0), Some(499), ProductSort::PriceAsc), 50, 500, true),
+    ];
+    for (shape, items, total, exact) in cases {
+        let q = query(shape);
+        let page = catalog.list(&q).await;
+        assert_eq!((page.items.len(), page.total, page.total_is_exact), (items, total, exact), "{q:?}");
+        catalog.check(&q).await;
     }
 }
