@@ -74,9 +74,14 @@ start_redis() {
 start_kafka() {
   mkdir -p "$RUN/kafka"
   running "$RUN/kafka/pid" && return
-  (cd "$RUN/kafka" && GROUP_INITIAL_REBALANCE_DELAY=0s nohup "$NISSHI" broker \
-    --listener-url "tcp://127.0.0.1:$KAFKA_PORT" --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-    --storage-engine sqlite://nisshi.db >log 2>&1 & echo $! >pid)
+  # nisshi is run from its data directory; the pid recorded is the broker's own.
+  (
+    cd "$RUN/kafka"
+    GROUP_INITIAL_REBALANCE_DELAY=0s nohup "$NISSHI" broker \
+      --listener-url "tcp://127.0.0.1:$KAFKA_PORT" --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+      --storage-engine sqlite://nisshi.db >log 2>&1 &
+    echo $! >pid
+  )
   wait_for 30 port_open "$KAFKA_PORT" || { log "nisshi did not answer; see $RUN/kafka/log"; exit 1; }
   log "kafka (nisshi) on 127.0.0.1:$KAFKA_PORT"
 }
