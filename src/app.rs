@@ -231,12 +231,8 @@ impl Application {
             ws_auth_timeout: Duration::from_millis(config.notifications.ws_auth_timeout_ms),
             ctx,
             auth_limiter,
-            events: store.clone(),
             dependencies: Arc::new(Dependencies {
-                store_backend: match config.store.backend {
-                    StoreBackend::Embedded => "embedded",
-                    StoreBackend::Mongodb => "mongodb",
-                },
+                store_backend: config.store.backend.name(),
                 store: store.clone(),
                 revocations,
                 bus: bus.clone(),

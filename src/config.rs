@@ -97,6 +97,16 @@ pub enum StoreBackend {
     Mongodb,
 }
 
+impl StoreBackend {
+    /// The name used in the configuration and in `/ready`.
+    pub fn name(self) -> &'static str {
+        match self {
+            StoreBackend::Embedded => "embedded",
+            StoreBackend::Mongodb => "mongodb",
+        }
+    }
+}
+
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MongoConfig {

@@ -58,7 +58,6 @@ pub struct AppState {
     /// The entity runtime's shared context (clock, fault points).
     pub ctx: Arc<crate::actors::EntityContext>,
     pub auth_limiter: Arc<dyn RateLimit>,
-    pub events: Arc<dyn EventStore>,
     /// What `/ready` checks besides the entity supervisors.
     pub dependencies: Arc<Dependencies>,
     pub cookie_secure: bool,

@@ -190,10 +190,6 @@ impl LiveLimit {
         live
     }
 
-    pub fn cap(&self) -> usize {
-        self.cap
-    }
-
     /// Live entity actors on this node, all kinds together.
     pub fn live(&self) -> usize {
         self.kinds.read().unwrap_or_else(|p| p.into_inner()).iter().map(|k| k.live()).sum()

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
-use super::{deliver, EventBus, EventSink};
+use super::EventBus;
 use crate::store::{EventRecord, EventStore};
 
 const BATCH: usize = 256;
@@ -17,19 +17,12 @@ const BATCH: usize = 256;
 pub struct OutboxRelay {
     store: Arc<dyn EventStore>,
     bus: Arc<dyn EventBus>,
-    sinks: Vec<Arc<dyn EventSink>>,
     committed: Arc<Notify>,
 }
 
 impl OutboxRelay {
     pub fn new(store: Arc<dyn EventStore>, bus: Arc<dyn EventBus>, committed: Arc<Notify>) -> Self {
-        Self { store, bus, sinks: Vec::new(), committed }
-    }
-
-    /// Adds a local consumer that must have handled an event before it leaves the outbox.
-    pub fn with_sink(mut self, sink: Arc<dyn EventSink>) -> Self {
-        self.sinks.push(sink);
-        self
+        Self { store, bus, committed }
     }
 
     /// Runs until `stop` flips to true, then publishes whatever is still pending and returns.
@@ -65,19 +58,12 @@ impl OutboxRelay {
                 return Ok(published);
             }
             let events: Vec<EventRecord> = batch.iter().map(|entry| entry.event.clone()).collect();
-            let (taken, mut failure) = match self.bus.publish_batch(&events).await {
+            let (taken, failure) = match self.bus.publish_batch(&events).await {
                 Ok(()) => (events.len(), None),
                 Err((taken, error)) => (taken, Some(error.to_string())),
             };
             // Only the events before the first failure leave the outbox, so the next flush starts again from it.
-            let mut done = Vec::with_capacity(taken);
-            for entry in &batch[..taken] {
-                if let Err(error) = deliver(&self.sinks, &entry.event).await {
-                    failure = Some(error);
-                    break;
-                }
-                done.push(entry.position);
-            }
+            let done: Vec<u64> = batch[..taken].iter().map(|entry| entry.position).collect();
             self.store.outbox_ack(&done).await?;
             published += done.len();
             if let Some(error) = failure {
@@ -89,7 +75,6 @@ impl OutboxRelay {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Mutex;
 
     use async_trait::async_trait;
@@ -99,31 +84,6 @@ mod tests {
     use crate::bridge::BusError;
     use crate::store::embedded::EmbeddedStore;
     use crate::store::{Commit, EventRecord};
-
-    /// Accepts events only after `fail_first` refusals, recording what it accepted.
-    struct FlakyBus {
-        fail_first: AtomicUsize,
-        accepted: Mutex<Vec<String>>,
-    }
-
-    #[async_trait]
-    impl EventBus for FlakyBus {
-        async fn publish(&self, event: &EventRecord) -> Result<(), BusError> {
-            if self.fail_first.load(Ordering::SeqCst) > 0 {
-                self.fail_first.fetch_sub(1, Ordering::SeqCst);
-                return Err(BusError::Unavailable("broker down".into()));
-            }
-            self.accepted.lock().unwrap().push(event.id.clone());
-            Ok(())
-        }
-        fn subscribe(&self) -> broadcast::Receiver<EventRecord> {
-            broadcast::channel(1).1
-        }
-
-        fn backend(&self) -> &'static str {
-            "test"
-        }
-    }
 
     /// Refuses one event once, accepting everything else, and records what it accepted.
     struct RefusingBus {
@@ -177,7 +137,7 @@ mod tests {
         store.commit(commit("a:1", 0, 2)).await.unwrap();
         store.commit(commit("b:1", 0, 1)).await.unwrap();
         store.commit(commit("a:1", 2, 1)).await.unwrap();
-        let bus = Arc::new(FlakyBus { fail_first: AtomicUsize::new(1), accepted: Mutex::new(Vec::new()) });
+        let bus = Arc::new(RefusingBus { refuse: Mutex::new(Some("a:1/1".into())), accepted: Mutex::new(Vec::new()) });
         let relay = OutboxRelay::new(store.clone(), bus.clone(), Arc::new(Notify::new()));
 
         assert!(relay.flush().await.is_err());

@@ -533,7 +533,7 @@ async fn abandoned_reservations_expire_on_their_own() {
         commercex::domain::product::ProductCommand::Reserve { order_id: "abandoned".into(), quantity: 4, expires_at };
     products.execute(&p, reserve).await.unwrap();
     assert_eq!(app.get(&format!("/api/products/{p}"), None).await.body["stockAvailable"], 1);
-    assert!(app.state.events.active_streams().await.unwrap().contains(&format!("product:{p}")));
+    assert!(app.state.dependencies.store.active_streams().await.unwrap().contains(&format!("product:{p}")));
 
     // Fifteen minutes pass in an instant.
     tokio::time::pause();
@@ -550,7 +550,7 @@ async fn abandoned_reservations_expire_on_their_own() {
     assert!(state.reservations.is_empty(), "the reservation expired");
     let product = state.product.unwrap();
     assert_eq!((product.stock_on_hand, product.stock_reserved), (5, 0));
-    assert!(!app.state.events.active_streams().await.unwrap().contains(&format!("product:{p}")));
+    assert!(!app.state.dependencies.store.active_streams().await.unwrap().contains(&format!("product:{p}")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

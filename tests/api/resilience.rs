@@ -72,7 +72,7 @@ async fn snapshots_bound_recovery_and_keep_state_exact() {
     for _ in 0..35 {
         app.state.catalog.adjust_stock(&pid, 2, "restock".into()).await.unwrap();
     }
-    let history = app.state.events.history(&format!("product:{pid}")).await.unwrap();
+    let history = app.state.dependencies.store.history(&format!("product:{pid}")).await.unwrap();
     assert_eq!(history.snapshot.as_ref().map(|s| s.seq), Some(30));
     assert_eq!(history.events.len(), 6);
 
