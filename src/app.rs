@@ -35,7 +35,7 @@ use crate::domain::payment::PaymentState;
 use crate::domain::product::ProductState;
 use crate::faults::FaultPoints;
 use crate::http::{self, AppState, Dependencies};
-use crate::notify::{NotificationHub, Notifier, RecordingMailer};
+use crate::notify::{Emailer, NotificationHub, Notifier, RecordingMailer};
 use crate::orders::{OrderSaga, Orders};
 use crate::payments::{PaymentEffects, PaymentProvider, SimulatedProvider};
 use crate::ratelimit::{InProcessRateLimiter, RateLimit, RedisRateLimiter};
@@ -156,12 +156,11 @@ impl Application {
         );
 
         let hub = NotificationHub::new(1024);
-        let notifier = Notifier {
-            notifications: store.clone(),
+        let notifier = Notifier { notifications: store.clone(), sales: store.clone(), hub: hub.clone() };
+        let emailer = Emailer {
             sales: store.clone(),
             users: store.clone(),
             mailer: Arc::new(RecordingMailer { store: store.clone() }),
-            hub: hub.clone(),
         };
         let bus: Arc<dyn EventBus> = match config.bus.backend {
             BusBackend::InProcess => Arc::new(InProcessBus::new(4096)),
@@ -176,11 +175,11 @@ impl Application {
                 Arc::new(bus)
             }
         };
-        // Storing notifications and sending emails must happen once per deployment. The notifier also pushes to the
-        // WebSockets connected to the process that handled the event.
-        bus.attach(Sinks { every_process: Vec::new(), once: vec![Arc::new(notifier)] })
+        // Every process pushes notifications to the WebSockets it holds (storing them is idempotent by event);
+        // an email is sent once per deployment.
+        bus.attach(Sinks { every_process: vec![Arc::new(notifier)], once: vec![Arc::new(emailer)] })
             .await
-            .context("attaching the notifier to the bus")?;
+            .context("attaching the notifier and the emailer to the bus")?;
         let (stop_background, stop) = watch::channel(false);
         let resumer = Resumer::new(
             store.clone(),

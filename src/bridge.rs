@@ -7,6 +7,7 @@
 pub mod in_process;
 pub mod kafka;
 pub mod outbox;
+pub mod recent;
 
 use std::sync::Arc;
 

@@ -1,35 +1,45 @@
-//! Notifications and transactional emails, derived from committed events. The outbox relay hands every event to
-//! the [`Notifier`] before acknowledging it; notifications are stored (deduplicated by event id), then pushed live
-//! to connected WebSocket clients through the [`NotificationHub`]. Emails are rendered from templates and handed to
-//! a [`MailSender`]; the default sender records them in the store.
+//! Notifications and transactional emails, derived from committed events, in two sinks of the event bus:
+//! - the [`Notifier`] runs in every process. It stores each event's notifications (the store keeps one per event and
+//!   user, whichever process comes first, and hands that same one to the others) and pushes them live to the
+//!   WebSocket clients connected to its process through the [`NotificationHub`];
+//! - the [`Emailer`] runs once per deployment. It renders emails from templates and hands them to a [`MailSender`];
+//!   the default sender records them in the store, dropping a repeat for the same event and template.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use serde_json::json;
 use tokio::sync::broadcast;
 
+use crate::bridge::recent::RecentIds;
 use crate::bridge::EventSink;
 use crate::domain::order::{Order, OrderStatus};
 use crate::store::{Email, EventRecord, Notification, NotificationStore, SalesStore, StoreError, UserStore};
 
-/// Live feed of stored notifications for WebSocket sessions.
+/// Notification ids remembered per process so that an event handled again pushes nothing twice.
+const PUSHED_IDS: usize = 4096;
+
+/// Live feed of stored notifications for the WebSocket sessions of this process.
 #[derive(Clone)]
 pub struct NotificationHub {
     sender: broadcast::Sender<Notification>,
+    pushed: Arc<Mutex<RecentIds<u64>>>,
 }
 
 impl NotificationHub {
     pub fn new(capacity: usize) -> Self {
-        Self { sender: broadcast::channel(capacity).0 }
+        Self { sender: broadcast::channel(capacity).0, pushed: Arc::new(Mutex::new(RecentIds::new(PUSHED_IDS))) }
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Notification> {
         self.sender.subscribe()
     }
 
+    /// Pushes `n` unless it was pushed recently.
     fn publish(&self, n: Notification) {
-        let _ = self.sender.send(n);
+        if self.pushed.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(n.id) {
+            let _ = self.sender.send(n);
+        }
     }
 }
 
@@ -112,16 +122,34 @@ const ORDER_REFUNDED: Template = Template {
     body: "Hi {{name}},\n\nwe refunded {{total}} for your cancelled order {{order}}.\n",
 };
 
+/// Stores and pushes notifications; one in every process ([`crate::bridge::Sinks::every_process`]).
 pub struct Notifier {
     pub notifications: Arc<dyn NotificationStore>,
     pub sales: Arc<dyn SalesStore>,
+    pub hub: NotificationHub,
+}
+
+/// Sends transactional emails; one per deployment ([`crate::bridge::Sinks::once`]).
+pub struct Emailer {
+    pub sales: Arc<dyn SalesStore>,
     pub users: Arc<dyn UserStore>,
     pub mailer: Arc<dyn MailSender>,
-    pub hub: NotificationHub,
 }
 
 fn entity_id(event: &EventRecord) -> &str {
     event.stream.split_once(':').map_or("", |(_, id)| id)
+}
+
+/// The status an order event moves the order to, and the reason given.
+fn order_status(event: &EventRecord) -> Result<Option<(OrderStatus, Option<&str>)>, String> {
+    match event.event_type.as_str() {
+        "order.placed" => Ok(Some((OrderStatus::Pending, None))),
+        "order.status_changed" => {
+            let status = serde_json::from_value(event.payload["to"].clone()).map_err(|e| e.to_string())?;
+            Ok(Some((status, event.payload["reason"].as_str())))
+        }
+        _ => Ok(None),
+    }
 }
 
 impl Notifier {
@@ -144,42 +172,9 @@ impl Notifier {
             read: false,
             created_at: event.recorded_at,
         };
-        if let Some(stored) = self.notifications.insert_notification(n).await.map_err(|e| e.to_string())? {
-            self.hub.publish(stored);
-        }
+        let stored = self.notifications.insert_notification(n).await.map_err(|e| e.to_string())?;
+        self.hub.publish(stored);
         Ok(())
-    }
-
-    async fn email(
-        &self,
-        event: &EventRecord,
-        order: &Order,
-        template: &Template,
-        reason: Option<&str>,
-    ) -> Result<(), String> {
-        let Some(user) = self.users.user(&order.user_id).await.map_err(|e| e.to_string())? else { return Ok(()) };
-        let lines: Vec<String> = order
-            .lines
-            .iter()
-            .map(|l| format!("  {} x {}  {}", l.quantity, l.title, money(l.line_total, &order.currency)))
-            .collect();
-        let values = [
-            ("name", user.name.clone()),
-            ("order", order.id.clone()),
-            ("total", money(order.total, &order.currency)),
-            ("lines", lines.join("\n")),
-            ("reason", reason.unwrap_or("unknown reason").to_string()),
-        ];
-        let email = Email {
-            id: 0,
-            to: user.email,
-            template: template.name.to_string(),
-            subject: render(template.subject, &values),
-            body: render(template.body, &values),
-            event_id: event.id.clone(),
-            created_at: event.recorded_at,
-        };
-        self.mailer.send(email).await.map_err(|e| e.to_string())
     }
 
     async fn order_status(&self, event: &EventRecord, status: OrderStatus, reason: Option<&str>) -> Result<(), String> {
@@ -190,18 +185,7 @@ impl Notifier {
             None => format!("Order {} is now {label}.", order.id),
         };
         let data = json!({ "orderId": order.id, "status": status, "reason": reason, "total": order.total, "currency": order.currency });
-        self.notify(event, Some(&order.user_id), format!("Order {label}"), body, data).await?;
-        let template = match status {
-            OrderStatus::Paid => Some(&ORDER_CONFIRMATION),
-            OrderStatus::PaymentFailed => Some(&PAYMENT_FAILED),
-            OrderStatus::Shipped => Some(&ORDER_SHIPPED),
-            OrderStatus::Refunded => Some(&ORDER_REFUNDED),
-            _ => None,
-        };
-        match template {
-            Some(t) => self.email(event, &order, t, reason).await,
-            None => Ok(()),
-        }
+        self.notify(event, Some(&order.user_id), format!("Order {label}"), body, data).await
     }
 
     async fn payment(&self, event: &EventRecord) -> Result<(), String> {
@@ -233,13 +217,10 @@ impl Notifier {
 #[async_trait]
 impl EventSink for Notifier {
     async fn handle(&self, event: &EventRecord) -> Result<(), String> {
+        if let Some((status, reason)) = order_status(event)? {
+            return self.order_status(event, status, reason).await;
+        }
         match event.event_type.as_str() {
-            "order.placed" => self.order_status(event, OrderStatus::Pending, None).await,
-            "order.status_changed" => {
-                let status: OrderStatus =
-                    serde_json::from_value(event.payload["to"].clone()).map_err(|e| e.to_string())?;
-                self.order_status(event, status, event.payload["reason"].as_str()).await
-            }
             "payment.captured" | "payment.failed" | "payment.refunded" => self.payment(event).await,
             "product.created" => {
                 let p = &event.payload["product"];
@@ -250,6 +231,56 @@ impl EventSink for Notifier {
             }
             _ => Ok(()),
         }
+    }
+}
+
+impl Emailer {
+    async fn email(
+        &self,
+        event: &EventRecord,
+        order: &Order,
+        template: &Template,
+        reason: Option<&str>,
+    ) -> Result<(), String> {
+        let Some(user) = self.users.user(&order.user_id).await.map_err(|e| e.to_string())? else { return Ok(()) };
+        let lines: Vec<String> = order
+            .lines
+            .iter()
+            .map(|l| format!("  {} x {}  {}", l.quantity, l.title, money(l.line_total, &order.currency)))
+            .collect();
+        let values = [
+            ("name", user.name.clone()),
+            ("order", order.id.clone()),
+            ("total", money(order.total, &order.currency)),
+            ("lines", lines.join("\n")),
+            ("reason", reason.unwrap_or("unknown reason").to_string()),
+        ];
+        let email = Email {
+            id: 0,
+            to: user.email,
+            template: template.name.to_string(),
+            subject: render(template.subject, &values),
+            body: render(template.body, &values),
+            event_id: event.id.clone(),
+            created_at: event.recorded_at,
+        };
+        self.mailer.send(email).await.map_err(|e| e.to_string())
+    }
+}
+
+#[async_trait]
+impl EventSink for Emailer {
+    async fn handle(&self, event: &EventRecord) -> Result<(), String> {
+        let Some((status, reason)) = order_status(event)? else { return Ok(()) };
+        let template = match status {
+            OrderStatus::Paid => &ORDER_CONFIRMATION,
+            OrderStatus::PaymentFailed => &PAYMENT_FAILED,
+            OrderStatus::Shipped => &ORDER_SHIPPED,
+            OrderStatus::Refunded => &ORDER_REFUNDED,
+            _ => return Ok(()),
+        };
+        let Some(order) = self.sales.order(entity_id(event)).await.map_err(|e| e.to_string())? else { return Ok(()) };
+        self.email(event, &order, template, reason).await
     }
 }
 

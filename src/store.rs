@@ -232,9 +232,9 @@ pub struct Email {
 
 #[async_trait]
 pub trait NotificationStore: Send + Sync {
-    /// Stores `n` with a fresh id unless a notification for the same event and user exists; returns the stored one,
-    /// or `None` for a duplicate.
-    async fn insert_notification(&self, n: Notification) -> Result<Option<Notification>, StoreError>;
+    /// Stores `n` with a fresh id unless a notification for the same event and user exists, and returns the stored
+    /// one either way: every process that handles an event may call it, and all get the same notification.
+    async fn insert_notification(&self, n: Notification) -> Result<Notification, StoreError>;
     /// The user's own notifications, newest first, with the unread count.
     async fn list_notifications(
         &self,

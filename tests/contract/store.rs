@@ -348,16 +348,19 @@ fn notification(user: Option<&str>, event_id: &str, kind: &str) -> Notification 
 }
 
 pub async fn notifications_are_numbered_once_per_event_and_user(store: Arc<dyn Store>) {
-    let a1 = store.insert_notification(notification(Some("ua"), "order:o1/2", "order.paid")).await.unwrap().unwrap();
-    let public = store.insert_notification(notification(None, "product:p1/1", "product.new")).await.unwrap().unwrap();
-    let b1 = store.insert_notification(notification(Some("ub"), "order:o1/2", "order.paid")).await.unwrap().unwrap();
-    let a2 = store.insert_notification(notification(Some("ua"), "order:o1/3", "order.shipped")).await.unwrap().unwrap();
+    let a1 = store.insert_notification(notification(Some("ua"), "order:o1/2", "order.paid")).await.unwrap();
+    let public = store.insert_notification(notification(None, "product:p1/1", "product.new")).await.unwrap();
+    let b1 = store.insert_notification(notification(Some("ub"), "order:o1/2", "order.paid")).await.unwrap();
+    let a2 = store.insert_notification(notification(Some("ua"), "order:o1/3", "order.shipped")).await.unwrap();
     assert!(a1.id > 0 && a1.id < public.id && public.id < b1.id && b1.id < a2.id, "ids increase");
     assert_eq!(a1, Notification { id: a1.id, ..notification(Some("ua"), "order:o1/2", "order.paid") });
-    // A replayed event stores nothing, for a user or for everyone.
-    assert_eq!(store.insert_notification(notification(Some("ua"), "order:o1/2", "order.paid")).await.unwrap(), None);
-    assert_eq!(store.insert_notification(notification(None, "product:p1/1", "product.new")).await.unwrap(), None);
-    let a3 = store.insert_notification(notification(Some("ua"), "order:o2/2", "order.paid")).await.unwrap().unwrap();
+    // A replayed event stores nothing, for a user or for everyone: it gets back what was stored the first time,
+    // even when the replay derived a different text.
+    let mut replay = notification(Some("ua"), "order:o1/2", "order.paid");
+    replay.title = "derived again".into();
+    assert_eq!(store.insert_notification(replay).await.unwrap(), a1);
+    assert_eq!(store.insert_notification(notification(None, "product:p1/1", "product.new")).await.unwrap(), public);
+    let a3 = store.insert_notification(notification(Some("ua"), "order:o2/2", "order.paid")).await.unwrap();
     assert!(a3.id > a2.id);
 
     let (page, unread) = store.list_notifications("ua", 1, 2).await.unwrap();
@@ -385,6 +388,13 @@ pub async fn notifications_are_numbered_once_per_event_and_user(store: Arc<dyn S
     assert!(after("ua", a3.id, 10).await.is_empty());
     let read: Vec<bool> = store.notifications_after("ua", a1.id, 10).await.unwrap().iter().map(|n| n.read).collect();
     assert_eq!(read, [false, true, false]);
+
+    // Processes handling the same event at once all get the one notification stored.
+    let racers = (0..4).map(|_| store.insert_notification(notification(Some("ud"), "order:o9/2", "order.paid")));
+    let ids: Vec<u64> = futures_util::future::try_join_all(racers).await.unwrap().iter().map(|n| n.id).collect();
+    assert!(ids.windows(2).all(|w| w[0] == w[1]), "{ids:?}");
+    let (page, _) = store.list_notifications("ud", 1, 10).await.unwrap();
+    assert_eq!(page.total, 1);
 }
 
 fn email(event_id: &str, template: &str, to: &str) -> Email {

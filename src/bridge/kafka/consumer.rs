@@ -8,7 +8,7 @@
 //! Events are handled one at a time, so each partition's order is kept. A stop while an event is held back leaves it
 //! unmarked: the next member of the group, or the next start, gets it again.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -23,6 +23,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
+use crate::bridge::recent::RecentIds;
 use crate::bridge::{deliver, EventSink};
 use crate::store::EventRecord;
 
@@ -75,7 +76,7 @@ pub(super) struct Consumer {
     sinks: Arc<RwLock<Vec<Arc<dyn EventSink>>>>,
     /// Where handled events are broadcast to [`crate::bridge::EventBus::subscribe`]rs.
     feed: Option<broadcast::Sender<EventRecord>>,
-    recent: Mutex<RecentIds>,
+    recent: Mutex<RecentIds<Arc<str>>>,
 }
 
 impl Consumer {
@@ -215,13 +216,13 @@ impl Consumer {
                 return Ok(());
             }
         };
-        if self.recent.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).contains(&event.id) {
+        if self.recent.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).contains(event.id.as_str()) {
             tracing::debug!(consumer = self.name, event_id = %event.id, "redelivered event dropped");
             return Ok(());
         }
         let sinks = self.sinks.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
         deliver(&sinks, &event).await.map_err(|error| format!("{}: {error}", event.id))?;
-        self.recent.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(&event.id);
+        self.recent.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(Arc::from(event.id.as_str()));
         if let Some(feed) = &self.feed {
             let _ = feed.send(event);
         }
@@ -417,54 +418,5 @@ impl ConsumerContext for Hooks {
                 tracing::warn!(consumer = self.name, %error, "kafka offset commit failed; retried at the next")
             }
         }
-    }
-}
-
-/// The last `capacity` ids inserted.
-struct RecentIds {
-    order: VecDeque<Arc<str>>,
-    ids: HashSet<Arc<str>>,
-    capacity: usize,
-}
-
-impl RecentIds {
-    fn new(capacity: usize) -> Self {
-        Self { order: VecDeque::with_capacity(capacity), ids: HashSet::with_capacity(capacity), capacity }
-    }
-
-    fn contains(&self, id: &str) -> bool {
-        self.ids.contains(id)
-    }
-
-    fn insert(&mut self, id: &str) {
-        if self.ids.contains(id) {
-            return;
-        }
-        if self.order.len() == self.capacity {
-            if let Some(oldest) = self.order.pop_front() {
-                self.ids.remove(&oldest);
-            }
-        }
-        let id: Arc<str> = Arc::from(id);
-        self.order.push_back(id.clone());
-        self.ids.insert(id);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::RecentIds;
-
-    #[test]
-    fn recent_ids_forget_the_oldest_beyond_capacity() {
-        let mut recent = RecentIds::new(2);
-        recent.insert("a");
-        recent.insert("b");
-        recent.insert("a");
-        assert!(recent.contains("a") && recent.contains("b"));
-        recent.insert("c");
-        assert!(!recent.contains("a"), "the oldest is forgotten");
-        assert!(recent.contains("b") && recent.contains("c"));
-        assert_eq!(recent.order.len(), 2);
     }
 }

@@ -77,21 +77,26 @@ fn next_id(txn: &redb::WriteTransaction, counter: &str) -> Result<u64, StoreErro
 
 #[async_trait]
 impl NotificationStore for EmbeddedStore {
-    async fn insert_notification(&self, mut n: Notification) -> Result<Option<Notification>, StoreError> {
+    async fn insert_notification(&self, mut n: Notification) -> Result<Notification, StoreError> {
         self.run(move |db| {
             let key = format!("{}|{}", n.event_id, n.user_id.as_deref().unwrap_or("*"));
             let txn = db.begin_write().map_err(db_err)?;
             {
                 let mut keys = txn.open_table(NOTIFICATION_KEYS).map_err(db_err)?;
-                if keys.get(key.as_str()).map_err(db_err)?.is_some() {
-                    return Ok(None);
+                let stored = keys.get(key.as_str()).map_err(db_err)?.map(|id| id.value());
+                if let Some(id) = stored {
+                    let table = txn.open_table(NOTIFICATIONS).map_err(db_err)?;
+                    let row = table.get(id).map_err(db_err)?;
+                    let row =
+                        row.ok_or_else(|| StoreError::Corrupt(format!("notification {id} is indexed but missing")))?;
+                    return decode(row.value());
                 }
                 n.id = next_id(&txn, NOTIFICATION_NEXT)?;
                 keys.insert(key.as_str(), n.id).map_err(db_err)?;
                 txn.open_table(NOTIFICATIONS).map_err(db_err)?.insert(n.id, encode(&n)?.as_slice()).map_err(db_err)?;
             }
             txn.commit().map_err(db_err)?;
-            Ok(Some(n))
+            Ok(n)
         })
         .await
     }

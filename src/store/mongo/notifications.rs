@@ -65,16 +65,18 @@ impl MongoStore {
 
 #[async_trait]
 impl NotificationStore for MongoStore {
-    async fn insert_notification(&self, mut n: Notification) -> Result<Option<Notification>, StoreError> {
+    async fn insert_notification(&self, mut n: Notification) -> Result<Notification, StoreError> {
         let audience = n.user_id.clone().unwrap_or_else(|| PUBLIC.to_string());
         let key = format!("{}|{audience}", n.event_id);
         let mut document = to_doc(&n)?;
         document.insert("audience", audience);
-        let id = self.insert_numbered(NOTIFICATIONS, "notification", key, document).await?;
-        Ok(id.map(|id| {
+        if let Some(id) = self.insert_numbered(NOTIFICATIONS, "notification", key.clone(), document).await? {
             n.id = id;
-            n
-        }))
+            return Ok(n);
+        }
+        // Stored before, by this process or another one handling the same event.
+        let stored = self.coll(NOTIFICATIONS).find_one(doc! {"key": &key}).await.map_err(store_err)?;
+        notification(stored.ok_or_else(|| StoreError::Corrupt(format!("notification {key} vanished")))?)
     }
 
     async fn list_notifications(
