@@ -10,12 +10,14 @@
 #   scripts/infra.sh status
 #
 # Installs are cached in $COMMERCEX_INFRA_CACHE (default ~/.cache/commercex-infra); server data and pid files live
-# under the target directory ($CARGO_TARGET_DIR or ./target), in infra/.
+# under the target directory ($CARGO_TARGET_DIR or ./target), in infra/, or in $COMMERCEX_INFRA_RUN. Ports:
+# $COMMERCEX_INFRA_{REDIS,KAFKA,MONGO}_PORT. The outage tests start private servers this way (their own run
+# directory and ports) and stop and restart them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 CACHE="${COMMERCEX_INFRA_CACHE:-$HOME/.cache/commercex-infra}"
-RUN="${CARGO_TARGET_DIR:-$PWD/target}/infra"
+RUN="${COMMERCEX_INFRA_RUN:-${CARGO_TARGET_DIR:-$PWD/target}/infra}"
 REDIS_PORT="${COMMERCEX_INFRA_REDIS_PORT:-16379}"
 KAFKA_PORT="${COMMERCEX_INFRA_KAFKA_PORT:-19092}"
 MONGO_PORT="${COMMERCEX_INFRA_MONGO_PORT:-27018}"
@@ -65,7 +67,8 @@ port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 start_redis() {
   mkdir -p "$RUN/redis"
   running "$RUN/redis/pid" && return
-  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$RUN/redis" --save '' --appendonly no \
+  # Revocations live in Redis: append-only persistence keeps them across a restart, as in production.
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$RUN/redis" --save '' --appendonly yes \
     --daemonize yes --pidfile "$RUN/redis/pid" --logfile "$RUN/redis/log" >&2
   wait_for 20 redis-cli -p "$REDIS_PORT" ping || { log "redis did not answer; see $RUN/redis/log"; exit 1; }
   log "redis on 127.0.0.1:$REDIS_PORT"

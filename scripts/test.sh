@@ -3,7 +3,9 @@
 #   1. `cargo test`: unit, property, contract (embedded / in-process side) and end-to-end tests on the embedded defaults;
 #   2. the contract suites against the real servers (MongoDB, Kafka and Redis protocol servers started by
 #      scripts/infra.sh; installed on first use, which takes a while and shows its progress);
-#   3. the end-to-end suite again with store.backend = mongodb, bus.backend = kafka and redis.url set.
+#   3. the end-to-end suite again with store.backend = mongodb, bus.backend = kafka and redis.url set;
+#   4. the multi-process suite: `commercex` processes sharing those servers, and each server stopped and started
+#      again under load (private instances started through scripts/infra.sh).
 # Servers this script started are stopped at the end; servers that were already running are left running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,3 +31,6 @@ cargo test --test contract "$@" -- --include-ignored
 
 echo "== end-to-end suite on MongoDB + Kafka + Redis"
 COMMERCEX_TEST_BACKENDS=real COMMERCEX_TEST_BUS=kafka cargo test --test api "$@"
+
+echo "== several commercex processes, and each server stopped and started under load"
+cargo test --test nodes "$@" -- --include-ignored

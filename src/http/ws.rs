@@ -28,6 +28,7 @@ use tokio::sync::broadcast::error::RecvError;
 use super::extract::{CurrentUser, Query};
 use super::{csrf, AppState};
 use crate::auth::{AuthError, Principal, SessionEnd};
+use crate::bridge::recent::RecentIds;
 use crate::store::Notification;
 
 const UNAUTHORIZED: u16 = 4401;
@@ -162,42 +163,40 @@ async fn session(mut socket: WebSocket, state: AppState, principal: Option<Princ
     if !send(&mut socket, json!({ "type": "ready", "userId": user_id })).await {
         return;
     }
-    let mut last = 0;
+    let mut sent = Sent::new();
     if let Some(after) = after {
-        match replay(&mut socket, &state, &user_id, after).await {
-            Some(seen) => last = seen.max(after),
-            None => return,
+        if !replay(&mut socket, &state, &user_id, after, &mut sent).await {
+            return;
         }
     }
     tracing::debug!(%user_id, "notification socket open");
     loop {
         tokio::select! {
             pushed = live.recv() => match pushed {
-                Ok(n) if n.id > last && visible(&n, &user_id) => {
-                    last = n.id;
+                Ok(n) if visible(&n, &user_id) && sent.first_time(n.id) => {
                     if !send(&mut socket, json!({ "type": "notification", "notification": n })).await {
                         break;
                     }
                 }
                 Ok(_) => {}
                 // Fell behind the live feed: catch up from the store.
-                Err(RecvError::Lagged(_)) => match replay(&mut socket, &state, &user_id, last).await {
-                    Some(seen) => last = last.max(seen),
-                    None => break,
-                },
+                Err(RecvError::Lagged(_)) => {
+                    if !replay(&mut socket, &state, &user_id, sent.catch_up_from(), &mut sent).await {
+                        break;
+                    }
+                }
                 Err(RecvError::Closed) => break,
             },
             incoming = socket.recv() => match incoming {
                 Some(Ok(Message::Text(text))) => {
                     let reply = match serde_json::from_str::<ClientMessage>(text.as_str()) {
                         Ok(ClientMessage::Ping) => Some(json!({ "type": "pong" })),
-                        Ok(ClientMessage::Resume { after }) => match replay(&mut socket, &state, &user_id, after).await {
-                            Some(seen) => {
-                                last = last.max(seen);
-                                None
+                        Ok(ClientMessage::Resume { after }) => {
+                            if !replay(&mut socket, &state, &user_id, after, &mut sent).await {
+                                break;
                             }
-                            None => break,
-                        },
+                            None
+                        }
                         Ok(ClientMessage::Auth { .. }) => None,
                         Err(_) => Some(json!({
                             "type": "error",
@@ -247,25 +246,58 @@ fn visible(n: &Notification, user_id: &str) -> bool {
 }
 
 /// Sends the stored notifications after `after`; returns the last id sent (or `after`), `None` if the socket died.
-async fn replay(socket: &mut WebSocket, state: &AppState, user_id: &str, after: u64) -> Option<u64> {
-    let mut last = after;
+/// Sends the user's stored notifications with an id above `after` that this socket has not sent yet; false when the
+/// socket is gone.
+async fn replay(socket: &mut WebSocket, state: &AppState, user_id: &str, after: u64, sent: &mut Sent) -> bool {
+    let mut from = after;
     loop {
-        let batch = match state.notifications.notifications_after(user_id, last, BACKLOG_LIMIT).await {
+        let batch = match state.notifications.notifications_after(user_id, from, BACKLOG_LIMIT).await {
             Ok(b) => b,
             Err(error) => {
                 tracing::warn!(%error, "cannot replay notifications");
-                return Some(last);
+                return true;
             }
         };
         let done = batch.len() < BACKLOG_LIMIT;
         for n in batch {
-            last = n.id;
-            if !send(socket, json!({ "type": "notification", "notification": n })).await {
-                return None;
+            from = n.id;
+            if sent.first_time(n.id) && !send(socket, json!({ "type": "notification", "notification": n })).await {
+                return false;
             }
         }
         if done {
-            return Some(last);
+            return true;
         }
+    }
+}
+
+/// Ids a socket has sent. Live pushes do not arrive in id order: every process pushes the events it consumes, from
+/// several partitions, and the id was taken by whichever process stored the notification first. So a socket
+/// remembers the ids it sent rather than only the highest one.
+struct Sent {
+    highest: u64,
+    recent: RecentIds<u64>,
+}
+
+/// How far back, in notification ids, a socket that fell behind looks for pushes it missed: far more than the
+/// notifications in flight at once, whose ids may come out of order.
+const REORDER_WINDOW: u64 = 1_000;
+
+impl Sent {
+    fn new() -> Self {
+        Self { highest: 0, recent: RecentIds::new(4 * REORDER_WINDOW as usize) }
+    }
+
+    /// Records `id`; false when it was sent already.
+    fn first_time(&mut self, id: u64) -> bool {
+        let new = self.recent.insert(id);
+        self.highest = self.highest.max(id);
+        new
+    }
+
+    /// Where a replay after falling behind starts: a window below the highest id sent, so pushes missed out of
+    /// order are found too (what was sent is not sent again).
+    fn catch_up_from(&self) -> u64 {
+        self.highest.saturating_sub(REORDER_WINDOW)
     }
 }
