@@ -1,17 +1,34 @@
-//! Over real HTTP against an in-process server with the embedded store and the simulated payment provider (20 ms
-//! per call): add-to-cart throughput and latency, then every client checks out at once and the time from
-//! `POST /api/cart/checkout` to the order being paid is measured.
-//! Run: `cargo bench --bench http_load` (optional env: REQUESTS, CONCURRENCY).
+//! Over real HTTP against an in-process server with the simulated payment provider (20 ms per call), on each
+//! backend in turn: add-to-cart throughput and latency, then rounds in which every client checks out at once and
+//! the time from `POST /api/cart/checkout` to the order being paid is measured. Then, on each store, the cost of
+//! one commit and of the round trips a MongoDB commit is made of.
+//!
+//! Run: `cargo bench --bench http_load` (embedded only), or side by side on the real servers:
+//! `scripts/infra.sh up && eval "$(scripts/infra.sh env)" && BACKENDS=embedded,mongodb,real cargo bench --bench http_load`
+//! (`mongodb`: MongoDB store, in-process bus; `real`: MongoDB + Kafka + Redis). Optional env: REQUESTS,
+//! CONCURRENCY, ROUNDS, and MONGODB_PID (the server's pid, e.g. `$(cat $CARGO_TARGET_DIR/infra/mongo/nx.pid)`) to
+//! report the server's CPU use.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use commercex::app::Application;
-use commercex::config::{BootstrapAdmin, Config};
+use commercex::config::{BootstrapAdmin, BusBackend, Config, StoreBackend};
+use commercex::store::embedded::EmbeddedStore;
+use commercex::store::mongo::MongoStore;
+use commercex::store::{Commit, EventRecord, Store};
+use futures_util::StreamExt;
+use mongodb::bson::doc;
 use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn required(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: eval \"$(scripts/infra.sh env)\" first"))
 }
 
 fn rss_mib() -> f64 {
@@ -25,145 +42,377 @@ fn rss_mib() -> f64 {
     kib / 1024.0
 }
 
-#[tokio::main]
-async fn main() {
-    let requests = env_or("REQUESTS", 4000);
-    let concurrency = env_or("CONCURRENCY", 32);
-    let dir = tempfile::tempdir().unwrap();
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// `p` in 0..=1 of sorted durations.
+fn at(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
+
+/// A name unique to this run, for databases, topics and keys.
+fn run_name() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("bench{}", nanos % 1_000_000_000)
+}
+
+fn config_for(backend: &str, dir: &std::path::Path, name: &str) -> Config {
     let mut config = Config::default();
-    config.store.data_dir = dir.path().to_path_buf();
+    config.store.data_dir = dir.to_path_buf();
     config.http.auth_rate_limit_per_minute = 1_000_000;
     config.auth.jwt_secret = "benchmark-secret-0123456789abcdef0123456789".into();
     config.auth.bootstrap_admin =
         Some(BootstrapAdmin { email: "admin@bench.test".into(), password: "admin-pass-1".into() });
+    if backend != "embedded" {
+        config.store.backend = StoreBackend::Mongodb;
+        config.store.mongodb.uri = required("COMMERCEX_TEST_MONGODB_URI");
+        config.store.mongodb.database = name.to_string();
+    }
+    if backend == "real" {
+        config.bus.backend = BusBackend::Kafka;
+        config.bus.kafka.brokers = required("COMMERCEX_TEST_KAFKA_BROKERS");
+        config.bus.kafka.topic_prefix = name.to_string();
+        config.bus.kafka.group_id = name.to_string();
+        config.redis.url = required("COMMERCEX_TEST_REDIS_URL");
+        config.redis.key_prefix = name.to_string();
+    }
+    config
+}
+
+#[derive(Clone)]
+struct Client {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Client {
+    async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+        let mut req = self.http.post(format!("{}{path}", self.base)).json(&body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let res = req.send().await.unwrap();
+        (res.status().as_u16(), res.json::<Value>().await.unwrap_or(Value::Null))
+    }
+
+    /// Checks out and waits for the order's `paid` push on the user's WebSocket (as a storefront does; polling
+    /// would load the store): (accepted after, paid after).
+    async fn checkout_to_paid(&self, token: &str, key: &str, socket: &mut Socket) -> (Duration, Duration) {
+        let t = Instant::now();
+        let res = self
+            .http
+            .post(format!("{}/api/cart/checkout", self.base))
+            .bearer_auth(token)
+            .header("idempotency-key", key)
+            .json(&json!({"paymentMethod": "pm_card_visa"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 202);
+        let accepted = t.elapsed();
+        let id = res.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(120), socket.next()).await;
+            let Ok(Some(Ok(Message::Text(text)))) = message else { panic!("no push for order {id}: {message:?}") };
+            let push: Value = serde_json::from_str(text.as_str()).unwrap();
+            let n = &push["notification"];
+            if n["data"]["orderId"] == id.as_str() && n["kind"] == "order.status_changed" {
+                match n["data"]["status"].as_str() {
+                    Some("paid") => return (accepted, t.elapsed()),
+                    Some("stock_reserved") => {}
+                    other => panic!("order {id} ended {other:?}"),
+                }
+            }
+        }
+    }
+
+    async fn socket(&self, token: &str) -> Socket {
+        let url = format!("{}/ws/notifications", self.base.replace("http://", "ws://"));
+        let mut req = url.into_client_request().unwrap();
+        req.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let mut socket = tokio_tungstenite::connect_async(req).await.unwrap().0;
+        let ready = socket.next().await.unwrap().unwrap();
+        assert!(ready.to_text().unwrap().contains("ready"));
+        socket
+    }
+}
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// CPU seconds used so far by process `pid` (user + system).
+fn cpu_secs(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or_default().split_whitespace().collect();
+    let ticks: f64 = fields.get(11..13).map_or(0.0, |f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum());
+    ticks / 100.0
+}
+
+/// CPU used by this process and, with `MONGODB_PID` set, by the MongoDB server, since `before`.
+struct Cpu {
+    own: f64,
+    server: Option<(String, f64)>,
+}
+
+impl Cpu {
+    fn now() -> Self {
+        let server = std::env::var("MONGODB_PID").ok().map(|pid| {
+            let used = cpu_secs(&pid);
+            (pid, used)
+        });
+        Self { own: cpu_secs("self"), server }
+    }
+
+    fn since(&self, wall: Duration) -> String {
+        let own = cpu_secs("self") - self.own;
+        let mut out = format!("CPU: commercex + clients {:.0}%", 100.0 * own / wall.as_secs_f64());
+        if let Some((pid, before)) = &self.server {
+            out.push_str(&format!(", MongoDB server {:.0}%", 100.0 * (cpu_secs(pid) - before) / wall.as_secs_f64()));
+        }
+        out
+    }
+}
+
+async fn http_load(backend: &str, requests: usize, concurrency: usize, rounds: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let name = run_name();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let app = Application::with_listener(config, listener).await.unwrap();
-    let base = format!("http://{}", app.local_addr().unwrap());
+    let app = Application::with_listener(config_for(backend, dir.path(), &name), listener).await.unwrap();
+    let client = Client {
+        http: reqwest::Client::builder().pool_max_idle_per_host(concurrency).build().unwrap(),
+        base: format!("http://{}", app.local_addr().unwrap()),
+    };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until(async move {
         let _ = stopped.await;
     }));
-    let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build().unwrap();
 
-    let base_for_post = base.clone();
-    let client_for_post = client.clone();
-    let post = move |path: String, token: Option<String>, body: Value| {
-        let client = client_for_post.clone();
-        let url = format!("{base_for_post}{path}");
-        async move {
-            let mut req = client.post(url).json(&body);
-            if let Some(t) = token {
-                req = req.bearer_auth(t);
-            }
-            let res = req.send().await.unwrap();
-            (res.status().as_u16(), res.json::<Value>().await.unwrap_or(Value::Null))
-        }
-    };
-    let (_, admin) =
-        post("/api/users/signin".into(), None, json!({"email": "admin@bench.test", "password": "admin-pass-1"})).await;
-    let admin = admin["accessToken"].as_str().unwrap().to_string();
+    let signin = json!({"email": "admin@bench.test", "password": "admin-pass-1"});
+    let admin = client.post("/api/users/signin", None, signin).await.1["accessToken"].as_str().unwrap().to_string();
     let product =
         json!({"title": "Bench", "price": 100, "currency": "USD", "category": "bench", "stock": 1_000_000_000});
-    let (_, product) = post("/api/products".into(), Some(admin), product).await;
-    let pid = product["id"].as_str().unwrap().to_string();
+    let pid = client.post("/api/products", Some(&admin), product).await.1["id"].as_str().unwrap().to_string();
     // One user (and so one cart actor) per client: the load spreads over `concurrency` entities.
     let mut tokens = Vec::new();
     for i in 0..concurrency {
         let body = json!({"email": format!("u{i}@bench.test"), "password": "pass-word-1", "name": "Bench"});
-        let (_, s) = post("/api/users/signup".into(), None, body).await;
-        tokens.push(s["accessToken"].as_str().unwrap().to_string());
+        tokens.push(client.post("/api/users/signup", None, body).await.1["accessToken"].as_str().unwrap().to_string());
     }
 
-    let tokens_again = tokens.clone();
-    let base_again = base.clone();
+    let cpu = Cpu::now();
     let started = Instant::now();
     let per_client = requests / concurrency;
-    let latencies = Arc::new(std::sync::Mutex::new(Vec::with_capacity(requests)));
     let mut tasks = tokio::task::JoinSet::new();
-    for token in tokens {
-        let (post, pid, latencies) = (post.clone(), pid.clone(), latencies.clone());
+    for token in tokens.clone() {
+        let (client, pid) = (client.clone(), pid.clone());
         tasks.spawn(async move {
+            let mut latencies = Vec::with_capacity(per_client);
             for _ in 0..per_client {
                 let t = Instant::now();
                 let (status, _) =
-                    post("/api/cart/items".into(), Some(token.clone()), json!({"productId": pid, "quantity": 1})).await;
+                    client.post("/api/cart/items", Some(&token), json!({"productId": pid, "quantity": 1})).await;
                 assert_eq!(status, 200);
-                latencies.lock().unwrap().push(t.elapsed());
+                latencies.push(t.elapsed());
             }
+            latencies
         });
     }
-    while tasks.join_next().await.is_some() {}
+    let mut l: Vec<Duration> = tasks.join_all().await.into_iter().flatten().collect();
     let elapsed = started.elapsed();
-    let mut l = latencies.lock().unwrap().clone();
     l.sort();
-    let pct = |p: f64| l[((l.len() as f64 * p) as usize).min(l.len() - 1)];
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!(
-        "add-to-cart: {} requests, {concurrency} clients: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, RSS {:.0} MiB",
+        "{backend:>9} add-to-cart: {} requests, {concurrency} clients: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, RSS {:.0} MiB; {}",
         l.len(),
         l.len() as f64 / elapsed.as_secs_f64(),
-        ms(pct(0.50)),
-        ms(pct(0.99)),
-        rss_mib()
+        ms(at(&l, 0.50)),
+        ms(at(&l, 0.99)),
+        rss_mib(),
+        cpu.since(elapsed),
     );
 
-    // Every client checks out at once; each then polls its order until it is paid.
-    let started = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for (i, token) in tokens_again.into_iter().enumerate() {
-        let (client, base) = (client.clone(), base_again.clone());
-        tasks.spawn(async move {
-            let t = Instant::now();
-            let res = client
-                .post(format!("{base}/api/cart/checkout"))
-                .bearer_auth(&token)
-                .header("idempotency-key", format!("bench-{i}"))
-                .json(&json!({"paymentMethod": "pm_card_visa"}))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(res.status(), 202);
-            let accepted = t.elapsed();
-            let id = res.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
-            loop {
-                let order: Value = client
-                    .get(format!("{base}/api/orders/{id}"))
-                    .bearer_auth(&token)
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
-                if order["status"] == "paid" {
-                    return (accepted, t.elapsed());
-                }
-                let status = order["status"].as_str().unwrap_or_default();
-                assert!(["pending", "stock_reserved"].contains(&status), "order {id} ended {status}");
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-        });
+    // Rounds: every client checks out at once, waits until paid, puts one item in its cart again.
+    let mut sockets = Vec::new();
+    for token in &tokens {
+        sockets.push(client.socket(token).await);
     }
-    let mut accepted = Vec::new();
-    let mut paid = Vec::new();
-    while let Some(r) = tasks.join_next().await {
-        let (a, p) = r.unwrap();
-        accepted.push(a);
-        paid.push(p);
+    let (mut accepted, mut paid) = (Vec::new(), Vec::new());
+    let cpu = Cpu::now();
+    let started = Instant::now();
+    for round in 0..rounds {
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, (token, mut socket)) in tokens.iter().cloned().zip(sockets.drain(..)).enumerate() {
+            let (client, pid) = (client.clone(), pid.clone());
+            tasks.spawn(async move {
+                if round > 0 {
+                    let item = json!({"productId": pid, "quantity": 1});
+                    assert_eq!(client.post("/api/cart/items", Some(&token), item).await.0, 200);
+                }
+                let (a, p) = client.checkout_to_paid(&token, &format!("bench-{i}-{round}"), &mut socket).await;
+                (i, a, p, socket)
+            });
+        }
+        let mut done = tasks.join_all().await;
+        done.sort_by_key(|(i, ..)| *i);
+        for (_, a, p, socket) in done {
+            accepted.push(a);
+            paid.push(p);
+            sockets.push(socket);
+        }
     }
     let elapsed = started.elapsed();
     accepted.sort();
     paid.sort();
-    let at = |v: &Vec<Duration>, p: f64| v[((v.len() as f64 * p) as usize).min(v.len() - 1)];
     println!(
-        "checkout: {} concurrent checkouts paid in {:.0} ms ({:.0} orders/s); accepted p50 {:.1} ms, paid p50 {:.1} ms, paid p99 {:.1} ms",
+        "{backend:>9} checkout: {rounds} rounds of {concurrency} concurrent checkouts, {} paid in {:.0} ms ({:.0} orders/s); accepted p50 {:.1} ms, paid p50 {:.1} ms, paid p99 {:.1} ms; {}",
         paid.len(),
         ms(elapsed),
         paid.len() as f64 / elapsed.as_secs_f64(),
         ms(at(&accepted, 0.5)),
         ms(at(&paid, 0.5)),
         ms(at(&paid, 0.99)),
+        cpu.since(elapsed),
     );
+    drop(sockets);
     let _ = stop.send(());
     server.await.unwrap().unwrap();
+}
+
+/// p50 and p99 of `n` sequential runs of `op`.
+async fn time<F, Fut>(n: usize, mut op: F) -> (f64, f64)
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n {
+        let t = Instant::now();
+        op(i).await;
+        samples.push(t.elapsed());
+    }
+    samples.sort();
+    (ms(at(&samples, 0.5)), ms(at(&samples, 0.99)))
+}
+
+fn one_event_commit(stream: &str, seq: u64) -> Commit {
+    let event = EventRecord {
+        id: format!("{stream}/{seq}"),
+        stream: stream.to_string(),
+        seq,
+        event_type: "cart.item_added".into(),
+        recorded_at: chrono::Utc::now(),
+        payload: json!({"productId": "p1", "quantity": 1}),
+    };
+    Commit {
+        stream: stream.into(),
+        expected_seq: seq - 1,
+        events: vec![event],
+        snapshot: None,
+        read_model: None,
+        active: false,
+    }
+}
+
+/// One commit at a time on `store`, and for MongoDB each kind of round trip a commit is made of.
+async fn store_costs(backend: &str, store: Arc<dyn Store>, mongo: Option<(mongodb::Database, &str)>) {
+    let n = 500;
+    let (p50, p99) = time(n, |i| {
+        let store = store.clone();
+        async move { store.commit(one_event_commit(&format!("cart:c{}", i % 50), (i / 50) as u64 + 1)).await.unwrap() }
+    })
+    .await;
+    println!("{backend:>9} store: one-event commit, one at a time: p50 {p50:.2} ms, p99 {p99:.2} ms ({n} commits)");
+    let Some((db, name)) = mongo else { return };
+    let commits = db.collection::<mongodb::bson::Document>("commits");
+    let counters = db.collection::<mongodb::bson::Document>("counters");
+    let active = db.collection::<mongodb::bson::Document>("active_streams");
+    let trips: [(&str, (f64, f64)); 5] = [
+        (
+            "ping",
+            time(n, |_| async {
+                db.run_command(doc! {"ping": 1}).await.unwrap();
+            })
+            .await,
+        ),
+        (
+            "stream head (find_one, sorted)",
+            time(n, |i| {
+                let commits = commits.clone();
+                async move {
+                    let stream = format!("cart:c{}", i % 50);
+                    commits.find_one(doc! {"stream": stream}).sort(doc! {"firstSeq": -1}).await.unwrap();
+                }
+            })
+            .await,
+        ),
+        (
+            "outbox counter (find_one_and_update)",
+            time(n, |_| {
+                let counters = counters.clone();
+                async move {
+                    counters
+                        .find_one_and_update(doc! {"_id": "bench"}, doc! {"$inc": {"next": 1}})
+                        .upsert(true)
+                        .await
+                        .unwrap();
+                }
+            })
+            .await,
+        ),
+        (
+            "commit document (insert_one)",
+            time(n, |i| {
+                let commits = commits.clone();
+                async move {
+                    let id = format!("bench:{name}/{i}");
+                    commits.insert_one(doc! {"_id": id, "stream": format!("bench:{i}"), "firstSeq": 1}).await.unwrap();
+                }
+            })
+            .await,
+        ),
+        (
+            "derived write (update_one, upsert)",
+            time(n, |i| {
+                let active = active.clone();
+                async move {
+                    let id = format!("bench:{}", i % 50);
+                    active
+                        .update_one(doc! {"_id": id}, doc! {"$set": {"streamSeq": i as i64}})
+                        .upsert(true)
+                        .await
+                        .unwrap();
+                }
+            })
+            .await,
+        ),
+    ];
+    for (what, (p50, p99)) in trips {
+        println!("{backend:>9} round trip: {what}: p50 {p50:.2} ms, p99 {p99:.2} ms");
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let requests = env_or("REQUESTS", 4000);
+    let concurrency = env_or("CONCURRENCY", 32);
+    let rounds = env_or("ROUNDS", 4);
+    let backends = std::env::var("BACKENDS").unwrap_or_else(|_| "embedded".into());
+    let backends: Vec<&str> = backends.split(',').map(str::trim).collect();
+    for backend in &backends {
+        assert!(
+            ["embedded", "mongodb", "real"].contains(backend),
+            "unknown backend {backend}: embedded, mongodb, real"
+        );
+        http_load(backend, requests, concurrency, rounds).await;
+    }
+    if backends.contains(&"embedded") {
+        let dir = tempfile::tempdir().unwrap();
+        store_costs("embedded", Arc::new(EmbeddedStore::open(dir.path()).unwrap()), None).await;
+    }
+    if backends.iter().any(|b| *b != "embedded") {
+        let uri = required("COMMERCEX_TEST_MONGODB_URI");
+        let name = run_name();
+        let store = MongoStore::connect(&uri, &name).await.unwrap();
+        let db = mongodb::Client::with_uri_str(&uri).await.unwrap().database(&name);
+        store_costs("mongodb", Arc::new(store), Some((db, &name))).await;
+    }
 }

@@ -6,6 +6,9 @@
 #                           install what is missing (first run: several minutes, progress shown), start, wait
 #   scripts/infra.sh down [redis|mongo|kafka ...]
 #                           stop only the processes this script started (by pid)
+#   scripts/infra.sh clean [redis|mongo|kafka ...]
+#                           delete the data of stopped servers (every test writes a database, topics or keys of its
+#                           own; scripts/test.sh cleans the servers it starts so the target directory does not grow)
 #   scripts/infra.sh env    print the variables the backend tests read (eval "$(scripts/infra.sh env)")
 #   scripts/infra.sh status
 #
@@ -133,6 +136,19 @@ case "${1:-}" in
       esac
     done
     ;;
+  clean)
+    shift
+    for s in ${*:-redis mongo kafka}; do
+      case "$s" in
+        redis) pid=redis/pid ;;
+        mongo) pid=mongo/nx.pid ;;
+        kafka) pid=kafka/pid ;;
+        *) echo "unknown service $s" >&2; exit 2 ;;
+      esac
+      if running "$RUN/$pid"; then log "$s is running; not cleaning it"; continue; fi
+      rm -rf "${RUN:?}/$s"
+    done
+    ;;
   env)
     echo "export COMMERCEX_TEST_REDIS_URL=redis://127.0.0.1:$REDIS_PORT"
     echo "export COMMERCEX_TEST_KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT"
@@ -144,5 +160,5 @@ case "${1:-}" in
     done
     ;;
   *)
-    echo "usage: $0 up|down|env|status" >&2; exit 2 ;;
+    echo "usage: $0 up|down|clean|env|status" >&2; exit 2 ;;
 esac

@@ -23,6 +23,10 @@ stop_started() {
 trap stop_started EXIT
 
 echo "== starting the real servers"
+# Servers started here begin empty: the databases, topics and keys of earlier runs are gone.
+for service in redis mongo kafka; do
+  if grep -q "^$service: stopped" <<<"$before"; then scripts/infra.sh clean "$service"; fi
+done
 scripts/infra.sh up
 eval "$(scripts/infra.sh env)"
 
