@@ -27,12 +27,17 @@ pub type Timestamp = chrono::DateTime<chrono::Utc>;
 pub trait Aggregate: Clone + Default + Debug + Serialize + DeserializeOwned + Send + Sync + 'static {
     /// Stream prefix, also the actor kind (`product`, `cart`).
     const KIND: &'static str;
-    type Command: Clone + Debug + Send + Sync + 'static;
+    /// Serializable so that a command can travel to the node hosting the entity.
+    type Command: Clone + Debug + Serialize + DeserializeOwned + Send + Sync + 'static;
     type Event: Clone + Debug + Serialize + DeserializeOwned + Send + Sync + 'static;
-    type Error: std::error::Error + Clone + Send + Sync + 'static;
+    type Error: std::error::Error + Clone + Serialize + DeserializeOwned + Send + Sync + 'static;
 
     fn decide(&self, id: &str, command: &Self::Command, now: Timestamp) -> Result<Vec<Self::Event>, Self::Error>;
     fn apply(&mut self, event: &Self::Event);
     /// The public name of an event, e.g. `product.created`.
     fn event_type(event: &Self::Event) -> &'static str;
 }
+
+/// The name of a field or status inside a domain error: usually a literal, read back as an owned string when the
+/// error travelled between nodes.
+pub type Name = std::borrow::Cow<'static, str>;

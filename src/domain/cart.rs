@@ -70,13 +70,13 @@ pub struct Cart {
 }
 
 /// What the cart needs to know about a product to accept it, looked up by the caller at command time.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProductAvailability {
     pub available: i64,
     pub currency: String,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum CartCommand {
     /// Adds `quantity` to the line (creating it if needed).
     AddItem {
@@ -112,7 +112,7 @@ pub enum CartEvent {
     CheckedOut { order_id: String, product_ids: Vec<String>, placed_at: Option<Timestamp>, at: Timestamp },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum CartError {
     #[error("quantity must be between 1 and {MAX_LINE_QUANTITY}")]
     InvalidQuantity,

@@ -38,7 +38,7 @@ pub struct CouponState {
     pub coupon: Option<Coupon>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CouponTerms {
     pub discount: Discount,
     pub min_order: Option<i64>,
@@ -47,7 +47,7 @@ pub struct CouponTerms {
     pub per_user_limit: Option<u32>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum CouponCommand {
     Create(CouponTerms),
     Update {
@@ -77,14 +77,17 @@ pub enum CouponEvent {
     Returned { order_id: String, at: Timestamp },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum CouponError {
     #[error("coupon not found")]
     NotFound,
     #[error("a coupon with this code already exists")]
     AlreadyExists,
     #[error("`{field}` {message}")]
-    Invalid { field: &'static str, message: String },
+    Invalid {
+        field: crate::domain::Name,
+        message: String,
+    },
     #[error(transparent)]
     InvalidText(#[from] InvalidText),
     #[error("this coupon is not active")]
@@ -109,7 +112,7 @@ pub fn normalize_code(raw: &str) -> Result<String, CouponError> {
     if ok {
         Ok(code)
     } else {
-        Err(CouponError::Invalid { field: "code", message: "must be 3 to 32 letters, digits, `-` or `_`".into() })
+        Err(CouponError::Invalid { field: "code".into(), message: "must be 3 to 32 letters, digits, `-` or `_`".into() })
     }
 }
 
@@ -155,21 +158,21 @@ impl Coupon {
 fn check_terms(t: &CouponTerms) -> Result<(), CouponError> {
     let invalid = |field, message: &str| Err(CouponError::Invalid { field, message: message.into() });
     match &t.discount {
-        Discount::Percent { percent } if !(1..=100).contains(percent) => return invalid("percent", "must be 1 to 100"),
-        Discount::Fixed { amount, .. } if *amount <= 0 => return invalid("amount", "must be positive"),
+        Discount::Percent { percent } if !(1..=100).contains(percent) => return invalid("percent".into(), "must be 1 to 100"),
+        Discount::Fixed { amount, .. } if *amount <= 0 => return invalid("amount".into(), "must be positive"),
         Discount::Fixed { currency, .. } => {
             text::check("currency", currency, Lines::Single)?;
             if !currency::is_active(currency) {
-                return invalid("currency", "must be an active ISO 4217 currency code such as USD, EUR or JPY");
+                return invalid("currency".into(), "must be an active ISO 4217 currency code such as USD, EUR or JPY");
             }
         }
         _ => {}
     }
     if t.min_order.is_some_and(|m| m < 0) {
-        return invalid("minOrder", "must not be negative");
+        return invalid("minOrder".into(), "must not be negative");
     }
     if t.usage_limit == Some(0) || t.per_user_limit == Some(0) {
-        return invalid("usageLimit", "limits must be at least 1 when set");
+        return invalid("usageLimit".into(), "limits must be at least 1 when set");
     }
     Ok(())
 }
@@ -206,7 +209,7 @@ impl Aggregate for CouponState {
                 let usage_limit = usage_limit.unwrap_or(c.usage_limit);
                 if usage_limit == Some(0) {
                     return Err(CouponError::Invalid {
-                        field: "usageLimit",
+                        field: "usageLimit".into(),
                         message: "must be at least 1 when set".into(),
                     });
                 }
@@ -321,7 +324,7 @@ mod tests {
             assert!(
                 matches!(
                     create(Discount::Fixed { amount: 500, currency: bad.into() }),
-                    Err(CouponError::Invalid { field: "currency", .. })
+                    Err(CouponError::Invalid { field, .. }) if field == "currency"
                 ),
                 "{bad}"
             );
@@ -333,7 +336,7 @@ mod tests {
         assert_eq!(normalize_code(" save10 "), Ok("SAVE10".into()));
         assert_eq!(
             normalize_code("SAVE\u{202E}01"),
-            Err(CouponError::InvalidText(InvalidText { field: "code", ch: '\u{202E}' }))
+            Err(CouponError::InvalidText(InvalidText { field: "code".into(), ch: '\u{202E}' }))
         );
         assert!(matches!(normalize_code("SAVE 10"), Err(CouponError::Invalid { .. })));
     }

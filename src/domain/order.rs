@@ -247,7 +247,7 @@ pub struct OrderState {
 }
 
 /// What a checkout snapshots into a new order.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NewOrder {
     pub user_id: String,
     pub lines: Vec<OrderLine>,
@@ -260,7 +260,7 @@ pub struct NewOrder {
     pub request_hash: Option<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum OrderCommand {
     /// Creates the order; a repeat (same checkout) is a no-op.
     Place(Box<NewOrder>),
@@ -337,14 +337,17 @@ pub enum OrderEffect {
     CloseStock { product_ids: Vec<String>, expires_at: Timestamp },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum OrderError {
     #[error("order not found")]
     NotFound,
     #[error("an order needs at least one line")]
     Empty,
     #[error("an order in status {from} cannot become {to}")]
-    InvalidTransition { from: &'static str, to: &'static str },
+    InvalidTransition {
+        from: crate::domain::Name,
+        to: crate::domain::Name,
+    },
     #[error(
         "product {product_id} is now priced in {product_currency} but the cart is in {order_currency}; \
          remove it from the cart to check out"
@@ -388,7 +391,7 @@ fn transition(
     if order.status.can_become(to) {
         Ok(OrderEvent::StatusChanged { from: order.status, to, reason, at: now })
     } else {
-        Err(OrderError::InvalidTransition { from: order.status.as_str(), to: to.as_str() })
+        Err(OrderError::InvalidTransition { from: order.status.as_str().into(), to: to.as_str().into() })
     }
 }
 
@@ -449,7 +452,7 @@ impl Aggregate for OrderState {
             OrderCommand::Cancel { reason } => events.push(transition(o, S::Cancelled, Some(reason.clone()), now)?),
             OrderCommand::Ship => {
                 if o.lines.iter().any(|l| !p.committed.contains(&l.product_id)) {
-                    return Err(OrderError::InvalidTransition { from: o.status.as_str(), to: S::Shipped.as_str() });
+                    return Err(OrderError::InvalidTransition { from: o.status.as_str().into(), to: S::Shipped.as_str().into() });
                 }
                 events.push(transition(o, S::Shipped, None, now)?);
             }

@@ -58,7 +58,7 @@ pub struct PaymentState {
     pub payment: Option<Payment>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum PaymentCommand {
     /// Creates the payment; a repeat is a no-op.
     Request {
@@ -148,7 +148,7 @@ pub enum PaymentEffect {
     Refund { charge_id: String },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum PaymentError {
     #[error("payment not found")]
     NotFound,

@@ -47,7 +47,7 @@ impl Product {
 
 /// The details an admin sets; every field optional so the same type serves create (all required), PUT (all
 /// required) and PATCH (any subset).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProductDetails {
     pub title: Option<String>,
     pub description: Option<String>,
@@ -57,7 +57,7 @@ pub struct ProductDetails {
     pub image_url: Option<Option<String>>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ProductCommand {
     Create {
         details: ProductDetails,
@@ -211,14 +211,17 @@ pub enum ProductEvent {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum ProductError {
     #[error("product not found")]
     NotFound,
     #[error("product already exists")]
     AlreadyExists,
     #[error("`{field}` {message}")]
-    Invalid { field: &'static str, message: String },
+    Invalid {
+        field: crate::domain::Name,
+        message: String,
+    },
     #[error(transparent)]
     InvalidText(#[from] InvalidText),
     #[error("stale version {expected}: the product is at version {actual}")]
@@ -229,7 +232,7 @@ pub enum ProductError {
     ReservationUnavailable,
 }
 
-fn invalid(field: &'static str, message: impl Into<String>) -> ProductError {
+fn invalid(field: crate::domain::Name, message: impl Into<String>) -> ProductError {
     ProductError::Invalid { field, message: message.into() }
 }
 
@@ -386,7 +389,7 @@ struct Resolved {
 /// Validates `details` over `base` (the current product for updates).
 fn resolve(details: &ProductDetails, base: Option<&Product>) -> Result<Resolved, ProductError> {
     fn pick<T: Clone>(new: &Option<T>, old: Option<T>, field: &'static str) -> Result<T, ProductError> {
-        new.clone().or(old).ok_or_else(|| invalid(field, "is required"))
+        new.clone().or(old).ok_or_else(|| invalid(field.into(), "is required"))
     }
     let title = pick(&details.title, base.map(|p| p.title.clone()), "title")?;
     let title = required_text("title", &title, 200)?;
@@ -394,12 +397,12 @@ fn resolve(details: &ProductDetails, base: Option<&Product>) -> Result<Resolved,
     let description = text::long_text("description", &description, 5000)?;
     let price = pick(&details.price, base.map(|p| p.price), "price")?;
     if !(0..=MAX_PRICE_MINOR).contains(&price) {
-        return Err(invalid("price", format!("must be between 0 and {MAX_PRICE_MINOR} minor units")));
+        return Err(invalid("price".into(), format!("must be between 0 and {MAX_PRICE_MINOR} minor units")));
     }
     let currency = pick(&details.currency, base.map(|p| p.currency.clone()), "currency")?;
     text::check("currency", &currency, Lines::Single)?;
     if !currency::is_active(&currency) {
-        return Err(invalid("currency", "must be an active ISO 4217 currency code such as USD, EUR or JPY"));
+        return Err(invalid("currency".into(), "must be an active ISO 4217 currency code such as USD, EUR or JPY"));
     }
     let category = pick(&details.category, base.map(|p| p.category.clone()), "category")?;
     let category = required_text("category", &category, 100)?;
@@ -413,7 +416,7 @@ fn resolve(details: &ProductDetails, base: Option<&Product>) -> Result<Resolved,
             && url.len() <= 2000
             && !url.contains(char::is_whitespace);
         if !ok {
-            return Err(invalid("imageUrl", "must be an http(s) URL of at most 2000 characters"));
+            return Err(invalid("imageUrl".into(), "must be an http(s) URL of at most 2000 characters"));
         }
     }
     Ok(Resolved { title, description, price, currency, category, image_url })
@@ -433,7 +436,7 @@ impl Aggregate for ProductState {
                 }
                 let r = resolve(details, None)?;
                 if !(0..=MAX_STOCK).contains(initial_stock) {
-                    return Err(invalid("stock", format!("must be between 0 and {MAX_STOCK}")));
+                    return Err(invalid("stock".into(), format!("must be between 0 and {MAX_STOCK}")));
                 }
                 let product = Product {
                     id: id.to_string(),
@@ -481,7 +484,7 @@ impl Aggregate for ProductState {
             ProductCommand::AdjustStock { delta, reason } => {
                 let current = self.live()?;
                 if *delta == 0 || delta.abs() > MAX_STOCK {
-                    return Err(invalid("delta", format!("must be non-zero and at most {MAX_STOCK} in size")));
+                    return Err(invalid("delta".into(), format!("must be non-zero and at most {MAX_STOCK} in size")));
                 }
                 let reason = required_text("reason", reason, 200)?;
                 let after = current.stock_on_hand + delta;
@@ -499,7 +502,7 @@ impl Aggregate for ProductState {
                 }
                 let current = self.live()?;
                 if !(1..=MAX_STOCK).contains(quantity) {
-                    return Err(invalid("quantity", "must be positive"));
+                    return Err(invalid("quantity".into(), "must be positive"));
                 }
                 if current.available() < *quantity {
                     return Err(ProductError::InsufficientStock { available: current.available(), delta: -quantity });
@@ -744,21 +747,21 @@ mod tests {
         let mut d = details();
         d.price = Some(-1);
         let err = ProductState::default().decide("p", &ProductCommand::Create { details: d, initial_stock: 1 }, now());
-        assert!(matches!(err, Err(ProductError::Invalid { field: "price", .. })));
+        assert!(matches!(err, Err(ProductError::Invalid { field, .. }) if field == "price"));
         let mut d = details();
         d.currency = Some("usd".into());
         let err = ProductState::default().decide("p", &ProductCommand::Create { details: d, initial_stock: 1 }, now());
-        assert!(matches!(err, Err(ProductError::Invalid { field: "currency", .. })));
+        assert!(matches!(err, Err(ProductError::Invalid { field, .. }) if field == "currency"));
         let mut d = details();
         d.title = None;
         let err = ProductState::default().decide("p", &ProductCommand::Create { details: d, initial_stock: 1 }, now());
-        assert!(matches!(err, Err(ProductError::Invalid { field: "title", .. })));
+        assert!(matches!(err, Err(ProductError::Invalid { field, .. }) if field == "title"));
         let err = ProductState::default().decide(
             "p",
             &ProductCommand::Create { details: details(), initial_stock: -3 },
             now(),
         );
-        assert!(matches!(err, Err(ProductError::Invalid { field: "stock", .. })));
+        assert!(matches!(err, Err(ProductError::Invalid { field, .. }) if field == "stock"));
     }
 
     #[test]
@@ -769,7 +772,7 @@ mod tests {
                 ProductState::default().decide("p", &ProductCommand::Create { details: d, initial_stock: 1 }, now());
             assert_eq!(r.is_ok(), ok, "{code}");
             if !ok {
-                assert!(matches!(r, Err(ProductError::Invalid { field: "currency", .. })), "{code}");
+                assert!(matches!(r, Err(ProductError::Invalid { field, .. }) if field == "currency"), "{code}");
             }
         }
         let mut s = created(1);
@@ -804,7 +807,7 @@ mod tests {
         assert_eq!(product.description, "Blue.\n\tDishwasher safe.");
         let mut s = created(1);
         let err = run(&mut s, ProductCommand::AdjustStock { delta: 1, reason: "found\u{85}".into() });
-        assert!(matches!(err, Err(ProductError::InvalidText(InvalidText { field: "reason", .. }))));
+        assert!(matches!(err, Err(ProductError::InvalidText(InvalidText { field, .. })) if field == "reason"));
     }
 
     #[test]
@@ -1045,7 +1048,7 @@ mod tests {
     fn stock_adjustment_needs_a_reason() {
         let mut s = created(5);
         let err = run(&mut s, ProductCommand::AdjustStock { delta: 1, reason: "  ".into() });
-        assert!(matches!(err, Err(ProductError::Invalid { field: "reason", .. })));
+        assert!(matches!(err, Err(ProductError::Invalid { field, .. }) if field == "reason"));
     }
 
     proptest! {

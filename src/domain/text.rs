@@ -2,21 +2,26 @@
 //! characters may be stored. Stored text is shown to other people, in emails, admin screens and logs, so nothing
 //! that controls a terminal, reorders what is displayed or hides itself is accepted.
 
+use serde::{Deserialize, Serialize};
+
 /// A user-supplied text field that holds a character no text field accepts.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 #[error("`{field}` must not contain control or invisible formatting characters (found U+{:04X})", u32::from(*.ch))]
 pub struct InvalidText {
-    pub field: &'static str,
+    pub field: crate::domain::Name,
     pub ch: char,
 }
 
 /// Text that breaks a field's own rules (empty, too long) or holds a forbidden character.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum TextError {
     #[error(transparent)]
     Forbidden(#[from] InvalidText),
     #[error("`{field}` {message}")]
-    Rule { field: &'static str, message: String },
+    Rule {
+        field: crate::domain::Name,
+        message: String,
+    },
 }
 
 /// Whether line breaks belong in the field: only multi-line text (a product description) may hold `\n`, `\r\n`
@@ -61,7 +66,7 @@ pub fn check(field: &'static str, value: &str, lines: Lines) -> Result<(), Inval
             _ => !forbidden(ch),
         };
         if !allowed {
-            return Err(InvalidText { field, ch });
+            return Err(InvalidText { field: field.into(), ch });
         }
     }
     Ok(())
@@ -72,7 +77,7 @@ pub(crate) fn required_text(field: &'static str, value: &str, max: usize) -> Res
     check(field, value, Lines::Single)?;
     let v = value.trim();
     if v.is_empty() {
-        return Err(TextError::Rule { field, message: "must not be empty".into() });
+        return Err(TextError::Rule { field: field.into(), message: "must not be empty".into() });
     }
     within(field, v, max)
 }
@@ -85,7 +90,7 @@ pub(crate) fn long_text(field: &'static str, value: &str, max: usize) -> Result<
 
 fn within(field: &'static str, v: &str, max: usize) -> Result<String, TextError> {
     if v.chars().count() > max {
-        return Err(TextError::Rule { field, message: format!("must be at most {max} characters") });
+        return Err(TextError::Rule { field: field.into(), message: format!("must be at most {max} characters") });
     }
     Ok(v.to_string())
 }
@@ -123,7 +128,7 @@ mod tests {
         for ch in DANGEROUS {
             for value in [format!("{ch}"), format!("Mug{ch}"), format!("{ch}Mug"), format!("M{ch}ug")] {
                 for lines in [Lines::Single, Lines::Multi] {
-                    assert_eq!(check("title", &value, lines), Err(InvalidText { field: "title", ch }), "{ch:?}");
+                    assert_eq!(check("title", &value, lines), Err(InvalidText { field: "title".into(), ch }), "{ch:?}");
                 }
             }
         }
@@ -136,7 +141,7 @@ mod tests {
             assert!(check("title", text, Lines::Single).is_err(), "{text:?}");
         }
         // A lone carriage return rewrites the line it is printed on.
-        assert_eq!(check("description", "ok\rfake", Lines::Multi), Err(InvalidText { field: "description", ch: '\r' }));
+        assert_eq!(check("description", "ok\rfake", Lines::Multi), Err(InvalidText { field: "description".into(), ch: '\r' }));
         assert!(check("description", "ends with\r", Lines::Multi).is_err());
     }
 

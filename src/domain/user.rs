@@ -49,14 +49,17 @@ pub struct User {
     pub version: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum UserError {
     #[error("email address is not valid")]
     InvalidEmail,
     #[error("password {0}")]
     WeakPassword(&'static str),
     #[error("`{field}` {message}")]
-    Invalid { field: &'static str, message: String },
+    Invalid {
+        field: crate::domain::Name,
+        message: String,
+    },
     #[error(transparent)]
     InvalidText(#[from] InvalidText),
 }
@@ -125,7 +128,7 @@ pub fn check_phone(phone: &str) -> Result<String, UserError> {
     if allowed && (5..=20).contains(&digits) && p.len() <= 30 {
         Ok(p.to_string())
     } else {
-        Err(UserError::Invalid { field: "phone", message: "must be a phone number of 5 to 20 digits".into() })
+        Err(UserError::Invalid { field: "phone".into(), message: "must be a phone number of 5 to 20 digits".into() })
     }
 }
 
@@ -135,7 +138,7 @@ pub fn check_address(a: &Address) -> Result<Address, UserError> {
     let country = a.country.trim().to_ascii_uppercase();
     if country.len() != 2 || !country.chars().all(|c| c.is_ascii_alphabetic()) {
         return Err(UserError::Invalid {
-            field: "address.country",
+            field: "address.country".into(),
             message: "must be a two-letter country code".into(),
         });
     }
@@ -177,7 +180,7 @@ mod tests {
         assert_eq!(normalize_email("ﬁnn@example.com").unwrap(), "finn@example.com");
         assert_eq!(
             normalize_email("alice\u{202E}@example.com"),
-            Err(UserError::InvalidText(InvalidText { field: "email", ch: '\u{202E}' }))
+            Err(UserError::InvalidText(InvalidText { field: "email".into(), ch: '\u{202E}' }))
         );
     }
 
