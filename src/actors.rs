@@ -1,8 +1,8 @@
 //! The actor runtime: every product, cart, order, payment and coupon is an [`entity::EntityActor`], supervised per
 //! kind by an [`supervisor::EntitySupervisor`] and reached only through an [`router::EntityRouter`].
 //!
-//! The router is the one place that turns an entity id into a mailbox. Today every entity is hosted on this node;
-//! when entities are sharded over nodes (shard = Kafka partition of the id), "local or remote" is decided there.
+//! The router is the one place that turns an entity id into a mailbox. In cluster mode it also decides "here or on
+//! another node" through its [`placement::Placement`] (shard = Kafka partition of the id), and forwards the call.
 //!
 //! An entity whose state calls for a side effect (the next saga step) runs it through its kind's [`Effects`]; the
 //! effect's result comes back as a command and is persisted before the next step. After a crash, the recovered state
@@ -10,6 +10,7 @@
 
 pub mod entity;
 pub mod live;
+pub mod placement;
 pub mod resumer;
 pub mod router;
 pub mod supervisor;
@@ -114,6 +115,8 @@ pub struct EntityContext {
     pub faults: Arc<FaultPoints>,
     /// The cap on live entity actors, shared by every kind on this node.
     pub live_limit: Arc<live::LiveLimit>,
+    /// Cluster mode: which entities this node hosts and how to reach the others; `None`: all of them, here.
+    pub placement: Option<Arc<dyn placement::Placement>>,
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -26,6 +26,7 @@ use crate::cache::{InProcessCache, ProductCache, RedisCache};
 use crate::carts::Carts;
 use crate::catalog::{Catalog, ProductCacheInvalidation, ProductEffects};
 use crate::clock::Clock;
+use crate::cluster::ClusterNode;
 use crate::config::Config;
 use crate::config::{BusBackend, StoreBackend};
 use crate::domain::cart::Cart;
@@ -102,6 +103,21 @@ impl Application {
             Some(redis) => Arc::new(RedisRateLimiter::new(redis.clone(), "auth", per_minute)),
             None => Arc::new(InProcessRateLimiter::new(per_minute)),
         };
+        let kafka_settings = {
+            let kafka = &config.bus.kafka;
+            let partitions = i32::try_from(kafka.partitions).context("bus.kafka.partitions")?;
+            KafkaSettings::new(&kafka.brokers, &kafka.topic_prefix, partitions, &kafka.group_id)
+        };
+        let cluster = match config.cluster.enabled {
+            false => None,
+            true => {
+                let (id, timeout) = (config.node_id(), Duration::from_millis(config.cluster.request_timeout_ms));
+                let node = ClusterNode::connect(&kafka_settings, &id, timeout).await.with_context(|| {
+                    format!("cannot join the cluster through bus.kafka.brokers = {}", config.bus.kafka.brokers)
+                })?;
+                Some(node)
+            }
+        };
         let committed = Arc::new(Notify::new());
         let ctx = Arc::new(EntityContext {
             store: store.clone(),
@@ -112,6 +128,7 @@ impl Application {
             clock: Clock::new(),
             faults: Arc::new(FaultPoints::default()),
             live_limit: LiveLimit::new(config.actors.max_live_entities),
+            placement: cluster.clone().map(|node| node as Arc<dyn crate::actors::placement::Placement>),
         });
         let policy = RestartPolicy {
             max_restarts: config.actors.max_restarts,
@@ -166,9 +183,7 @@ impl Application {
             BusBackend::InProcess => Arc::new(InProcessBus::new(4096)),
             BusBackend::Kafka => {
                 let kafka = &config.bus.kafka;
-                let partitions = i32::try_from(kafka.partitions).context("bus.kafka.partitions")?;
-                let settings = KafkaSettings::new(&kafka.brokers, &kafka.topic_prefix, partitions, &kafka.group_id);
-                let bus = KafkaBus::connect(&settings)
+                let bus = KafkaBus::connect(&kafka_settings)
                     .await
                     .with_context(|| format!("cannot use Kafka at bus.kafka.brokers = {}", kafka.brokers))?;
                 tracing::info!(brokers = %kafka.brokers, prefix = %kafka.topic_prefix, "Kafka bridge ready");
@@ -181,6 +196,20 @@ impl Application {
             .await
             .context("attaching the notifier and the emailer to the bus")?;
         let (stop_background, stop) = watch::channel(false);
+        let resume_now = match &cluster {
+            Some(node) => {
+                let hosts: Vec<Arc<dyn crate::actors::placement::Host>> = vec![
+                    Arc::new(products.clone()),
+                    Arc::new(carts.clone()),
+                    Arc::new(coupons.clone()),
+                    Arc::new(payments.clone()),
+                    Arc::new(orders.clone()),
+                ];
+                node.serve(hosts).await.context("joining the cluster")?;
+                node.assigned()
+            }
+            None => Arc::new(Notify::new()),
+        };
         let resumer = Resumer::new(
             store.clone(),
             vec![
@@ -195,7 +224,7 @@ impl Application {
         let background = vec![
             relay.spawn(stop.clone()),
             spawn_cache_invalidation(bus.subscribe(), catalog.clone(), stop.clone()),
-            resumer.spawn(RESUME_EVERY, stop),
+            resumer.spawn(RESUME_EVERY, resume_now, stop),
         ];
 
         let (memory, iterations) = (config.auth.argon2_memory_kib, config.auth.argon2_iterations);
@@ -239,6 +268,7 @@ impl Application {
             }),
             cookie_secure: config.auth.cookie_secure,
             http: Arc::new(config.http.clone()),
+            cluster,
         };
         Ok(Self { listener, state, store_closed, bus, stop_background, background })
     }
@@ -264,6 +294,10 @@ impl Application {
         let limits = http::server::Limits::from(state.http.as_ref()).fit_open_file_limit();
         http::server::serve(self.listener, http::app(self.state), limits, shutdown).await;
         tracing::info!("http intake stopped; draining entity actors");
+        // A cluster node hands its shards over first: leaving the group drains them, and the others take them.
+        if let Some(cluster) = &state.cluster {
+            cluster.leave().await;
+        }
         // Orders first: they are the ones calling the other entities.
         state.orders.router().shutdown(DRAIN_TIMEOUT).await;
         state.payments.shutdown(DRAIN_TIMEOUT).await;

@@ -23,6 +23,7 @@ pub struct Config {
     pub notifications: NotificationsConfig,
     pub bus: BusConfig,
     pub redis: RedisConfig,
+    pub cluster: ClusterConfig,
     pub log: LogConfig,
 }
 
@@ -141,6 +142,44 @@ pub struct KafkaConfig {
     pub partitions: u32,
     /// Consumer group shared by every process for what must happen once; each process also gets its own group.
     pub group_id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Entities sharded over the nodes by Kafka partition; needs MongoDB and Kafka.
+    pub enabled: bool,
+    /// This node's name; empty: host name and HTTP port.
+    pub node_id: String,
+    /// How long a forwarded command may take before the caller gets a 503.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self { enabled: false, node_id: String::new(), request_timeout_ms: 5_000 }
+    }
+}
+
+impl Config {
+    /// `cluster.node_id`, or the host name and HTTP port when it is empty.
+    pub fn node_id(&self) -> String {
+        if !self.cluster.node_id.is_empty() {
+            return self.cluster.node_id.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "node".into());
+        let host: String = host.chars().map(|c| if node_id_char(c) { c } else { '-' }).collect();
+        format!("{host}-{}", self.http.addr.port())
+    }
+}
+
+fn node_id_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "._-".contains(c)
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -536,6 +575,27 @@ impl Config {
                 return Err(key_error("bus.kafka.group_id", "must not be empty"));
             }
         }
+        if self.cluster.enabled {
+            if self.store.backend != StoreBackend::Mongodb {
+                return Err(key_error(
+                    "cluster.enabled",
+                    "needs store.backend = \"mongodb\" (the nodes share one store)",
+                ));
+            }
+            if self.bus.backend != BusBackend::Kafka {
+                return Err(key_error(
+                    "cluster.enabled",
+                    "needs bus.backend = \"kafka\" (shards are Kafka partitions)",
+                ));
+            }
+            let id = &self.cluster.node_id;
+            if id.len() > 100 || !id.chars().all(node_id_char) {
+                return Err(key_error("cluster.node_id", "must be at most 100 of a-z A-Z 0-9 . _ -"));
+            }
+            if self.cluster.request_timeout_ms == 0 {
+                return Err(key_error("cluster.request_timeout_ms", "must be greater than zero"));
+            }
+        }
         let url = &self.redis.url;
         let redis_scheme = ["redis://", "redis+unix://"].iter().any(|p| url.starts_with(p));
         if !url.is_empty() && !redis_scheme {
@@ -683,6 +743,24 @@ mod tests {
             check_documented(&text, &section, keys.as_table().unwrap());
         }
         assert!(text.contains("[auth.bootstrap_admin]"));
+    }
+
+    #[test]
+    fn cluster_mode_needs_mongodb_and_kafka_and_names_the_key() {
+        let secret = ("COMMERCEX__AUTH__JWT_SECRET", "a-secret-of-at-least-thirty-two-characters");
+        let on = ("COMMERCEX__CLUSTER__ENABLED", "true");
+        let err = Config::from_sources(None, env(&[on])).unwrap_err().to_string();
+        assert!(err.contains("cluster.enabled") && err.contains("mongodb"), "{err}");
+        let mongo = ("COMMERCEX__STORE__BACKEND", "mongodb");
+        let err = Config::from_sources(None, env(&[on, mongo, secret])).unwrap_err().to_string();
+        assert!(err.contains("cluster.enabled") && err.contains("kafka"), "{err}");
+        let kafka = ("COMMERCEX__BUS__BACKEND", "kafka");
+        let config = Config::from_sources(None, env(&[on, mongo, secret, kafka])).unwrap();
+        assert!(config.cluster.enabled);
+        assert!(config.node_id().ends_with("-8000"), "{}", config.node_id());
+        let bad = ("COMMERCEX__CLUSTER__NODE_ID", "node one");
+        let err = Config::from_sources(None, env(&[on, mongo, secret, kafka, bad])).unwrap_err().to_string();
+        assert!(err.contains("cluster.node_id"), "{err}");
     }
 
     #[test]

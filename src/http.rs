@@ -62,6 +62,8 @@ pub struct AppState {
     pub dependencies: Arc<Dependencies>,
     pub cookie_secure: bool,
     pub http: Arc<HttpConfig>,
+    /// Cluster mode: this node's membership (`GET /api/admin/cluster`).
+    pub cluster: Option<Arc<crate::cluster::ClusterNode>>,
 }
 
 /// The services outside this process (or inside it, on the embedded defaults) that requests depend on.

@@ -15,6 +15,7 @@
 //! | [`cache`]   | read-aside product cache, in process or in Redis |
 //! | [`ratelimit`] | per-client rate limits for the auth endpoints, in process or in Redis |
 //! | [`redis_client`] | the one Redis connection the cache, revocations and rate limits share; fast failure while Redis is down |
+//! | [`cluster`] | cluster mode: shards = Kafka partitions of the commands topic, ownership = the consumer group's assignment, calls forwarded to the hosting node |
 //! | [`http`]    | the axum REST facade, the accept loop with its connection limits, cross-site checks, the notification WebSocket and the error shape |
 //! | [`app`]     | wiring, start-up and graceful shutdown |
 //! | [`clock`], [`faults`] | the process clock (pausable in tests) and named fault points for fault-injection tests |
@@ -28,6 +29,7 @@ pub mod cache;
 pub mod carts;
 pub mod catalog;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod domain;
 pub mod faults;

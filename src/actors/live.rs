@@ -132,6 +132,11 @@ impl<A: Entity> LiveMap<A> {
     pub fn actors(&self) -> Vec<ActorRef<EntityMsg<A>>> {
         self.read().values().map(|s| s.actor.clone()).collect()
     }
+
+    /// The actors of the entities whose id satisfies `pick`.
+    pub fn actors_where(&self, pick: impl Fn(&str) -> bool) -> Vec<ActorRef<EntityMsg<A>>> {
+        self.read().iter().filter(|(id, _)| pick(id)).map(|(_, s)| s.actor.clone()).collect()
+    }
 }
 
 /// One kind's live actors as the node-wide limit sees them.

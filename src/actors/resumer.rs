@@ -1,12 +1,13 @@
 //! Keeps active entities running: at start-up and then periodically, every stream the store marks active (a saga
 //! in progress, reservations to expire) is started if it is not running. This is how work resumes after a node
-//! restart or after an actor was killed past its restart limit.
+//! restart or after an actor was killed past its restart limit. In a cluster each node resumes the active entities
+//! of the shards it hosts, at once when it is assigned new ones.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 use super::{Entity, EntityRouter};
@@ -26,7 +27,8 @@ impl<A: Entity> Wake for EntityRouter<A> {
     }
 
     async fn wake(&self, id: &str) {
-        if !self.is_local(id) {
+        // In a cluster each node resumes only the entities it hosts.
+        if self.hosts(id) && !self.is_local(id) {
             if let Err(error) = self.get(id).await {
                 tracing::warn!(kind = A::KIND, id, %error, "could not resume entity");
             }
@@ -62,13 +64,15 @@ impl Resumer {
         streams.len()
     }
 
-    pub fn spawn(self, every: Duration, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
+    /// Sweeps every `every`, and at once whenever `wake` is notified (a cluster node was assigned shards).
+    pub fn spawn(self, every: Duration, wake: Arc<Notify>, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
         tokio::spawn(async move {
             loop {
                 let active = self.sweep().await;
                 tracing::debug!(active, "resumer sweep");
                 tokio::select! {
                     _ = tokio::time::sleep(every) => {}
+                    _ = wake.notified() => {}
                     _ = stop.changed() => break,
                 }
             }

@@ -2,14 +2,17 @@
 //! message that finds the mailbox closed (passivated or killed actor) was never delivered and is re-sent to a fresh
 //! actor. Every call has a deadline.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorRef, ActorStatus, RpcReplyPort};
 use tokio::time::Instant;
 
 use super::entity::{Delivery, EntityError, EntityMsg};
 use super::live::LiveMap;
+use super::placement::{Host, Placement, RemoteError, Request};
 use super::supervisor::{EnsureError, EntitySupervisor, SupervisorMsg};
 use super::{Effects, Entity, EntityContext, RestartPolicy};
 
@@ -17,11 +20,18 @@ pub struct EntityRouter<A: Entity> {
     supervisor: ActorRef<SupervisorMsg<A>>,
     live: LiveMap<A>,
     call_timeout: Duration,
+    /// Cluster mode: which entities this node hosts, and the way to the others.
+    placement: Option<Arc<dyn Placement>>,
 }
 
 impl<A: Entity> Clone for EntityRouter<A> {
     fn clone(&self) -> Self {
-        Self { supervisor: self.supervisor.clone(), live: self.live.clone(), call_timeout: self.call_timeout }
+        Self {
+            supervisor: self.supervisor.clone(),
+            live: self.live.clone(),
+            call_timeout: self.call_timeout,
+            placement: self.placement.clone(),
+        }
     }
 }
 
@@ -35,25 +45,71 @@ impl<A: Entity> EntityRouter<A> {
         call_timeout: Duration,
     ) -> Result<Self, ractor::SpawnErr> {
         let live: LiveMap<A> = ctx.live_limit.register();
+        let placement = ctx.placement.clone();
         let supervisor = EntitySupervisor::<A>::new(ctx, effects, live.clone(), policy);
         let (supervisor, _) = Actor::spawn(None, supervisor, ()).await?;
-        Ok(Self { supervisor, live, call_timeout })
+        Ok(Self { supervisor, live, call_timeout, placement })
     }
 
     /// Runs a command on the entity and returns its state after the command was persisted.
     pub async fn execute(&self, id: &str, command: A::Command) -> Reply<A> {
-        self.call(id, |reply| EntityMsg::Execute(command.clone(), reply)).await?
+        if !self.hosts(id) {
+            return match serde_json::to_value(&command) {
+                Ok(command) => self.forward(id, Request::Execute { command }).await,
+                Err(e) => Err(EntityError::Unavailable(format!("{} command not serializable: {e}", A::KIND))),
+            };
+        }
+        self.execute_here(id, command).await
     }
 
     /// The entity's current state (a default state if it was never written).
     pub async fn get(&self, id: &str) -> Result<A, EntityError<A::Error>> {
+        if !self.hosts(id) {
+            return self.forward(id, Request::Get).await;
+        }
         self.call(id, EntityMsg::Get).await
     }
 
     /// The entity's state once it has no side effect pending or running, waiting at most `timeout`.
     pub async fn settled(&self, id: &str, timeout: Duration) -> Result<A, EntityError<A::Error>> {
+        if !self.hosts(id) {
+            let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+            return self.forward(id, Request::Settled { timeout_ms }).await;
+        }
+        self.settled_here(id, timeout).await
+    }
+
+    async fn execute_here(&self, id: &str, command: A::Command) -> Reply<A> {
+        self.call(id, |reply| EntityMsg::Execute(command.clone(), reply)).await?
+    }
+
+    async fn settled_here(&self, id: &str, timeout: Duration) -> Result<A, EntityError<A::Error>> {
         let router = Self { call_timeout: timeout, ..self.clone() };
         router.call(id, EntityMsg::Settled).await
+    }
+
+    /// Whether this node hosts the entity: always, unless entities are spread over a cluster.
+    pub fn hosts(&self, id: &str) -> bool {
+        self.placement.as_ref().is_none_or(|p| p.is_local(id))
+    }
+
+    /// Runs the call on the node hosting the entity.
+    async fn forward(&self, id: &str, request: Request) -> Result<A, EntityError<A::Error>> {
+        let Some(placement) = &self.placement else {
+            return Err(EntityError::Unavailable(format!("{} {id} is hosted nowhere", A::KIND)));
+        };
+        match placement.forward(A::KIND, id, request).await {
+            Ok(state) => serde_json::from_value(state).map_err(|e| {
+                EntityError::Unavailable(format!("{} {id}: unreadable state from its node: {e}", A::KIND))
+            }),
+            Err(RemoteError::Rejected { error }) => match serde_json::from_value(error) {
+                Ok(error) => Err(EntityError::Rejected(error)),
+                Err(e) => {
+                    Err(EntityError::Unavailable(format!("{} {id}: unreadable refusal from its node: {e}", A::KIND)))
+                }
+            },
+            Err(RemoteError::Unavailable { reason }) => Err(EntityError::Unavailable(reason)),
+        }
     }
 
     /// Number of entity actors currently running on this node.
@@ -161,5 +217,47 @@ impl<A: Entity> EntityRouter<A> {
         }
         while drains.join_next().await.is_some() {}
         let _ = self.supervisor.stop_and_wait(Some("shutdown".into()), Some(timeout)).await;
+    }
+}
+
+#[async_trait]
+impl<A: Entity> Host for EntityRouter<A> {
+    fn kind(&self) -> &'static str {
+        A::KIND
+    }
+
+    async fn serve(&self, id: &str, request: Request) -> Result<serde_json::Value, RemoteError> {
+        if !self.hosts(id) {
+            return Err(RemoteError::Unavailable { reason: format!("{} {id} moved to another node", A::KIND) });
+        }
+        let state = match request {
+            Request::Execute { command } => match serde_json::from_value::<A::Command>(command) {
+                Ok(command) => self.execute_here(id, command).await,
+                Err(e) => {
+                    return Err(RemoteError::Unavailable { reason: format!("unreadable {} command: {e}", A::KIND) })
+                }
+            },
+            Request::Get => self.call(id, EntityMsg::Get).await,
+            Request::Settled { timeout_ms } => self.settled_here(id, Duration::from_millis(timeout_ms)).await,
+        };
+        let unavailable = |e: serde_json::Error| RemoteError::Unavailable { reason: e.to_string() };
+        match state {
+            Ok(state) => serde_json::to_value(&state).map_err(unavailable),
+            Err(EntityError::Rejected(error)) => {
+                Err(RemoteError::Rejected { error: serde_json::to_value(&error).map_err(unavailable)? })
+            }
+            Err(EntityError::Unavailable(reason)) => Err(RemoteError::Unavailable { reason }),
+        }
+    }
+
+    async fn release_moved(&self, timeout: Duration) -> usize {
+        let moved = self.live.actors_where(|id| !self.hosts(id));
+        let count = moved.len();
+        let mut drains = tokio::task::JoinSet::new();
+        for actor in moved {
+            drains.spawn(async move { actor.drain_and_wait(Some(timeout)).await });
+        }
+        while drains.join_next().await.is_some() {}
+        count
     }
 }

@@ -119,7 +119,7 @@ impl KafkaSettings {
         Ok(())
     }
 
-    fn base_config(&self) -> ClientConfig {
+    pub(crate) fn base_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", &self.brokers)
@@ -130,7 +130,7 @@ impl KafkaSettings {
         config
     }
 
-    fn producer_config(&self) -> ClientConfig {
+    pub(crate) fn producer_config(&self) -> ClientConfig {
         let mut config = self.base_config();
         config
             .set("enable.idempotence", "true")
@@ -148,7 +148,7 @@ fn millis(duration: Duration) -> String {
     duration.as_millis().to_string()
 }
 
-fn unavailable(what: &str, error: impl std::fmt::Display) -> BusError {
+pub(crate) fn unavailable(what: &str, error: impl std::fmt::Display) -> BusError {
     BusError::Unavailable(format!("{what}: {error}"))
 }
 
@@ -389,7 +389,10 @@ impl EventBus for KafkaBus {
 }
 
 /// Creates the topics that do not exist yet; one that exists (whatever its partitions) is fine.
-async fn create_topics(settings: &KafkaSettings, topics: impl Iterator<Item = &String>) -> Result<(), BusError> {
+pub(crate) async fn create_topics(
+    settings: &KafkaSettings,
+    topics: impl Iterator<Item = &String>,
+) -> Result<(), BusError> {
     let admin: AdminClient<DefaultClientContext> =
         settings.base_config().create().map_err(|e| unavailable("cannot create the Kafka admin client", e))?;
     let new: Vec<NewTopic<'_>> =

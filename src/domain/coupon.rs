@@ -84,10 +84,7 @@ pub enum CouponError {
     #[error("a coupon with this code already exists")]
     AlreadyExists,
     #[error("`{field}` {message}")]
-    Invalid {
-        field: crate::domain::Name,
-        message: String,
-    },
+    Invalid { field: crate::domain::Name, message: String },
     #[error(transparent)]
     InvalidText(#[from] InvalidText),
     #[error("this coupon is not active")]
@@ -112,7 +109,10 @@ pub fn normalize_code(raw: &str) -> Result<String, CouponError> {
     if ok {
         Ok(code)
     } else {
-        Err(CouponError::Invalid { field: "code".into(), message: "must be 3 to 32 letters, digits, `-` or `_`".into() })
+        Err(CouponError::Invalid {
+            field: "code".into(),
+            message: "must be 3 to 32 letters, digits, `-` or `_`".into(),
+        })
     }
 }
 
@@ -158,7 +158,9 @@ impl Coupon {
 fn check_terms(t: &CouponTerms) -> Result<(), CouponError> {
     let invalid = |field, message: &str| Err(CouponError::Invalid { field, message: message.into() });
     match &t.discount {
-        Discount::Percent { percent } if !(1..=100).contains(percent) => return invalid("percent".into(), "must be 1 to 100"),
+        Discount::Percent { percent } if !(1..=100).contains(percent) => {
+            return invalid("percent".into(), "must be 1 to 100")
+        }
         Discount::Fixed { amount, .. } if *amount <= 0 => return invalid("amount".into(), "must be positive"),
         Discount::Fixed { currency, .. } => {
             text::check("currency", currency, Lines::Single)?;

@@ -344,10 +344,7 @@ pub enum OrderError {
     #[error("an order needs at least one line")]
     Empty,
     #[error("an order in status {from} cannot become {to}")]
-    InvalidTransition {
-        from: crate::domain::Name,
-        to: crate::domain::Name,
-    },
+    InvalidTransition { from: crate::domain::Name, to: crate::domain::Name },
     #[error(
         "product {product_id} is now priced in {product_currency} but the cart is in {order_currency}; \
          remove it from the cart to check out"
@@ -452,7 +449,10 @@ impl Aggregate for OrderState {
             OrderCommand::Cancel { reason } => events.push(transition(o, S::Cancelled, Some(reason.clone()), now)?),
             OrderCommand::Ship => {
                 if o.lines.iter().any(|l| !p.committed.contains(&l.product_id)) {
-                    return Err(OrderError::InvalidTransition { from: o.status.as_str().into(), to: S::Shipped.as_str().into() });
+                    return Err(OrderError::InvalidTransition {
+                        from: o.status.as_str().into(),
+                        to: S::Shipped.as_str().into(),
+                    });
                 }
                 events.push(transition(o, S::Shipped, None, now)?);
             }

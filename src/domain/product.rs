@@ -218,10 +218,7 @@ pub enum ProductError {
     #[error("product already exists")]
     AlreadyExists,
     #[error("`{field}` {message}")]
-    Invalid {
-        field: crate::domain::Name,
-        message: String,
-    },
+    Invalid { field: crate::domain::Name, message: String },
     #[error(transparent)]
     InvalidText(#[from] InvalidText),
     #[error("stale version {expected}: the product is at version {actual}")]

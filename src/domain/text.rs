@@ -18,10 +18,7 @@ pub enum TextError {
     #[error(transparent)]
     Forbidden(#[from] InvalidText),
     #[error("`{field}` {message}")]
-    Rule {
-        field: crate::domain::Name,
-        message: String,
-    },
+    Rule { field: crate::domain::Name, message: String },
 }
 
 /// Whether line breaks belong in the field: only multi-line text (a product description) may hold `\n`, `\r\n`
@@ -141,7 +138,10 @@ mod tests {
             assert!(check("title", text, Lines::Single).is_err(), "{text:?}");
         }
         // A lone carriage return rewrites the line it is printed on.
-        assert_eq!(check("description", "ok\rfake", Lines::Multi), Err(InvalidText { field: "description".into(), ch: '\r' }));
+        assert_eq!(
+            check("description", "ok\rfake", Lines::Multi),
+            Err(InvalidText { field: "description".into(), ch: '\r' })
+        );
         assert!(check("description", "ends with\r", Lines::Multi).is_err());
     }
 

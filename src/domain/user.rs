@@ -56,10 +56,7 @@ pub enum UserError {
     #[error("password {0}")]
     WeakPassword(&'static str),
     #[error("`{field}` {message}")]
-    Invalid {
-        field: crate::domain::Name,
-        message: String,
-    },
+    Invalid { field: crate::domain::Name, message: String },
     #[error(transparent)]
     InvalidText(#[from] InvalidText),
 }

@@ -13,6 +13,16 @@ pub fn router() -> Router<AppState> {
         .route("/api/admin/users", get(list_users))
         .route("/api/admin/users/{id}/block", post(block))
         .route("/api/admin/users/{id}/unblock", post(unblock))
+        .route("/api/admin/cluster", get(cluster))
+}
+
+/// This node, the members of the cluster and the shards each hosts; 404 `not_clustered` outside cluster mode.
+async fn cluster(State(state): State<AppState>, _admin: AdminUser) -> Result<Json<Value>, ApiError> {
+    let Some(node) = &state.cluster else {
+        return Err(ApiError::not_found("not_clustered", "this node does not run in cluster mode (cluster.enabled)"));
+    };
+    let status = node.status().await;
+    serde_json::to_value(status).map(Json).map_err(|e| ApiError::unavailable(e.to_string()))
 }
 
 async fn list_users(

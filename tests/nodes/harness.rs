@@ -51,6 +51,7 @@ pub struct Deployment {
     servers: Servers,
     dir: Option<TempDir>,
     nodes: usize,
+    clustered: bool,
 }
 
 impl Drop for Deployment {
@@ -67,7 +68,13 @@ impl Deployment {
         let dir = tempfile::tempdir().unwrap();
         let unique: String =
             dir.path().file_name().unwrap().to_string_lossy().chars().filter(char::is_ascii_alphanumeric).collect();
-        Self { name: format!("{test}_{unique}"), servers, dir: Some(dir), nodes: 0 }
+        Self { name: format!("{test}_{unique}"), servers, dir: Some(dir), nodes: 0, clustered: false }
+    }
+
+    /// Cluster mode: each entity hosted by one node, calls forwarded between them.
+    pub fn clustered(mut self) -> Self {
+        self.clustered = true;
+        self
     }
 
     /// Names the deployment's database (`nodes_{name}`), topics (`nodes.{name}.*`) and Redis keys.
@@ -75,7 +82,7 @@ impl Deployment {
         &self.name
     }
 
-    fn env(&self, port: u16, data_dir: &Path) -> Vec<(String, String)> {
+    fn env(&self, port: u16, data_dir: &Path, node: usize) -> Vec<(String, String)> {
         let mut env = vec![
             ("HTTP__ADDR", format!("127.0.0.1:{port}")),
             ("HTTP__AUTH_RATE_LIMIT_PER_MINUTE", "100000".into()),
@@ -86,7 +93,8 @@ impl Deployment {
             ("BUS__BACKEND", "kafka".into()),
             ("BUS__KAFKA__BROKERS", self.servers.kafka_brokers.clone()),
             ("BUS__KAFKA__TOPIC_PREFIX", format!("nodes.{}", self.name)),
-            ("BUS__KAFKA__PARTITIONS", "2".into()),
+            // A cluster spreads its shards (partitions) over the nodes.
+            ("BUS__KAFKA__PARTITIONS", if self.clustered { "6" } else { "2" }.into()),
             ("BUS__KAFKA__GROUP_ID", format!("nodes-{}", self.name)),
             ("AUTH__JWT_SECRET", JWT_SECRET.into()),
             ("AUTH__ARGON2_MEMORY_KIB", "1024".into()),
@@ -96,6 +104,10 @@ impl Deployment {
             ("PAYMENTS__SIMULATED_LATENCY_MS", "5".into()),
             ("LOG__LEVEL", "info".into()),
         ];
+        if self.clustered {
+            env.push(("CLUSTER__ENABLED", "true".into()));
+            env.push(("CLUSTER__NODE_ID", format!("node{node}")));
+        }
         if let Some(url) = &self.servers.redis_url {
             env.push(("REDIS__URL", url.clone()));
             env.push(("REDIS__KEY_PREFIX", format!("nodes:{}", self.name)));
@@ -112,7 +124,7 @@ impl Deployment {
         let log = data_dir.join("log");
         let child = Command::new(env!("CARGO_BIN_EXE_commercex"))
             .current_dir(&data_dir)
-            .envs(self.env(port, &data_dir))
+            .envs(self.env(port, &data_dir, self.nodes))
             .env_remove("RUST_LOG")
             .stdout(std::fs::File::create(&log).unwrap())
             .stderr(Stdio::null())
@@ -126,6 +138,22 @@ impl Deployment {
         let node = Node { api, child: Some(child), log };
         node.wait_ready(Duration::from_secs(60)).await;
         node
+    }
+
+    /// Starts a node again on the data directory and port of one that was stopped.
+    pub async fn restart_node(&self, node: &mut Node) {
+        let (port, number) = node.port_and_number();
+        let data_dir = self.dir.as_ref().expect("deployment in use").path().join(format!("node{number}"));
+        let child = Command::new(env!("CARGO_BIN_EXE_commercex"))
+            .current_dir(&data_dir)
+            .envs(self.env(port, &data_dir, number))
+            .env_remove("RUST_LOG")
+            .stdout(std::fs::OpenOptions::new().append(true).open(&node.log).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starts the commercex binary");
+        node.child = Some(child);
+        node.wait_ready(Duration::from_secs(60)).await;
     }
 }
 
@@ -194,12 +222,16 @@ impl Api {
     }
 
     pub async fn checkout(&self, token: &str, key: &str) -> Resp {
+        self.checkout_with(token, key, json!({"paymentMethod": "pm_card_visa"})).await
+    }
+
+    pub async fn checkout_with(&self, token: &str, key: &str, body: Value) -> Resp {
         let res = self
             .client
             .post(format!("{}/api/cart/checkout", self.base))
             .bearer_auth(token)
             .header("idempotency-key", key)
-            .json(&json!({"paymentMethod": "pm_card_visa"}))
+            .json(&body)
             .send()
             .await;
         match res {
@@ -256,6 +288,13 @@ impl Api {
         self.wait_for("/ready", None, deadline, |b| b["status"] == "ready").await
     }
 
+    /// This node's view of the cluster (`GET /api/admin/cluster`).
+    pub async fn cluster(&self, admin: &str) -> Value {
+        let r = self.get("/api/admin/cluster", Some(admin)).await;
+        assert_eq!(r.status, 200, "{}: {:?}", self.name, r.body);
+        r.body
+    }
+
     pub async fn socket(&self, token: &str) -> Socket {
         let url = format!("{}/ws/notifications", self.base.replace("http://", "ws://"));
         let mut req = url.into_client_request().unwrap();
@@ -267,6 +306,20 @@ impl Api {
 }
 
 impl Node {
+    fn port_and_number(&self) -> (u16, usize) {
+        let port = self.base.rsplit(':').next().unwrap().parse().unwrap();
+        let number = self.name.trim_start_matches("node").parse().unwrap();
+        (port, number)
+    }
+
+    /// SIGTERM, then waits for the process to end (a graceful stop).
+    pub fn terminate(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+            let _ = child.wait();
+        }
+    }
+
     pub fn api(&self) -> Api {
         self.api.clone()
     }
@@ -376,5 +429,32 @@ impl PrivateServer {
 impl Drop for PrivateServer {
     fn drop(&mut self) {
         self.down();
+    }
+}
+
+/// Waits until `apis` (and only they) host every shard, each shard on one node; returns how long it took.
+pub async fn wait_shards_settled(apis: &[&Api], admin: &str, deadline: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let mut owned = Vec::new();
+        let mut partitions = 0;
+        for api in apis {
+            let r = api.get("/api/admin/cluster", Some(admin)).await;
+            if r.status == 200 {
+                partitions = r.body["partitions"].as_i64().unwrap_or(0);
+                owned.push(r.body["owned"].as_array().cloned().unwrap_or_default());
+            }
+        }
+        let mut all: Vec<i64> = owned.iter().flatten().filter_map(Value::as_i64).collect();
+        all.sort_unstable();
+        let settled = owned.len() == apis.len()
+            && owned.iter().all(|o| !o.is_empty())
+            && partitions > 0
+            && all == (0..partitions).collect::<Vec<_>>();
+        if settled {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < deadline, "shards never settled over {} nodes: {owned:?}", apis.len());
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

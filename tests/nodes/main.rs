@@ -2,6 +2,7 @@
 //! processes of one deployment working together, and each server stopped and started again under load. These tests
 //! are `#[ignore]`d for plain `cargo test`; `scripts/test.sh` runs them with the servers up.
 
+mod cluster;
 mod harness;
 mod outages;
 mod shared;

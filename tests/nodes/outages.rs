@@ -15,14 +15,14 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::harness::{pushes_until, Api, Deployment, PrivateServer, Servers};
+use crate::harness::{pushes_until, wait_shards_settled, Api, Deployment, PrivateServer, Servers};
 
 const RECOVERY: Duration = Duration::from_secs(60);
-const TERMINAL: [&str; 5] = ["paid", "payment_failed", "cancelled", "refunded", "delivered"];
+pub const TERMINAL: [&str; 5] = ["paid", "payment_failed", "cancelled", "refunded", "delivered"];
 
 /// What a load task saw: how many answers of each status, and per status the error codes.
 #[derive(Default, Debug)]
-struct Seen {
+pub struct Seen {
     statuses: BTreeMap<u16, u32>,
     codes: BTreeMap<String, u32>,
 }
@@ -36,7 +36,7 @@ impl Seen {
     }
 
     /// Every answer was a success or a retryable 503: no other 5xx, no hang-up, no unexpected 4xx.
-    fn only_success_or_503(&self) {
+    pub fn only_success_or_503(&self) {
         let bad: Vec<_> = self.statuses.keys().filter(|s| !(200..300).contains(*s) && **s != 503).collect();
         assert!(bad.is_empty(), "unexpected answers {bad:?} in {self:?}");
         assert!(self.codes.keys().all(|c| c == "service_unavailable" || c == "auth_busy"), "{self:?}");
@@ -147,12 +147,18 @@ async fn redis_stopped_and_started_under_load() {
     assert_eq!(cached.status, 200);
 }
 
-/// Waits, as a shopper would, until the order is over and, if paid, has emptied the cart; 503s meanwhile are fine.
-async fn settle(api: &Api, token: &str, id: &str, seen: &mut Seen) {
+/// Waits, as a shopper would, until the order is over and, if paid, has emptied the cart; 503s meanwhile are fine,
+/// and a node that does not answer is replaced by the next one.
+async fn settle(apis: &[Api], mut at: usize, token: &str, id: &str, seen: &mut Seen) {
     let start = Instant::now();
     loop {
         assert!(start.elapsed() < RECOVERY, "order {id} never settled");
+        let api = &apis[at % apis.len()];
         let r = api.get(&format!("/api/orders/{id}"), Some(token)).await;
+        if r.status == 0 {
+            at += 1;
+            continue;
+        }
         if r.status != 404 {
             seen.record(r.status, r.code());
         }
@@ -162,6 +168,10 @@ async fn settle(api: &Api, token: &str, id: &str, seen: &mut Seen) {
                 return;
             }
             let cart = api.get("/api/cart", Some(token)).await;
+            if cart.status == 0 {
+                at += 1;
+                continue;
+            }
             seen.record(cart.status, cart.code());
             if cart.status == 200 && cart.body["items"].as_array().is_some_and(Vec::is_empty) {
                 return;
@@ -171,29 +181,34 @@ async fn settle(api: &Api, token: &str, id: &str, seen: &mut Seen) {
     }
 }
 
-/// Orders placed by `shoppers` in a loop; each checkout is retried with its idempotency key until it gets a
-/// definite answer, as a careful client does. Returns the acknowledged order ids per shopper.
-struct CheckoutLoad {
+/// Orders placed by `shoppers` in a loop, each shopper's requests going round the nodes `apis`; each checkout is
+/// retried with its idempotency key until it gets a definite answer, as a careful client does (on the next node
+/// when one does not answer at all). Returns the acknowledged order ids per shopper.
+pub struct CheckoutLoad {
     tasks: Vec<JoinHandle<(Vec<String>, Seen)>>,
     stop: watch::Sender<bool>,
 }
 
 impl CheckoutLoad {
-    fn start(api: &Api, shoppers: &[String], product: &str) -> Self {
+    pub fn start(apis: &[Api], shoppers: &[String], product: &str) -> Self {
         let (stop, stopped) = watch::channel(false);
         let tasks = shoppers
             .iter()
             .enumerate()
             .map(|(n, token)| {
-                let (api, token, product, mut stopped) =
-                    (api.clone(), token.clone(), product.to_string(), stopped.clone());
+                let (apis, token, product, mut stopped) =
+                    (apis.to_vec(), token.clone(), product.to_string(), stopped.clone());
                 tokio::spawn(async move {
                     let (mut orders, mut seen) = (Vec::new(), Seen::default());
-                    let mut attempt = 0;
+                    let (mut attempt, mut at) = (0, n);
                     while !*stopped.borrow_and_update() {
-                        let r = api
-                            .post("/api/cart/items", Some(&token), json!({"productId": product, "quantity": 1}))
-                            .await;
+                        at += 1;
+                        let api = &apis[at % apis.len()];
+                        let item = json!({"productId": product, "quantity": 1});
+                        let r = api.post("/api/cart/items", Some(&token), item).await;
+                        if r.status == 0 {
+                            continue;
+                        }
                         seen.record(r.status, r.code());
                         if r.status != 200 {
                             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -202,16 +217,21 @@ impl CheckoutLoad {
                         attempt += 1;
                         let key = format!("shopper{n}-{attempt}");
                         loop {
+                            let api = &apis[at % apis.len()];
                             let placed = api.checkout(&token, &key).await;
-                            seen.record(placed.status, placed.code());
                             match placed.status {
                                 202 | 200 => {
+                                    seen.record(placed.status, placed.code());
                                     let id = placed.body["id"].as_str().unwrap().to_string();
-                                    settle(&api, &token, &id, &mut seen).await;
+                                    settle(&apis, at, &token, &id, &mut seen).await;
                                     orders.push(id);
                                     break;
                                 }
-                                503 | 0 => tokio::time::sleep(Duration::from_millis(200)).await,
+                                0 => at += 1,
+                                503 => {
+                                    seen.record(placed.status, placed.code());
+                                    tokio::time::sleep(Duration::from_millis(200)).await;
+                                }
                                 _ => panic!("checkout {key}: {} {:?}", placed.status, placed.body),
                             }
                         }
@@ -223,7 +243,7 @@ impl CheckoutLoad {
         Self { tasks, stop }
     }
 
-    async fn finish(self) -> (Vec<Vec<String>>, Seen) {
+    pub async fn finish(self) -> (Vec<Vec<String>>, Seen) {
         self.stop.send(true).unwrap();
         let mut all = (Vec::new(), Seen::default());
         for task in self.tasks {
@@ -236,6 +256,40 @@ impl CheckoutLoad {
         }
         all
     }
+}
+
+/// After a load: every acknowledged order is listed for its shopper (and no other order), reaches a terminal state
+/// with one capture if paid and none otherwise, and stock on hand is the initial stock minus what was paid, with
+/// nothing left reserved.
+pub async fn settle_all(api: &Api, shoppers: &[String], orders: &[Vec<String>], product: &str, stock: i64) {
+    let mut sold = 0;
+    for (token, placed) in shoppers.iter().zip(orders) {
+        assert!(!placed.is_empty(), "each shopper got orders through");
+        // Orders lost, or unacknowledged ones made, would never match.
+        let placed_set: HashSet<&str> = placed.iter().map(String::as_str).collect();
+        api.wait_for("/api/orders?limit=100", Some(token), RECOVERY, |listed| {
+            listed["items"].as_array().unwrap().iter().map(|o| o["id"].as_str().unwrap()).collect::<HashSet<_>>()
+                == placed_set
+        })
+        .await;
+        for id in placed {
+            let order = api
+                .wait_for(&format!("/api/orders/{id}"), Some(token), RECOVERY, |o| {
+                    TERMINAL.contains(&o["status"].as_str().unwrap_or_default())
+                })
+                .await;
+            let payments = api.get(&format!("/api/payments?orderId={id}"), Some(token)).await.body;
+            let captured = payments["items"].as_array().unwrap().iter().filter(|p| p["status"] == "captured").count();
+            if order["status"] == "paid" {
+                assert_eq!(captured, 1, "order {id}: {payments:?}");
+                sold += order["lines"][0]["quantity"].as_i64().unwrap();
+            } else {
+                assert_eq!(captured, 0, "order {id} is {} yet captured: {payments:?}", order["status"]);
+            }
+        }
+    }
+    let path = format!("/api/products/{product}");
+    api.wait_for(&path, None, RECOVERY, |p| p["stockReserved"] == 0 && p["stockOnHand"] == stock - sold).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -253,7 +307,7 @@ async fn mongodb_stopped_and_started_under_load() {
     }
     let (_, carter) = node.signup("carter@outage.test").await;
     let carts = CartLoad::start(node.api(), carter.clone(), product.clone()).await;
-    let checkouts = CheckoutLoad::start(&node, &shoppers, &product);
+    let checkouts = CheckoutLoad::start(&[node.api()], &shoppers, &product);
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     mongo.down();
@@ -275,36 +329,7 @@ async fn mongodb_stopped_and_started_under_load() {
     assert!(seen.statuses.get(&503).is_some_and(|n| *n > 0), "the outage was seen: {seen:?}");
     let carts_seen = carts.finish(&node, &carter, &product).await;
     carts_seen.only_success_or_503();
-
-    // Every acknowledged order is there, reaches a terminal state, and nothing else was ordered.
-    let mut sold = 0;
-    for (token, placed) in shoppers.iter().zip(&orders) {
-        assert!(!placed.is_empty(), "each shopper got orders through");
-        // Orders lost, or unacknowledged ones made, would never match.
-        let placed_set: HashSet<&str> = placed.iter().map(String::as_str).collect();
-        node.wait_for("/api/orders?limit=100", Some(token), RECOVERY, |listed| {
-            listed["items"].as_array().unwrap().iter().map(|o| o["id"].as_str().unwrap()).collect::<HashSet<_>>()
-                == placed_set
-        })
-        .await;
-        for id in placed {
-            let order = node
-                .wait_for(&format!("/api/orders/{id}"), Some(token), RECOVERY, |o| {
-                    TERMINAL.contains(&o["status"].as_str().unwrap_or_default())
-                })
-                .await;
-            let payments = node.get(&format!("/api/payments?orderId={id}"), Some(token)).await.body;
-            let captured = payments["items"].as_array().unwrap().iter().filter(|p| p["status"] == "captured").count();
-            if order["status"] == "paid" {
-                assert_eq!(captured, 1, "order {id}: {payments:?}");
-                sold += order["lines"][0]["quantity"].as_i64().unwrap();
-            } else {
-                assert_eq!(captured, 0, "order {id} is {} yet captured: {payments:?}", order["status"]);
-            }
-        }
-    }
-    let path = format!("/api/products/{product}");
-    node.wait_for(&path, None, RECOVERY, |p| p["stockReserved"] == 0 && p["stockOnHand"] == STOCK - sold).await;
+    settle_all(&node, &shoppers, &orders, &product, STOCK).await;
 }
 
 /// Every event in `topic`, from the start, grouped by stream in the order the topic holds them.
@@ -346,10 +371,12 @@ fn uuid_like() -> String {
 #[ignore = "needs the real servers: scripts/test.sh"]
 async fn kafka_stopped_and_started_under_load() {
     let kafka = PrivateServer::start("kafka");
-    let mut deployment = Deployment::new("kafka_outage", Servers { kafka_brokers: kafka.url(), ..Servers::shared() });
+    let servers = Servers { kafka_brokers: kafka.url(), ..Servers::shared() };
+    let mut deployment = Deployment::new("kafka_outage", servers).clustered();
     let a = deployment.start_node().await;
     let b = deployment.start_node().await;
     let admin = a.admin().await;
+    wait_shards_settled(&[&a, &b], &admin, RECOVERY).await;
     let product = a.create_product(&admin, "Cup", 800, 10_000).await;
     let mut shoppers = Vec::new();
     for n in 0..2 {
@@ -357,7 +384,7 @@ async fn kafka_stopped_and_started_under_load() {
     }
     // The first shopper watches from a socket on the other process.
     let mut watcher = b.socket(&shoppers[0]).await;
-    let checkouts = CheckoutLoad::start(&a, &shoppers, &product);
+    let checkouts = CheckoutLoad::start(&[a.api()], &shoppers, &product);
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     kafka.down();
@@ -410,7 +437,7 @@ async fn kafka_stopped_and_started_under_load() {
     let topic = format!("nodes.{}.order", deployment.name());
     let brokers = kafka.url();
     let streams =
-        tokio::task::spawn_blocking(move || read_topic(&brokers, &topic, 2, Duration::from_secs(3))).await.unwrap();
+        tokio::task::spawn_blocking(move || read_topic(&brokers, &topic, 6, Duration::from_secs(3))).await.unwrap();
     let all_orders: HashSet<String> = orders.iter().flatten().map(|id| format!("order:{id}")).collect();
     assert_eq!(all_orders.len(), expected);
     for stream in &all_orders {

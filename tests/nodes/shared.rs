@@ -1,19 +1,20 @@
-//! Two `commercex` processes on one MongoDB, Kafka and Redis: what one process writes, the other serves, caches
-//! correctly and pushes to the WebSockets it holds.
+//! Two `commercex` processes on one MongoDB, Kafka and Redis (in cluster mode, so each entity has one writer):
+//! what one process writes, the other serves, caches correctly and pushes to the WebSockets it holds.
 
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::harness::{pushes_until, Deployment, Servers};
+use crate::harness::{pushes_until, wait_shards_settled, Deployment, Servers};
 
 const SOON: Duration = Duration::from_secs(15);
 
 async fn a_write_on_one_process_reaches_the_others_cache(servers: Servers) {
-    let mut deployment = Deployment::new("cache", servers);
+    let mut deployment = Deployment::new("cache", servers).clustered();
     let a = deployment.start_node().await;
     let b = deployment.start_node().await;
     let admin = a.admin().await;
+    wait_shards_settled(&[&a, &b], &admin, SOON).await;
     let id = a.create_product(&admin, "Kettle", 2500, 10).await;
     let path = format!("/api/products/{id}");
 
@@ -56,10 +57,11 @@ fn order_statuses(pushed: &[Value], order: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the real servers: scripts/test.sh"]
 async fn a_checkout_on_one_process_is_pushed_to_sockets_on_both_and_emailed_once() {
-    let mut deployment = Deployment::new("push", Servers::shared());
+    let mut deployment = Deployment::new("push", Servers::shared()).clustered();
     let a = deployment.start_node().await;
     let b = deployment.start_node().await;
     let admin = a.admin().await;
+    wait_shards_settled(&[&a, &b], &admin, SOON).await;
     let mug = a.create_product(&admin, "Mug", 1250, 5).await;
     let (_, alice) = a.signup("alice@nodes.test").await;
     let (_, bob) = b.signup("bob@nodes.test").await;
