@@ -846,6 +846,8 @@ mod tests {
         let config = Config::from_sources(None, vars).expect("the compose environment is a valid config");
         assert_eq!((config.store.backend, config.bus.backend), (StoreBackend::Mongodb, BusBackend::Kafka));
         assert!(!config.redis.url.is_empty());
+        assert!(config.cluster.enabled);
+        assert_eq!(text.matches("<<: *commercex").count(), 3, "three nodes");
     }
 
     #[test]

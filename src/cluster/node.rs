@@ -28,6 +28,8 @@ use crate::bridge::BusError;
 /// what is still running).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(100);
+/// The longest a fetch of requests or answers waits at the broker for data to arrive.
+const FETCH_WAIT: Duration = Duration::from_millis(10);
 /// Request ids remembered to drop a request delivered twice.
 const SERVED_IDS: usize = 16_384;
 
@@ -177,7 +179,11 @@ impl ClusterNode {
 
     fn client_config(&self) -> ClientConfig {
         let mut config = self.settings.base_config();
-        config.set("client.id", &self.id);
+        config
+            .set("client.id", &self.id)
+            // A forwarded call waits on two fetches (the request, then the answer): a broker holding an empty fetch
+            // for librdkafka's default 500 ms would add that to every call.
+            .set("fetch.wait.max.ms", FETCH_WAIT.as_millis().to_string());
         config
     }
 

@@ -405,6 +405,7 @@ async fn kafka_stopped_and_started_under_load() {
     seen.only_success_or_503();
     assert!(orders.iter().all(|o| !o.is_empty()));
     let expected: usize = orders.iter().map(Vec::len).sum();
+    settle_all(&a, &shoppers, &orders, &product, 10_000).await;
 
     // Every order of the watching shopper reaches its socket on the other process, each status once, in order.
     let mine: HashSet<String> = orders[0].iter().cloned().collect();
