@@ -13,7 +13,10 @@
 //!   drains and stops the shard's live entities, and only then lets the partition go.
 //! - Fencing: a node that lost a shard without noticing yet cannot commit, because the new host's commits advance
 //!   the stream and the store refuses the stale append (the journal's unique `(stream, firstSeq)` index); the
-//!   stale actor stops and its caller gets a retryable error.
+//!   stale actor stops and its caller gets a retryable error. A node whose command reader has not run for the
+//!   group's session timeout (a paused or starved process) hosts nothing from then on, so it does not even answer
+//!   from stale state: it leaves the group and joins again, and hosts what the new assignment gives it. It takes a
+//!   request only by committing its offset, which the group refuses to a member it has dropped.
 //! - A node commits each request's offset as it takes it, before running it: the next host of the partition starts
 //!   right after the last request taken, so a request sent during a handover is served by the new host, and none
 //!   runs twice. A request whose deadline passed while no node hosted its shard is dropped (its caller has answered
@@ -23,19 +26,24 @@ pub mod node;
 pub mod shard;
 
 use std::collections::BTreeSet;
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 pub use node::{ClusterNode, ClusterStatus};
 
-/// The shards this node hosts.
+/// The shards this node hosts, for as long as its membership is known to be alive.
 pub struct Shards {
     partitions: i32,
     owned: RwLock<BTreeSet<i32>>,
+    /// When the group membership was last seen alive (the command reader's last turn), and for how long that
+    /// counts: a node frozen past it (paused, starved) hosts nothing until its reader runs again and learns
+    /// whether it still owns its partitions, even before the group tells it that it lost them.
+    lease: Mutex<(Instant, Duration)>,
 }
 
 impl Shards {
-    pub fn new(partitions: i32) -> Self {
-        Self { partitions, owned: RwLock::new(BTreeSet::new()) }
+    pub fn new(partitions: i32, lease: Duration) -> Self {
+        Self { partitions, owned: RwLock::new(BTreeSet::new()), lease: Mutex::new((Instant::now(), lease)) }
     }
 
     /// The shard of an entity id.
@@ -44,7 +52,23 @@ impl Shards {
     }
 
     pub fn hosts(&self, id: &str) -> bool {
-        self.owned.read().unwrap_or_else(|p| p.into_inner()).contains(&self.of(id))
+        let (renewed, lease) = *self.lease.lock().unwrap_or_else(|p| p.into_inner());
+        renewed.elapsed() < lease && self.owned.read().unwrap_or_else(|p| p.into_inner()).contains(&self.of(id))
+    }
+
+    /// The membership is alive now (an assignment arrived).
+    fn renew(&self) {
+        self.lease.lock().unwrap_or_else(|p| p.into_inner()).0 = Instant::now();
+    }
+
+    /// Extends the lease if it has not lapsed; false if it has, and then only a new assignment renews it.
+    fn renew_if_live(&self) -> bool {
+        let mut lease = self.lease.lock().unwrap_or_else(|p| p.into_inner());
+        if lease.0.elapsed() >= lease.1 {
+            return false;
+        }
+        lease.0 = Instant::now();
+        true
     }
 
     pub fn owned(&self) -> Vec<i32> {
@@ -73,7 +97,7 @@ mod tests {
 
     #[test]
     fn a_node_hosts_exactly_the_entities_of_its_partitions() {
-        let shards = Shards::new(6);
+        let shards = Shards::new(6, Duration::from_secs(60));
         let ids: Vec<String> = (0..600).map(|i| format!("ord_{i}")).collect();
         assert!(ids.iter().all(|id| !shards.hosts(id)), "nothing before an assignment");
         shards.assign(&[1, 4]);
@@ -83,5 +107,18 @@ mod tests {
         shards.revoke(&[4]);
         assert!(ids.iter().filter(|id| shards.hosts(id)).all(|id| shards.of(id) == 1));
         assert_eq!(shards.owned(), [1]);
+    }
+
+    #[test]
+    fn a_node_whose_membership_lapsed_hosts_nothing() {
+        let shards = Shards::new(2, Duration::from_millis(50));
+        shards.assign(&[0, 1]);
+        assert!(shards.hosts("cart-1"));
+        assert!(shards.renew_if_live());
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(!shards.hosts("cart-1"), "a frozen node must not act on shards it may have lost");
+        assert!(!shards.renew_if_live(), "only a new assignment renews a lapsed lease");
+        shards.renew();
+        assert!(shards.hosts("cart-1"));
     }
 }

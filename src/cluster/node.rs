@@ -26,7 +26,7 @@ use crate::bridge::BusError;
 
 /// How long a revoked shard's entities may take to drain before the partition is let go anyway (fencing covers
 /// what is still running).
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 const POLL: Duration = Duration::from_millis(100);
 /// The longest a fetch of requests or answers waits at the broker for data to arrive.
 const FETCH_WAIT: Duration = Duration::from_millis(10);
@@ -111,7 +111,7 @@ impl ClusterNode {
         Ok(Arc::new(Self {
             id: id.to_string(),
             settings: settings.clone(),
-            shards: Arc::new(Shards::new(settings.partitions)),
+            shards: Arc::new(Shards::new(settings.partitions, settings.session_timeout)),
             producer,
             commands,
             replies,
@@ -248,7 +248,18 @@ impl ClusterNode {
 
     fn read_commands(self: Arc<Self>, consumer: BaseConsumer<Membership>) {
         while !self.stop.load(Ordering::SeqCst) {
-            match consumer.poll(POLL) {
+            let polled = consumer.poll(POLL);
+            if !self.shards.renew_if_live() && !self.shards.owned().is_empty() {
+                tracing::warn!(node = %self.id, "cluster membership lapsed (the process was paused or starved); rejoining");
+                // Leaving revokes (and drains) what this node held; joining again brings a fresh assignment.
+                consumer.unsubscribe();
+                let _ = consumer.poll(POLL);
+                if let Err(error) = consumer.subscribe(&[&self.commands]) {
+                    tracing::warn!(%error, "cannot rejoin the cluster; retrying");
+                }
+                continue;
+            }
+            match polled {
                 Some(Ok(message)) => {
                     self.positions
                         .lock()
@@ -316,6 +327,7 @@ impl ClusterNode {
 
     fn assign(&self, partitions: &[i32]) {
         self.shards.assign(partitions);
+        self.shards.renew();
         self.positions.lock().unwrap_or_else(|p| p.into_inner()).retain(|p, _| self.shards.owned().contains(p));
         tracing::info!(node = %self.id, ?partitions, owned = ?self.shards.owned(), "shards assigned");
         self.assigned.notify_one();

@@ -193,3 +193,47 @@ async fn a_rolling_restart_under_load_loses_nothing() {
     println!("rolling load: {seen:?}, {} orders", orders.iter().map(Vec::len).sum::<usize>());
     settle_all(&apis[0], &shoppers, &orders, &product, STOCK).await;
 }
+
+/// A node frozen past the group's session timeout while it hosts entities mid-checkout: the others take its
+/// shards over; when it wakes it must not act on what it no longer hosts (its stale appends are refused by the
+/// store, and it hosts nothing until the group gives it shards again), then it rejoins. Nothing is lost or done
+/// twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real servers: scripts/test.sh"]
+async fn a_frozen_node_wakes_up_without_writing_twice_and_rejoins() {
+    const STOCK: i64 = 10_000;
+    let (_deployment, nodes, admin) = three_nodes("cluster_frozen").await;
+    let product = nodes[0].create_product(&admin, "Oats", 300, STOCK).await;
+    let mut shoppers = Vec::new();
+    for n in 0..6 {
+        shoppers.push(nodes[n % 3].signup(&format!("frozen{n}@split.test")).await.1);
+    }
+    // The shoppers talk to the two nodes that stay awake; the frozen one holds a third of the entities.
+    let awake: Vec<Api> = nodes[..2].iter().map(|n| n.api()).collect();
+    let load = CheckoutLoad::start(&awake, &shoppers, &product);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    nodes[2].pause();
+    let paused = Instant::now();
+    let survivors: Vec<&Api> = nodes[..2].iter().map(|n| &**n).collect();
+    wait_shards_settled(&survivors, &admin, SETTLE).await;
+    println!("frozen node: its shards hosted by the others after {:.1} s", paused.elapsed().as_secs_f64());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    nodes[2].resume();
+    let woke = Instant::now();
+    let all: Vec<&Api> = nodes.iter().map(|n| &**n).collect();
+    wait_shards_settled(&all, &admin, SETTLE).await;
+    println!("frozen node: back in the cluster {:.1} s after waking", woke.elapsed().as_secs_f64());
+    // On waking it gave its shards up (the group told it, or its own lease ran out first) before hosting again.
+    assert!(
+        nodes[2].logged("shards revoked") || nodes[2].logged("cluster membership lapsed"),
+        "the frozen node noticed it had lost its shards"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let (orders, seen) = load.finish().await;
+    seen.only_success_or_503();
+    println!("frozen-node load: {seen:?}, {} orders", orders.iter().map(Vec::len).sum::<usize>());
+    settle_all(&awake[0], &shoppers, &orders, &product, STOCK).await;
+}

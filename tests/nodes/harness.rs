@@ -312,6 +312,22 @@ impl Node {
         (port, number)
     }
 
+    /// SIGSTOP: the process freezes, holding whatever it held, as a long pause or a partition from everything.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after [`Node::pause`].
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("node running");
+        let status = Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap();
+        assert!(status.success(), "kill {signal} {}", self.name);
+    }
+
     /// SIGTERM, then waits for the process to end (a graceful stop).
     pub fn terminate(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -330,6 +346,25 @@ impl Node {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Whether the node's log holds `text` (ANSI colours removed).
+    pub fn logged(&self, text: &str) -> bool {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let mut plain = String::with_capacity(log.len());
+        let mut chars = log.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                for c in chars.by_ref() {
+                    if c == 'm' {
+                        break;
+                    }
+                }
+            } else {
+                plain.push(c);
+            }
+        }
+        plain.contains(text)
     }
 
     fn log_tail(&self, lines: usize) -> Vec<String> {
