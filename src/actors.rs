@@ -113,6 +113,8 @@ pub struct EntityContext {
     pub idle_timeout: Duration,
     pub clock: Clock,
     pub faults: Arc<FaultPoints>,
+    /// The chaos switch (off unless configured).
+    pub chaos: Arc<crate::faults::Chaos>,
     /// The cap on live entity actors, shared by every kind on this node.
     pub live_limit: Arc<live::LiveLimit>,
     /// Cluster mode: which entities this node hosts and how to reach the others; `None`: all of them, here.

@@ -19,6 +19,7 @@ use crate::actors::{EntityContext, EntityRouter, NoEffects, RestartPolicy};
 use crate::auth::password::PasswordHasher;
 use crate::auth::tokens::{random_token, TokenKeys};
 use crate::auth::AuthService;
+use crate::bridge::chaos::ChaosBus;
 use crate::bridge::kafka::{KafkaBus, KafkaSettings};
 use crate::bridge::outbox::OutboxRelay;
 use crate::bridge::{EventBus, InProcessBus, Sinks};
@@ -34,16 +35,18 @@ use crate::domain::coupon::CouponState;
 use crate::domain::order::OrderState;
 use crate::domain::payment::PaymentState;
 use crate::domain::product::ProductState;
-use crate::faults::FaultPoints;
+use crate::faults::{Chaos, FaultPoints, Killable};
 use crate::http::{self, AppState, Dependencies};
 use crate::notify::{Emailer, NotificationHub, Notifier, RecordingMailer};
 use crate::orders::{OrderSaga, Orders};
 use crate::payments::{PaymentEffects, PaymentProvider, SimulatedProvider};
 use crate::ratelimit::{InProcessRateLimiter, RateLimit, RedisRateLimiter};
 use crate::redis_client::RedisClient;
+use crate::store::chaos::ChaosEventStore;
 use crate::store::embedded::{CloseWatch, EmbeddedStore};
 use crate::store::mongo::MongoStore;
 use crate::store::redis::RedisRevocations;
+use crate::store::EventStore;
 use crate::store::RevocationStore;
 use crate::store::{EventRecord, Store};
 
@@ -108,25 +111,30 @@ impl Application {
             let partitions = i32::try_from(kafka.partitions).context("bus.kafka.partitions")?;
             KafkaSettings::new(&kafka.brokers, &kafka.topic_prefix, partitions, &kafka.group_id)
         };
+        let chaos = Chaos::new(&config.chaos);
         let cluster = match config.cluster.enabled {
             false => None,
             true => {
                 let (id, timeout) = (config.node_id(), Duration::from_millis(config.cluster.request_timeout_ms));
-                let node = ClusterNode::connect(&kafka_settings, &id, timeout).await.with_context(|| {
-                    format!("cannot join the cluster through bus.kafka.brokers = {}", config.bus.kafka.brokers)
-                })?;
+                let node =
+                    ClusterNode::connect(&kafka_settings, &id, timeout, chaos.clone()).await.with_context(|| {
+                        format!("cannot join the cluster through bus.kafka.brokers = {}", config.bus.kafka.brokers)
+                    })?;
                 Some(node)
             }
         };
+        // The entities' journal, and the relay's outbox, as the chaos switch sees them (unchanged while it is off).
+        let journal: Arc<dyn EventStore> = Arc::new(ChaosEventStore::new(store.clone(), chaos.clone()));
         let committed = Arc::new(Notify::new());
         let ctx = Arc::new(EntityContext {
-            store: store.clone(),
+            store: journal.clone(),
             committed: committed.clone(),
             observers: vec![Arc::new(ProductCacheInvalidation(cache.clone()))],
             snapshot_every: config.store.snapshot_every,
             idle_timeout: Duration::from_secs(config.actors.idle_timeout_secs),
             clock: Clock::new(),
             faults: Arc::new(FaultPoints::default()),
+            chaos: chaos.clone(),
             live_limit: LiveLimit::new(config.actors.max_live_entities),
             placement: cluster.clone().map(|node| node as Arc<dyn crate::actors::placement::Placement>),
         });
@@ -220,11 +228,19 @@ impl Application {
                 Arc::new(orders),
             ],
         );
-        let relay = OutboxRelay::new(store.clone(), bus.clone(), committed);
+        let relay = OutboxRelay::new(journal, Arc::new(ChaosBus::new(bus.clone(), chaos.clone())), committed);
+        let killable: Vec<Arc<dyn Killable>> = vec![
+            Arc::new(catalog.router().clone()),
+            Arc::new(carts_service.router().clone()),
+            Arc::new(coupons.clone()),
+            Arc::new(payments.clone()),
+            Arc::new(orders_service.router().clone()),
+        ];
         let background = vec![
             relay.spawn(stop.clone()),
             spawn_cache_invalidation(bus.subscribe(), catalog.clone(), stop.clone()),
-            resumer.spawn(RESUME_EVERY, resume_now, stop),
+            resumer.spawn(RESUME_EVERY, resume_now, stop.clone()),
+            chaos.spawn(killable, stop),
         ];
 
         let (memory, iterations) = (config.auth.argon2_memory_kib, config.auth.argon2_iterations);

@@ -4,6 +4,7 @@
 //! [`outbox::OutboxRelay`], which reads them from the store after they are committed, so an event is never published
 //! for a write that did not happen, nor lost for one that did.
 
+pub mod chaos;
 pub mod in_process;
 pub mod kafka;
 pub mod outbox;

@@ -24,6 +24,7 @@ pub struct Config {
     pub bus: BusConfig,
     pub redis: RedisConfig,
     pub cluster: ClusterConfig,
+    pub chaos: ChaosConfig,
     pub log: LogConfig,
 }
 
@@ -180,6 +181,41 @@ impl Config {
 
 fn node_id_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || "._-".contains(c)
+}
+
+/// Faults injected on purpose, to watch a loaded deployment lose nothing (`crate::faults::Chaos`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChaosConfig {
+    pub enabled: bool,
+    /// Random live entity actors killed per minute, as crashes.
+    pub kill_actors_per_minute: u32,
+    /// Share (0 to 1) of journal calls delayed by `store_delay_ms`.
+    pub store_delay_share: f64,
+    pub store_delay_ms: u64,
+    /// Share (0 to 1) of journal calls that fail as if the store were unreachable.
+    pub store_fail_share: f64,
+    /// Share (0 to 1) of publishes to the bus that fail.
+    pub bus_fail_share: f64,
+    /// Cluster: on average once in this many seconds the node drops out of the group (0: never) ...
+    pub drop_out_every_secs: u64,
+    /// ... for this long.
+    pub drop_out_secs: u64,
+}
+
+impl Default for ChaosConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            kill_actors_per_minute: 0,
+            store_delay_share: 0.0,
+            store_delay_ms: 0,
+            store_fail_share: 0.0,
+            bus_fail_share: 0.0,
+            drop_out_every_secs: 0,
+            drop_out_secs: 15,
+        }
+    }
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -596,6 +632,16 @@ impl Config {
                 return Err(key_error("cluster.request_timeout_ms", "must be greater than zero"));
             }
         }
+        let chaos = &self.chaos;
+        for (key, share) in [
+            ("chaos.store_delay_share", chaos.store_delay_share),
+            ("chaos.store_fail_share", chaos.store_fail_share),
+            ("chaos.bus_fail_share", chaos.bus_fail_share),
+        ] {
+            if !(0.0..=1.0).contains(&share) {
+                return Err(key_error(key, "must be between 0 and 1"));
+            }
+        }
         let url = &self.redis.url;
         let redis_scheme = ["redis://", "redis+unix://"].iter().any(|p| url.starts_with(p));
         if !url.is_empty() && !redis_scheme {
@@ -758,6 +804,8 @@ mod tests {
         let config = Config::from_sources(None, env(&[on, mongo, secret, kafka])).unwrap();
         assert!(config.cluster.enabled);
         assert!(config.node_id().ends_with("-8000"), "{}", config.node_id());
+        let share = Config::from_sources(None, env(&[("COMMERCEX__CHAOS__STORE_FAIL_SHARE", "1.5")]));
+        assert!(share.unwrap_err().to_string().contains("chaos.store_fail_share"));
         let bad = ("COMMERCEX__CLUSTER__NODE_ID", "node one");
         let err = Config::from_sources(None, env(&[on, mongo, secret, kafka, bad])).unwrap_err().to_string();
         assert!(err.contains("cluster.node_id"), "{err}");

@@ -18,7 +18,7 @@
 //! | [`cluster`] | cluster mode: shards = Kafka partitions of the commands topic, ownership = the consumer group's assignment, calls forwarded to the hosting node |
 //! | [`http`]    | the axum REST facade, the accept loop with its connection limits, cross-site checks, the notification WebSocket and the error shape |
 //! | [`app`]     | wiring, start-up and graceful shutdown |
-//! | [`clock`], [`faults`] | the process clock (pausable in tests) and named fault points for fault-injection tests |
+//! | [`clock`], [`faults`] | the process clock (pausable in tests); faults on purpose: named fault points for tests and the chaos switch for operators |
 //! | [`config`], [`telemetry`] | configuration loading and logging |
 
 pub mod actors;

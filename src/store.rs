@@ -3,6 +3,7 @@
 //! MongoDB documents (one document per commit with a unique `(stream, seq)` index) as well as the embedded store.
 //! The product listing's rules, shared by every store, are in `listing`.
 
+pub mod chaos;
 pub mod embedded;
 pub mod mongo;
 pub mod redis;

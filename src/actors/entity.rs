@@ -38,7 +38,6 @@ pub enum EntityMsg<A: Entity> {
     /// The node is at its cap of live entities: passivate now unless there is work in flight.
     Passivate,
     /// Panics inside the handler, to prove that supervision and recovery lose nothing.
-    #[cfg(feature = "fault-injection")]
     Panic,
 }
 
@@ -252,7 +251,6 @@ impl<A: Entity> EntityActor<A> {
                 }
                 Ok(())
             }
-            #[cfg(feature = "fault-injection")]
             EntityMsg::Panic => panic!("injected fault in {}", state.stream),
         }
     }

@@ -133,6 +133,13 @@ impl<A: Entity> LiveMap<A> {
         self.read().values().map(|s| s.actor.clone()).collect()
     }
 
+    /// The live entity at position `pick` modulo how many are live (in no particular order), if any.
+    pub fn nth(&self, pick: usize) -> Option<(String, ActorRef<EntityMsg<A>>)> {
+        let map = self.read();
+        let n = map.len();
+        (n > 0).then(|| map.iter().nth(pick % n).map(|(id, s)| (id.clone(), s.actor.clone()))).flatten()
+    }
+
     /// The actors of the entities whose id satisfies `pick`.
     pub fn actors_where(&self, pick: impl Fn(&str) -> bool) -> Vec<ActorRef<EntityMsg<A>>> {
         self.read().iter().filter(|(id, _)| pick(id)).map(|(_, s)| s.actor.clone()).collect()

@@ -130,20 +130,17 @@ impl<A: Entity> EntityRouter<A> {
         self.live.get(id).map(|slot| slot.actor)
     }
 
-    /// The id of the actor currently hosting the entity on this node, if any (fault-injection tests).
-    #[cfg(feature = "fault-injection")]
+    /// The id of the actor currently hosting the entity on this node, if any (fault tests).
     pub fn local_actor(&self, id: &str) -> Option<ractor::ActorId> {
         self.local(id).map(|a| a.get_id())
     }
 
-    /// Kills the entity's actor outright, as a crash would (fault-injection tests).
-    #[cfg(feature = "fault-injection")]
+    /// Kills the entity's actor outright, as a crash would (fault tests).
     pub fn kill(&self, id: &str) -> bool {
         self.local(id).map(|a| a.kill()).is_some()
     }
 
-    /// Makes the entity's actor panic inside its message handler (fault-injection tests).
-    #[cfg(feature = "fault-injection")]
+    /// Makes the entity's actor panic inside its message handler (fault tests).
     pub fn panic(&self, id: &str) -> bool {
         self.local(id).is_some_and(|a| a.cast(EntityMsg::Panic).is_ok())
     }
@@ -259,5 +256,17 @@ impl<A: Entity> Host for EntityRouter<A> {
         }
         while drains.join_next().await.is_some() {}
         count
+    }
+}
+
+impl<A: Entity> crate::faults::Killable for EntityRouter<A> {
+    fn kind(&self) -> &'static str {
+        A::KIND
+    }
+
+    fn kill_any(&self, pick: usize) -> Option<String> {
+        let (id, actor) = self.live.nth(pick)?;
+        actor.kill();
+        Some(id)
     }
 }

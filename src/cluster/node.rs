@@ -23,6 +23,7 @@ use crate::actors::placement::{Host, Placement, RemoteError, Request};
 use crate::bridge::kafka::{create_topics, unavailable, KafkaSettings};
 use crate::bridge::recent::RecentIds;
 use crate::bridge::BusError;
+use crate::faults::Chaos;
 
 /// How long a revoked shard's entities may take to drain before the partition is let go anyway (fencing covers
 /// what is still running).
@@ -97,12 +98,19 @@ pub struct ClusterNode {
     positions: Mutex<HashMap<i32, i64>>,
     served: Mutex<RecentIds<String>>,
     runtime: tokio::runtime::Handle,
+    /// May make this node drop out of the group for a while (`chaos.drop_out_every_secs`).
+    chaos: Arc<Chaos>,
 }
 
 impl ClusterNode {
     /// Creates the commands topic and this node's reply topic when missing. The node hosts nothing until
     /// [`ClusterNode::serve`] has joined the group and been assigned partitions.
-    pub async fn connect(settings: &KafkaSettings, id: &str, timeout: Duration) -> Result<Arc<Self>, BusError> {
+    pub async fn connect(
+        settings: &KafkaSettings,
+        id: &str,
+        timeout: Duration,
+        chaos: Arc<Chaos>,
+    ) -> Result<Arc<Self>, BusError> {
         let producer: FutureProducer =
             settings.producer_config().create().map_err(|e| unavailable("cannot create the Kafka producer", e))?;
         let commands = format!("{}.commands", settings.topic_prefix);
@@ -125,6 +133,7 @@ impl ClusterNode {
             positions: Mutex::default(),
             served: Mutex::new(RecentIds::new(SERVED_IDS)),
             runtime: tokio::runtime::Handle::current(),
+            chaos,
         }))
     }
 
@@ -247,7 +256,15 @@ impl ClusterNode {
     }
 
     fn read_commands(self: Arc<Self>, consumer: BaseConsumer<Membership>) {
+        let mut chaos_asked = std::time::Instant::now();
         while !self.stop.load(Ordering::SeqCst) {
+            if chaos_asked.elapsed() >= Duration::from_secs(1) {
+                chaos_asked = std::time::Instant::now();
+                if let Some(away) = self.chaos.drop_out() {
+                    self.drop_out(&consumer, away);
+                    continue;
+                }
+            }
             let polled = consumer.poll(POLL);
             if !self.shards.renew_if_live() && !self.shards.owned().is_empty() {
                 tracing::warn!(node = %self.id, "cluster membership lapsed (the process was paused or starved); rejoining");
@@ -284,6 +301,21 @@ impl ClusterNode {
         consumer.unsubscribe();
         let _ = consumer.poll(POLL);
         drop(consumer);
+    }
+
+    /// Chaos: leaves the group (its shards move to the others), stays away for `away`, then joins again.
+    fn drop_out(&self, consumer: &BaseConsumer<Membership>, away: Duration) {
+        tracing::warn!(node = %self.id, ?away, "chaos: dropping out of the cluster on purpose");
+        consumer.unsubscribe();
+        let back = std::time::Instant::now() + away;
+        while std::time::Instant::now() < back && !self.stop.load(Ordering::SeqCst) {
+            let _ = consumer.poll(POLL);
+        }
+        if let Err(error) = consumer.subscribe(&[&self.commands]) {
+            tracing::warn!(%error, "cannot rejoin the cluster; retrying");
+        }
+        self.shards.renew();
+        tracing::warn!(node = %self.id, "chaos: rejoining the cluster");
     }
 
     /// Serves one forwarded request on the runtime, answering on the caller's reply topic.

@@ -4,6 +4,7 @@ mod auth;
 mod browser_security;
 mod cart;
 mod catalog;
+mod chaos;
 mod checkout;
 mod connections;
 mod currency;

@@ -191,7 +191,6 @@ impl MongoStore {
     }
 
     /// The commit document alone, as a crash right after writing it would leave the store.
-    #[cfg(feature = "fault-injection")]
     pub async fn commit_journal_only(&self, commit: Commit) -> Result<(), StoreError> {
         self.insert_commit(commit).await.map(drop)
     }
