@@ -37,4 +37,5 @@ echo "== end-to-end suite on MongoDB + Kafka + Redis"
 COMMERCEX_TEST_BACKENDS=real COMMERCEX_TEST_BUS=kafka cargo test --test api "$@"
 
 echo "== several commercex processes, and each server stopped and started under load"
-cargo test --test nodes "$@" -- --include-ignored
+# Each test runs up to three nodes; two tests at a time keep a two-core machine from starving their heartbeats.
+cargo test --test nodes "$@" -- --include-ignored --test-threads=2

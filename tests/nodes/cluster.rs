@@ -237,3 +237,44 @@ async fn a_frozen_node_wakes_up_without_writing_twice_and_rejoins() {
     println!("frozen-node load: {seen:?}, {} orders", orders.iter().map(Vec::len).sum::<usize>());
     settle_all(&awake[0], &shoppers, &orders, &product, STOCK).await;
 }
+
+/// The chaos switch on one node of three: it drops out of the group now and then (its shards move to the others)
+/// and comes back, while shoppers check out through the other two. Nothing is lost or done twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real servers: scripts/test.sh"]
+async fn a_node_that_chaos_drops_out_of_the_group_loses_nothing() {
+    const STOCK: i64 = 10_000;
+    let mut deployment = Deployment::new("cluster_chaos", Servers::shared()).clustered();
+    let mut nodes = vec![deployment.start_node().await, deployment.start_node().await];
+    let admin = nodes[0].admin().await;
+    wait_shards_settled(&[&nodes[0], &nodes[1]], &admin, SETTLE).await;
+    let product = nodes[0].create_product(&admin, "Rice", 200, STOCK).await;
+    let mut shoppers = Vec::new();
+    for n in 0..4 {
+        shoppers.push(nodes[n % 2].signup(&format!("chaotic{n}@chaos.test")).await.1);
+    }
+    let chaos = [("CHAOS__ENABLED", "true"), ("CHAOS__DROP_OUT_EVERY_SECS", "2"), ("CHAOS__DROP_OUT_SECS", "3")];
+    nodes.push(deployment.start_node_with(&chaos).await);
+    let steady: Vec<Api> = nodes[..2].iter().map(|n| n.api()).collect();
+    let load = CheckoutLoad::start(&steady, &shoppers, &product);
+    // The chaotic node is seen both hosting shards and hosting none.
+    let (mut hosted, mut away) = (false, false);
+    let start = Instant::now();
+    while !(hosted && away) {
+        assert!(start.elapsed() < SETTLE, "the chaotic node never both hosted shards and dropped out");
+        let r = nodes[2].get("/api/admin/cluster", Some(&admin)).await;
+        if r.status == 200 {
+            let owned = r.body["owned"].as_array().map_or(0, Vec::len);
+            hosted |= owned > 0;
+            away |= owned == 0;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(nodes[2].logged("CHAOS IS ON"), "chaos announces itself");
+    assert!(nodes[2].logged("dropping out of the cluster on purpose"));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (orders, seen) = load.finish().await;
+    seen.only_success_or_503();
+    println!("chaos drop-out load: {seen:?}, {} orders", orders.iter().map(Vec::len).sum::<usize>());
+    settle_all(&steady[0], &shoppers, &orders, &product, STOCK).await;
+}

@@ -117,6 +117,11 @@ impl Deployment {
 
     /// Starts one more process and waits until it is ready.
     pub async fn start_node(&mut self) -> Node {
+        self.start_node_with(&[]).await
+    }
+
+    /// Starts one more process with extra `COMMERCEX__` settings (`("CHAOS__ENABLED", "true")`).
+    pub async fn start_node_with(&mut self, extra: &[(&str, &str)]) -> Node {
         self.nodes += 1;
         let data_dir = self.dir.as_ref().expect("deployment in use").path().join(format!("node{}", self.nodes));
         std::fs::create_dir_all(&data_dir).unwrap();
@@ -125,6 +130,7 @@ impl Deployment {
         let child = Command::new(env!("CARGO_BIN_EXE_commercex"))
             .current_dir(&data_dir)
             .envs(self.env(port, &data_dir, self.nodes))
+            .envs(extra.iter().map(|(k, v)| (format!("COMMERCEX__{k}"), v.to_string())))
             .env_remove("RUST_LOG")
             .stdout(std::fs::File::create(&log).unwrap())
             .stderr(Stdio::null())
