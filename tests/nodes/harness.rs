@@ -302,7 +302,16 @@ impl Api {
     }
 
     pub async fn socket(&self, token: &str) -> Socket {
-        let url = format!("{}/ws/notifications", self.base.replace("http://", "ws://"));
+        self.socket_query(token, "").await
+    }
+
+    /// A socket that first replays the user's notifications numbered above `after` (`?after=`).
+    pub async fn socket_after(&self, token: &str, after: u64) -> Socket {
+        self.socket_query(token, &format!("?after={after}")).await
+    }
+
+    async fn socket_query(&self, token: &str, query: &str) -> Socket {
+        let url = format!("{}/ws/notifications{query}", self.base.replace("http://", "ws://"));
         let mut req = url.into_client_request().unwrap();
         req.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
         let mut ws = tokio_tungstenite::connect_async(req).await.expect("websocket connects").0;

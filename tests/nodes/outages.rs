@@ -258,6 +258,20 @@ impl CheckoutLoad {
     }
 }
 
+/// Every order the shopper's listing holds, page after page.
+async fn listed_orders(api: &Api, token: &str) -> HashSet<String> {
+    let mut ids = HashSet::new();
+    for page in 1.. {
+        let listed = api.get(&format!("/api/orders?limit=100&page={page}"), Some(token)).await.body;
+        let items = listed["items"].as_array().cloned().unwrap_or_default();
+        ids.extend(items.iter().filter_map(|o| o["id"].as_str().map(str::to_string)));
+        if items.len() < 100 {
+            break;
+        }
+    }
+    ids
+}
+
 /// After a load: every acknowledged order is listed for its shopper (and no other order), reaches a terminal state
 /// with one capture if paid and none otherwise, and stock on hand is the initial stock minus what was paid, with
 /// nothing left reserved.
@@ -266,12 +280,12 @@ pub async fn settle_all(api: &Api, shoppers: &[String], orders: &[Vec<String>], 
     for (token, placed) in shoppers.iter().zip(orders) {
         assert!(!placed.is_empty(), "each shopper got orders through");
         // Orders lost, or unacknowledged ones made, would never match.
-        let placed_set: HashSet<&str> = placed.iter().map(String::as_str).collect();
-        api.wait_for("/api/orders?limit=100", Some(token), RECOVERY, |listed| {
-            listed["items"].as_array().unwrap().iter().map(|o| o["id"].as_str().unwrap()).collect::<HashSet<_>>()
-                == placed_set
-        })
-        .await;
+        let placed_set: HashSet<String> = placed.iter().cloned().collect();
+        let start = Instant::now();
+        while listed_orders(api, token).await != placed_set {
+            assert!(start.elapsed() < RECOVERY, "the orders listed never matched the {} acknowledged", placed.len());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         for id in placed {
             let order = api
                 .wait_for(&format!("/api/orders/{id}"), Some(token), RECOVERY, |o| {

@@ -108,6 +108,18 @@ async fn a_checkout_on_one_process_is_pushed_to_sockets_on_both_and_emailed_once
     assert_eq!(listed(&on_a_list), ["paid", "stock_reserved", "pending"], "newest first");
     assert_eq!(on_a_list["items"], on_b_list["items"]);
 
+    // Notification numbers are one sequence for the deployment: a client that saw the first push on A and
+    // reconnects to B with `?after=` gets exactly the rest, in order.
+    let first = on_a.iter().find(|n| n["data"]["orderId"] == order.as_str()).unwrap()["id"].as_u64().unwrap();
+    let mut resumed = b.socket_after(&alice, first).await;
+    let replayed = pushes_until(&mut resumed, SOON, paid).await;
+    let mut later: Vec<u64> =
+        order_only(&on_a).iter().filter_map(|(id, _)| id.as_u64()).filter(|id| *id > first).collect();
+    later.sort_unstable();
+    let replayed_ids: Vec<u64> = order_only(&replayed).iter().filter_map(|(id, _)| id.as_u64()).collect();
+    assert_eq!(replayed_ids, later, "{replayed:#?}");
+    assert_eq!(order_statuses(&replayed, &order), ["stock_reserved", "paid"]);
+
     // One confirmation email in the whole deployment.
     let confirmations = |body: &Value| {
         body["items"].as_array().unwrap().iter().filter(|e| e["template"] == "order_confirmation").count()
