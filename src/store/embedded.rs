@@ -44,7 +44,15 @@ pub(super) type JsonTable = TableDefinition<'static, &'static str, &'static [u8]
 #[derive(Clone)]
 pub struct EmbeddedStore {
     db: Arc<Database>,
+    /// Journal commits go to the group committer (see [`group_commit`]).
+    commits: std::sync::mpsc::Sender<Queued>,
 }
+
+/// A commit waiting for the group committer, and where to say how it went.
+type Queued = (Commit, tokio::sync::oneshot::Sender<Result<(), StoreError>>);
+
+/// Most commits written in one transaction.
+const GROUP_MAX: usize = 256;
 
 /// Tells when the database file is closed: every clone of the store dropped and every blocking operation finished.
 pub struct CloseWatch(std::sync::Weak<Database>);
@@ -142,7 +150,15 @@ impl EmbeddedStore {
             catalog::prepare(&txn)?;
         }
         txn.commit().map_err(db_err)?;
-        Ok(Self { db: Arc::new(db) })
+        let db = Arc::new(db);
+        let (commits, queue) = std::sync::mpsc::channel::<Queued>();
+        // The committer holds the database only while it writes, so dropping the last store clone closes the file.
+        let committer = Arc::downgrade(&db);
+        std::thread::Builder::new()
+            .name("store-commits".into())
+            .spawn(move || group_commit(&committer, &queue))
+            .map_err(|e| io("start the committer for", e))?;
+        Ok(Self { db, commits })
     }
 
     pub fn close_watch(&self) -> CloseWatch {
@@ -189,62 +205,128 @@ fn make_private(dir: &Path, file: &Path, created: bool) {
 #[cfg(not(unix))]
 fn make_private(_dir: &Path, _file: &Path, _created: bool) {}
 
-fn commit_blocking(db: &Database, commit: Commit) -> Result<(), StoreError> {
-    let txn = db.begin_write().map_err(db_err)?;
-    {
-        let mut heads = txn.open_table(HEADS).map_err(db_err)?;
-        let actual = heads.get(commit.stream.as_str()).map_err(db_err)?.map_or(0, |v| v.value());
-        if actual != commit.expected_seq {
-            return Err(StoreError::Conflict { stream: commit.stream, expected: commit.expected_seq, actual });
-        }
-        let mut events = txn.open_table(EVENTS).map_err(db_err)?;
-        let mut outbox = txn.open_table(OUTBOX).map_err(db_err)?;
-        let mut counters = txn.open_table(COUNTERS).map_err(db_err)?;
-        let mut position = counters.get(OUTBOX_NEXT).map_err(db_err)?.map_or(0, |v| v.value());
-        let mut head = actual;
-        for event in &commit.events {
-            if event.seq != head + 1 {
-                return Err(StoreError::Corrupt(format!("event {} does not follow sequence {head}", event.id)));
+/// The group committer: takes the commits waiting (up to [`GROUP_MAX`]) and writes them in one transaction, so
+/// they share one fsync. Each is checked against the stream heads as the transaction sees them (earlier commits of
+/// the group included) before anything of it is written, so a conflicting commit fails alone and is not written;
+/// the others are acknowledged only once the transaction is durable. One entity has at most one commit in flight
+/// (its actor waits for it), so an entity's commits stay in order. The thread ends when every store clone is gone.
+fn group_commit(db: &std::sync::Weak<Database>, queue: &std::sync::mpsc::Receiver<Queued>) {
+    while let Ok(first) = queue.recv() {
+        let mut group = vec![first];
+        while group.len() < GROUP_MAX {
+            match queue.try_recv() {
+                Ok(next) => group.push(next),
+                Err(_) => break,
             }
-            let bytes = encode(event)?;
-            events.insert((commit.stream.as_str(), event.seq), bytes.as_slice()).map_err(db_err)?;
-            outbox.insert(position, bytes.as_slice()).map_err(db_err)?;
-            position += 1;
-            head = event.seq;
         }
-        counters.insert(OUTBOX_NEXT, position).map_err(db_err)?;
-        heads.insert(commit.stream.as_str(), head).map_err(db_err)?;
-        let mut active = txn.open_table(ACTIVE).map_err(db_err)?;
-        if commit.active {
-            active.insert(commit.stream.as_str(), ()).map_err(db_err)?;
-        } else {
-            active.remove(commit.stream.as_str()).map_err(db_err)?;
-        }
-        if let Some(snapshot) = &commit.snapshot {
-            let mut snapshots = txn.open_table(SNAPSHOTS).map_err(db_err)?;
-            snapshots.insert(commit.stream.as_str(), encode(snapshot)?.as_slice()).map_err(db_err)?;
-        }
-        if let Some(ReadModel::Product(p)) = &commit.read_model {
-            catalog::index_product(&txn, &mut counters, p)?;
-        }
-        let document = match &commit.read_model {
-            Some(ReadModel::Product(p)) => Some((PRODUCTS, p.id.as_str(), encode(p)?)),
-            Some(ReadModel::Order(o)) => Some((ORDERS, o.id.as_str(), encode(o)?)),
-            Some(ReadModel::Payment(p)) => Some((PAYMENTS, p.id.as_str(), encode(p)?)),
-            Some(ReadModel::Coupon(c)) => Some((COUPONS, c.code.as_str(), encode(c)?)),
-            None => None,
+        let (commits, replies): (Vec<Commit>, Vec<_>) = group.into_iter().unzip();
+        let results = match db.upgrade() {
+            Some(db) => commit_group(&db, commits),
+            None => commits.iter().map(|_| Err(StoreError::Unavailable("the store is closed".into()))).collect(),
         };
-        if let Some((table, key, bytes)) = document {
-            txn.open_table(table).map_err(db_err)?.insert(key, bytes.as_slice()).map_err(db_err)?;
+        for (reply, result) in replies.into_iter().zip(results) {
+            let _ = reply.send(result);
         }
     }
-    txn.commit().map_err(db_err)
+}
+
+/// Writes `commits` in one transaction; one result per commit, in order.
+fn commit_group(db: &Database, commits: Vec<Commit>) -> Vec<Result<(), StoreError>> {
+    let n = commits.len();
+    let txn = match db.begin_write() {
+        Ok(txn) => txn,
+        Err(e) => {
+            let error = db_err(e);
+            return (0..n).map(|_| Err(error.clone())).collect();
+        }
+    };
+    let mut results = Vec::with_capacity(n);
+    for commit in commits {
+        match write_commit(&txn, commit) {
+            Ok(written) => results.push(Ok(written)),
+            Err(error @ (StoreError::Conflict { .. } | StoreError::Corrupt(_))) => results.push(Err(error)),
+            // A failure of the database itself: nothing of the group is written.
+            Err(error) => return (0..n).map(|_| Err(error.clone())).collect(),
+        }
+    }
+    match txn.commit() {
+        Ok(()) => results.into_iter().map(|r| r.map(drop)).collect(),
+        Err(e) => {
+            let error = db_err(e);
+            (0..n).map(|_| Err(error.clone())).collect()
+        }
+    }
+}
+
+/// One commit in a transaction of its own, as the committer would write it alone.
+#[cfg(test)]
+fn commit_blocking(db: &Database, commit: Commit) -> Result<(), StoreError> {
+    commit_group(db, vec![commit]).remove(0)
+}
+
+/// Adds one commit to the transaction, or refuses it (conflict, or events out of sequence) having written nothing.
+fn write_commit(txn: &redb::WriteTransaction, commit: Commit) -> Result<(), StoreError> {
+    let mut heads = txn.open_table(HEADS).map_err(db_err)?;
+    let actual = heads.get(commit.stream.as_str()).map_err(db_err)?.map_or(0, |v| v.value());
+    if actual != commit.expected_seq {
+        return Err(StoreError::Conflict { stream: commit.stream, expected: commit.expected_seq, actual });
+    }
+    // Everything that can refuse the commit is checked and encoded before the first write.
+    let mut head = actual;
+    let mut encoded = Vec::with_capacity(commit.events.len());
+    for event in &commit.events {
+        if event.seq != head + 1 {
+            return Err(StoreError::Corrupt(format!("event {} does not follow sequence {head}", event.id)));
+        }
+        encoded.push((event.seq, encode(event)?));
+        head = event.seq;
+    }
+    let snapshot = commit.snapshot.as_ref().map(encode).transpose()?;
+    let document = match &commit.read_model {
+        Some(ReadModel::Product(p)) => Some((PRODUCTS, p.id.as_str(), encode(p)?)),
+        Some(ReadModel::Order(o)) => Some((ORDERS, o.id.as_str(), encode(o)?)),
+        Some(ReadModel::Payment(p)) => Some((PAYMENTS, p.id.as_str(), encode(p)?)),
+        Some(ReadModel::Coupon(c)) => Some((COUPONS, c.code.as_str(), encode(c)?)),
+        None => None,
+    };
+    let mut events = txn.open_table(EVENTS).map_err(db_err)?;
+    let mut outbox = txn.open_table(OUTBOX).map_err(db_err)?;
+    let mut counters = txn.open_table(COUNTERS).map_err(db_err)?;
+    let mut position = counters.get(OUTBOX_NEXT).map_err(db_err)?.map_or(0, |v| v.value());
+    for (seq, bytes) in &encoded {
+        events.insert((commit.stream.as_str(), *seq), bytes.as_slice()).map_err(db_err)?;
+        outbox.insert(position, bytes.as_slice()).map_err(db_err)?;
+        position += 1;
+    }
+    counters.insert(OUTBOX_NEXT, position).map_err(db_err)?;
+    heads.insert(commit.stream.as_str(), head).map_err(db_err)?;
+    let mut active = txn.open_table(ACTIVE).map_err(db_err)?;
+    if commit.active {
+        active.insert(commit.stream.as_str(), ()).map_err(db_err)?;
+    } else {
+        active.remove(commit.stream.as_str()).map_err(db_err)?;
+    }
+    if let Some(snapshot) = snapshot {
+        txn.open_table(SNAPSHOTS)
+            .map_err(db_err)?
+            .insert(commit.stream.as_str(), snapshot.as_slice())
+            .map_err(db_err)?;
+    }
+    if let Some(ReadModel::Product(p)) = &commit.read_model {
+        catalog::index_product(txn, &mut counters, p)?;
+    }
+    if let Some((table, key, bytes)) = document {
+        txn.open_table(table).map_err(db_err)?.insert(key, bytes.as_slice()).map_err(db_err)?;
+    }
+    Ok(())
 }
 
 #[async_trait]
 impl EventStore for EmbeddedStore {
     async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
-        self.run(move |db| commit_blocking(db, commit)).await
+        let (reply, done) = tokio::sync::oneshot::channel();
+        self.commits.send((commit, reply)).map_err(|_| StoreError::Unavailable("the store is closed".into()))?;
+        done.await.map_err(|_| StoreError::Unavailable("the store committer stopped".into()))?
     }
 
     async fn history(&self, stream: &str) -> Result<History, StoreError> {
@@ -343,6 +425,51 @@ mod tests {
             read_model: None,
             active: false,
         }
+    }
+
+    #[tokio::test]
+    async fn a_group_commit_refuses_the_conflicting_commit_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let group = vec![
+            commit("cart:a", 0, 1..=1),
+            commit("cart:a", 0, 1..=1),
+            commit("cart:b", 0, 1..=2),
+            commit("cart:a", 1, 2..=2),
+            commit("cart:c", 0, 2..=2),
+        ];
+        let results = commit_group(&store.db, group);
+        assert!(results[0].is_ok() && results[2].is_ok() && results[3].is_ok(), "{results:?}");
+        assert!(matches!(results[1], Err(StoreError::Conflict { expected: 0, actual: 1, .. })), "{results:?}");
+        assert!(matches!(results[4], Err(StoreError::Corrupt(_))), "{results:?}");
+        let seqs = |h: History| h.events.iter().map(|e| e.seq).collect::<Vec<_>>();
+        assert_eq!(seqs(store.history("cart:a").await.unwrap()), [1, 2]);
+        assert_eq!(seqs(store.history("cart:b").await.unwrap()), [1, 2]);
+        assert!(store.history("cart:c").await.unwrap().events.is_empty(), "a refused commit writes nothing");
+        let outbox = store.outbox_pending(100).await.unwrap();
+        assert_eq!(outbox.len(), 4, "one outbox entry per written event");
+    }
+
+    #[tokio::test]
+    async fn concurrent_commits_of_many_entities_all_land_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let mut writers = tokio::task::JoinSet::new();
+        for e in 0..32 {
+            let store = store.clone();
+            writers.spawn(async move {
+                let stream = format!("cart:{e}");
+                for seq in 1..=20 {
+                    store.commit(commit(&stream, seq - 1, seq..=seq)).await.unwrap();
+                }
+            });
+        }
+        writers.join_all().await;
+        for e in 0..32 {
+            let h = store.history(&format!("cart:{e}")).await.unwrap();
+            assert_eq!(h.events.iter().map(|e| e.seq).collect::<Vec<_>>(), (1..=20).collect::<Vec<_>>());
+        }
+        assert_eq!(store.outbox_pending(10_000).await.unwrap().len(), 32 * 20);
     }
 
     #[tokio::test]
