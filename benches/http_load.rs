@@ -173,8 +173,24 @@ impl Cpu {
     }
 }
 
+/// This machine's rate of durable 4 KiB writes, one after another (write, then fdatasync), in the directory the
+/// embedded store uses: what a store that pays one fsync per commit could reach at best.
+fn fsync_rate(dir: &std::path::Path) -> f64 {
+    use std::io::Write;
+    let mut file = std::fs::File::create(dir.join("fsync-probe")).unwrap();
+    let block = [7u8; 4096];
+    let n = 2_000;
+    let started = Instant::now();
+    for _ in 0..n {
+        file.write_all(&block).unwrap();
+        file.sync_data().unwrap();
+    }
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
 async fn http_load(backend: &str, requests: usize, concurrency: usize, rounds: usize) {
     let dir = tempfile::tempdir().unwrap();
+    let fsyncs = (backend == "embedded").then(|| fsync_rate(dir.path()));
     let name = run_name();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let app = Application::with_listener(config_for(backend, dir.path(), &name), listener).await.unwrap();
@@ -229,6 +245,13 @@ async fn http_load(backend: &str, requests: usize, concurrency: usize, rounds: u
         rss_mib(),
         cpu.since(elapsed),
     );
+    if let Some(fsyncs) = fsyncs {
+        let rate = l.len() as f64 / elapsed.as_secs_f64();
+        println!(
+            "{backend:>9} durable 4 KiB writes one after another on this disk: {fsyncs:.0}/s; add-to-cart ran at {:.1}x that",
+            rate / fsyncs
+        );
+    }
 
     // Rounds: every client checks out at once, waits until paid, puts one item in its cart again.
     let mut sockets = Vec::new();
