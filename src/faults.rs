@@ -61,11 +61,30 @@ impl FaultPoints {
 pub struct Chaos {
     config: ChaosConfig,
     enabled: AtomicBool,
+    injected: Injected,
+}
+
+/// How many faults the chaos switch injected, by kind.
+#[derive(Debug, Default)]
+pub struct Injected {
+    pub kills: std::sync::atomic::AtomicU64,
+    pub store_delays: std::sync::atomic::AtomicU64,
+    pub store_failures: std::sync::atomic::AtomicU64,
+    pub bus_failures: std::sync::atomic::AtomicU64,
+    pub drop_outs: std::sync::atomic::AtomicU64,
+}
+
+fn count(counter: &std::sync::atomic::AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
 }
 
 impl Chaos {
     pub fn new(config: &ChaosConfig) -> Arc<Self> {
-        Arc::new(Self { config: config.clone(), enabled: AtomicBool::new(config.enabled) })
+        Arc::new(Self {
+            config: config.clone(),
+            enabled: AtomicBool::new(config.enabled),
+            injected: Injected::default(),
+        })
     }
 
     pub fn set_enabled(&self, on: bool) {
@@ -75,6 +94,11 @@ impl Chaos {
         } else {
             tracing::warn!("chaos is off");
         }
+    }
+
+    /// What was injected so far.
+    pub fn injected(&self) -> &Injected {
+        &self.injected
     }
 
     pub fn is_on(&self) -> bool {
@@ -94,9 +118,11 @@ impl Chaos {
             )
         };
         if delay {
+            count(&self.injected.store_delays);
             tokio::time::sleep(Duration::from_millis(self.config.store_delay_ms)).await;
         }
         if fail {
+            count(&self.injected.store_failures);
             tracing::info!(call = what, "chaos: store call failed on purpose");
             return Err(format!("chaos: {what} failed on purpose"));
         }
@@ -106,6 +132,7 @@ impl Chaos {
     /// Before a publish: maybe fails (the outbox keeps the events and publishes them again).
     pub fn bus_call(&self) -> Result<(), String> {
         if self.is_on() && rand::thread_rng().gen_bool(self.config.bus_fail_share.clamp(0.0, 1.0)) {
+            count(&self.injected.bus_failures);
             tracing::info!("chaos: publish failed on purpose");
             return Err("chaos: publish failed on purpose".into());
         }
@@ -118,6 +145,7 @@ impl Chaos {
         if !self.is_on() || every == 0 || !rand::thread_rng().gen_bool((1.0 / every as f64).min(1.0)) {
             return None;
         }
+        count(&self.injected.drop_outs);
         Some(Duration::from_secs(self.config.drop_out_secs))
     }
 
@@ -152,6 +180,7 @@ impl Chaos {
                     (rng.gen_range(0..targets.len()), rng.gen::<usize>())
                 };
                 if let Some(id) = targets[kind].kill_any(pick) {
+                    count(&chaos.injected.kills);
                     tracing::warn!(kind = targets[kind].kind(), %id, "chaos: entity actor killed on purpose");
                 }
             }
