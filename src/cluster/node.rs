@@ -360,8 +360,9 @@ impl ClusterNode {
     fn assign(&self, partitions: &[i32]) {
         self.shards.assign(partitions);
         self.shards.renew();
-        self.positions.lock().unwrap_or_else(|p| p.into_inner()).retain(|p, _| self.shards.owned().contains(p));
-        tracing::info!(node = %self.id, ?partitions, owned = ?self.shards.owned(), "shards assigned");
+        let owned = self.shards.owned();
+        self.positions.lock().unwrap_or_else(|p| p.into_inner()).retain(|p, _| owned.contains(p));
+        tracing::info!(node = %self.id, ?partitions, ?owned, "shards assigned");
         self.assigned.notify_one();
     }
 

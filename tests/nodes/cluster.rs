@@ -12,6 +12,27 @@ use crate::outages::{settle_all, CheckoutLoad, TERMINAL};
 
 const SETTLE: Duration = Duration::from_secs(60);
 
+const STOCK: i64 = 10_000;
+
+/// A product with plenty of stock and `count` shoppers, signed up round the given nodes.
+async fn product_and_shoppers(nodes: &[&Api], admin: &str, title: &str, count: usize) -> (String, Vec<String>) {
+    let product = nodes[0].create_product(admin, title, 450, STOCK).await;
+    let mut shoppers = Vec::new();
+    for n in 0..count {
+        shoppers.push(nodes[n % nodes.len()].signup(&format!("{title}{n}@cluster.test").to_lowercase()).await.1);
+    }
+    (product, shoppers)
+}
+
+/// Stops the load, then checks what every cluster test promises: only successes and retryable 503s were seen, and
+/// every acknowledged order settled with stock and payments adding up.
+async fn finish_and_settle(what: &str, load: CheckoutLoad, api: &Api, shoppers: &[String], product: &str) {
+    let (orders, seen) = load.finish().await;
+    seen.only_success_or_503();
+    println!("{what} load: {seen:?}, {} orders", orders.iter().map(Vec::len).sum::<usize>());
+    settle_all(api, shoppers, &orders, product, STOCK).await;
+}
+
 async fn three_nodes(test: &str) -> (Deployment, Vec<crate::harness::Node>, String) {
     let mut deployment = Deployment::new(test, Servers::shared()).clustered();
     let mut nodes = Vec::new();
@@ -126,13 +147,9 @@ async fn three_nodes_answer_as_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the real servers: scripts/test.sh"]
 async fn a_node_killed_mid_checkout_loses_nothing() {
-    const STOCK: i64 = 10_000;
     let (deployment, mut nodes, admin) = three_nodes("cluster_failover").await;
-    let product = nodes[0].create_product(&admin, "Tea", 450, STOCK).await;
-    let mut shoppers = Vec::new();
-    for n in 0..6 {
-        shoppers.push(nodes[n % 3].signup(&format!("buyer{n}@failover.test")).await.1);
-    }
+    let (product, shoppers) =
+        product_and_shoppers(&nodes.iter().map(|n| &**n).collect::<Vec<_>>(), &admin, "Tea", 6).await;
     let apis: Vec<Api> = nodes.iter().map(|n| n.api()).collect();
     let load = CheckoutLoad::start(&apis, &shoppers, &product);
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -153,22 +170,15 @@ async fn a_node_killed_mid_checkout_loses_nothing() {
     println!("rejoin: shards spread over three nodes again after {:.1} s", back.elapsed().as_secs_f64());
     tokio::time::sleep(Duration::from_secs(3)).await;
 
-    let (orders, seen) = load.finish().await;
-    seen.only_success_or_503();
-    println!("failover load: {seen:?}, {} orders", orders.iter().map(Vec::len).sum::<usize>());
-    settle_all(&apis[0], &shoppers, &orders, &product, STOCK).await;
+    finish_and_settle("failover", load, &apis[0], &shoppers, &product).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the real servers: scripts/test.sh"]
 async fn a_rolling_restart_under_load_loses_nothing() {
-    const STOCK: i64 = 10_000;
     let (deployment, mut nodes, admin) = three_nodes("cluster_rolling").await;
-    let product = nodes[1].create_product(&admin, "Jam", 650, STOCK).await;
-    let mut shoppers = Vec::new();
-    for n in 0..6 {
-        shoppers.push(nodes[n % 3].signup(&format!("roller{n}@rolling.test")).await.1);
-    }
+    let (product, shoppers) =
+        product_and_shoppers(&nodes.iter().map(|n| &**n).collect::<Vec<_>>(), &admin, "Jam", 6).await;
     let apis: Vec<Api> = nodes.iter().map(|n| n.api()).collect();
     let load = CheckoutLoad::start(&apis, &shoppers, &product);
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -188,10 +198,7 @@ async fn a_rolling_restart_under_load_loses_nothing() {
         wait_shards_settled(&all, &admin, SETTLE).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    let (orders, seen) = load.finish().await;
-    seen.only_success_or_503();
-    println!("rolling load: {seen:?}, {} orders", orders.iter().map(Vec::len).sum::<usize>());
-    settle_all(&apis[0], &shoppers, &orders, &product, STOCK).await;
+    finish_and_settle("rolling", load, &apis[0], &shoppers, &product).await;
 }
 
 /// A node frozen past the group's session timeout while it hosts entities mid-checkout: the others take its
@@ -201,13 +208,9 @@ async fn a_rolling_restart_under_load_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the real servers: scripts/test.sh"]
 async fn a_frozen_node_wakes_up_without_writing_twice_and_rejoins() {
-    const STOCK: i64 = 10_000;
     let (_deployment, nodes, admin) = three_nodes("cluster_frozen").await;
-    let product = nodes[0].create_product(&admin, "Oats", 300, STOCK).await;
-    let mut shoppers = Vec::new();
-    for n in 0..6 {
-        shoppers.push(nodes[n % 3].signup(&format!("frozen{n}@split.test")).await.1);
-    }
+    let (product, shoppers) =
+        product_and_shoppers(&nodes.iter().map(|n| &**n).collect::<Vec<_>>(), &admin, "Oats", 6).await;
     // The shoppers talk to the two nodes that stay awake; the frozen one holds a third of the entities.
     let awake: Vec<Api> = nodes[..2].iter().map(|n| n.api()).collect();
     let load = CheckoutLoad::start(&awake, &shoppers, &product);
@@ -232,10 +235,7 @@ async fn a_frozen_node_wakes_up_without_writing_twice_and_rejoins() {
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    let (orders, seen) = load.finish().await;
-    seen.only_success_or_503();
-    println!("frozen-node load: {seen:?}, {} orders", orders.iter().map(Vec::len).sum::<usize>());
-    settle_all(&awake[0], &shoppers, &orders, &product, STOCK).await;
+    finish_and_settle("frozen-node", load, &awake[0], &shoppers, &product).await;
 }
 
 async fn eventually_logged(node: &crate::harness::Node, text: &str) {
@@ -251,16 +251,11 @@ async fn eventually_logged(node: &crate::harness::Node, text: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the real servers: scripts/test.sh"]
 async fn a_node_that_chaos_drops_out_of_the_group_loses_nothing() {
-    const STOCK: i64 = 10_000;
     let mut deployment = Deployment::new("cluster_chaos", Servers::shared()).clustered();
     let mut nodes = vec![deployment.start_node().await, deployment.start_node().await];
     let admin = nodes[0].admin().await;
     wait_shards_settled(&[&nodes[0], &nodes[1]], &admin, SETTLE).await;
-    let product = nodes[0].create_product(&admin, "Rice", 200, STOCK).await;
-    let mut shoppers = Vec::new();
-    for n in 0..4 {
-        shoppers.push(nodes[n % 2].signup(&format!("chaotic{n}@chaos.test")).await.1);
-    }
+    let (product, shoppers) = product_and_shoppers(&[&nodes[0], &nodes[1]], &admin, "Rice", 4).await;
     let chaos = [("CHAOS__ENABLED", "true"), ("CHAOS__DROP_OUT_EVERY_SECS", "3"), ("CHAOS__DROP_OUT_SECS", "2")];
     nodes.push(deployment.start_node_with(&chaos).await);
     let steady: Vec<Api> = nodes[..2].iter().map(|n| n.api()).collect();
@@ -285,8 +280,5 @@ async fn a_node_that_chaos_drops_out_of_the_group_loses_nothing() {
     nodes[2].terminate();
     wait_shards_settled(&[&nodes[0], &nodes[1]], &admin, SETTLE).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (orders, seen) = load.finish().await;
-    seen.only_success_or_503();
-    println!("chaos drop-out load: {seen:?}, {} orders", orders.iter().map(Vec::len).sum::<usize>());
-    settle_all(&steady[0], &shoppers, &orders, &product, STOCK).await;
+    finish_and_settle("chaos drop-out", load, &steady[0], &shoppers, &product).await;
 }
