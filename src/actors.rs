@@ -46,8 +46,15 @@ pub trait Entity: Aggregate {
         None
     }
 
-    /// A command the passing of time makes due (such as expiring reservations), checked on every tick.
+    /// A command the passing of time makes due (such as expiring reservations), checked when [`Self::next_due`]
+    /// says its time has come.
     fn due(&self, _now: Timestamp) -> Option<Self::Command> {
+        None
+    }
+
+    /// The earliest time at which [`Self::due`] may return a command; `None`: nothing is time-bound. The actor
+    /// sets a timer for it, so an entity with nothing due costs no wake-ups.
+    fn next_due(&self) -> Option<Timestamp> {
         None
     }
 
@@ -86,6 +93,10 @@ impl Entity for ProductState {
 
     fn due(&self, now: Timestamp) -> Option<Self::Command> {
         ProductState::due(self, now)
+    }
+
+    fn next_due(&self) -> Option<Timestamp> {
+        ProductState::next_due(self)
     }
 
     fn keep_alive(&self) -> bool {

@@ -44,6 +44,10 @@ impl Entity for PaymentState {
         PaymentState::due(self, now)
     }
 
+    fn next_due(&self) -> Option<Timestamp> {
+        PaymentState::next_due(self)
+    }
+
     fn keep_alive(&self) -> bool {
         PaymentState::keep_alive(self)
     }

@@ -1,13 +1,23 @@
 //! One actor per entity: the single writer of its stream. It recovers from the latest snapshot plus later events in
 //! `pre_start`, persists every change before acknowledging it, runs the side effects its state calls for, and
 //! passivates after being idle with nothing left to do.
+//!
+//! Commands waiting in the mailbox are committed together: a command is decided against the state as it will be
+//! once the commands before it are written, its events join a batch, and a `Flush` the actor sends itself (queued
+//! behind whatever already waits) writes the whole batch in one commit. Every reply, a refusal included, is sent
+//! only after that commit: if it fails, every command of the batch is answered `Unavailable`. One hot entity thus
+//! takes as many commands per second as it gets, at one store write per mailbox-full.
+//!
+//! An actor wakes up on a timer only when something is due: the next time-bound command its state calls for, or
+//! the end of its idle timeout.
 
 use std::marker::PhantomData;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use super::live::Usage;
 use super::{Effects, Entity, EntityContext};
@@ -33,7 +43,9 @@ pub enum EntityMsg<A: Entity> {
     EffectDone(Result<A::Command, String>),
     /// Try the pending effect again after a failure.
     RetryEffect,
-    /// Periodic self-check: run due commands; passivate when idle with nothing to do.
+    /// Write the batch of commands decided since the last commit.
+    Flush,
+    /// A timer the actor set: run due commands; passivate when idle with nothing to do.
     Tick,
     /// The node is at its cap of live entities: passivate now unless there is work in flight.
     Passivate,
@@ -65,6 +77,23 @@ impl<A: Entity> EntityActor<A> {
     }
 }
 
+/// The most commands one commit takes; a fuller mailbox is written in several.
+const MAX_BATCH: usize = 256;
+
+/// The shortest timer the actor sets, so a state that stays due cannot spin.
+const MIN_WAKE: Duration = Duration::from_millis(10);
+
+type Outcome<A> = Result<A, EntityError<<A as crate::domain::Aggregate>::Error>>;
+
+/// Commands decided but not yet written: the state they lead to, their events, and their answers.
+struct Batch<A: Entity> {
+    next: A,
+    events: Vec<EventRecord>,
+    replies: Vec<(Reply<A>, Outcome<A>)>,
+    /// Commands in the batch, with or without events.
+    commands: usize,
+}
+
 pub struct EntityState<A: Entity> {
     id: String,
     stream: String,
@@ -72,7 +101,9 @@ pub struct EntityState<A: Entity> {
     seq: u64,
     snapshot_seq: u64,
     last_active: Instant,
-    ticker: JoinHandle<()>,
+    /// The timer set to wake the actor, and when it fires.
+    wake: Option<(Instant, JoinHandle<()>)>,
+    batch: Option<Batch<A>>,
     effect_running: bool,
     effect_failures: u32,
     waiters: Vec<RpcReplyPort<Delivery<A>>>,
@@ -88,7 +119,13 @@ impl<A: Entity> EntityState<A> {
 
     /// Nothing in flight: no effect pending or running, nobody waiting, no time-bound state.
     fn can_passivate(&self) -> bool {
-        self.settled() && self.waiters.is_empty() && !self.aggregate.keep_alive()
+        self.batch.is_none() && self.settled() && self.waiters.is_empty() && !self.aggregate.keep_alive()
+    }
+
+    fn cancel_wake(&mut self) {
+        if let Some((_, timer)) = self.wake.take() {
+            timer.abort();
+        }
     }
 }
 
@@ -122,7 +159,7 @@ impl<A: Entity> Actor for EntityActor<A> {
 
     async fn pre_start(
         &self,
-        myself: ActorRef<Self::Msg>,
+        _myself: ActorRef<Self::Msg>,
         (id, usage): (String, Arc<Usage>),
     ) -> Result<Self::State, ActorProcessingErr> {
         let stream = stream_name::<A>(&id);
@@ -131,8 +168,6 @@ impl<A: Entity> Actor for EntityActor<A> {
         let replayed = history.events.len();
         let (aggregate, seq, snapshot_seq) = recover::<A>(history)?;
         tracing::debug!(%stream, seq, replayed, elapsed_us = started.elapsed().as_micros() as u64, "entity recovered");
-        let period = (self.ctx.idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
-        let ticker = myself.send_interval(period, || EntityMsg::Tick);
         Ok(EntityState {
             id,
             stream,
@@ -140,7 +175,8 @@ impl<A: Entity> Actor for EntityActor<A> {
             seq,
             snapshot_seq,
             last_active: Instant::now(),
-            ticker,
+            wake: None,
+            batch: None,
             effect_running: false,
             effect_failures: 0,
             waiters: Vec::new(),
@@ -152,11 +188,18 @@ impl<A: Entity> Actor for EntityActor<A> {
     async fn post_start(&self, myself: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
         // A recovered entity in the middle of a saga resumes on its own.
         self.start_effect(&myself, state);
+        self.set_wake(&myself, state);
         Ok(())
     }
 
     async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
-        state.ticker.abort();
+        state.cancel_wake();
+        // A batch not written when the actor stops (its handler failed) was not acknowledged either.
+        if let Some(batch) = state.batch.take() {
+            for (reply, _) in batch.replies {
+                let _ = reply.send(Delivery::Done(Err(EntityError::Unavailable("entity stopped".into()))));
+            }
+        }
         Ok(())
     }
 
@@ -183,8 +226,9 @@ impl<A: Entity> Actor for EntityActor<A> {
         state.usage.set_busy(!idle);
         // A request that found no entity (a read, or a command that was refused) leaves no actor behind.
         if request && idle && state.seq == 0 {
-            passivate(&myself, state)?;
+            return passivate(&myself, state);
         }
+        self.set_wake(&myself, state);
         Ok(())
     }
 }
@@ -192,7 +236,7 @@ impl<A: Entity> Actor for EntityActor<A> {
 /// Stops the actor once its mailbox is empty; requests still queued get `Retry` and reach its successor.
 fn passivate<A: Entity>(myself: &ActorRef<EntityMsg<A>>, state: &mut EntityState<A>) -> Result<(), ActorProcessingErr> {
     state.draining = true;
-    state.ticker.abort();
+    state.cancel_wake();
     myself.drain()?;
     Ok(())
 }
@@ -216,7 +260,7 @@ impl<A: Entity> EntityActor<A> {
             }
             EntityMsg::Settled(reply) => {
                 state.last_active = Instant::now();
-                if state.settled() {
+                if state.settled() && state.batch.is_none() {
                     let _ = reply.send(Delivery::Done(state.aggregate.clone()));
                 } else {
                     state.waiters.push(reply);
@@ -243,6 +287,7 @@ impl<A: Entity> EntityActor<A> {
                 self.start_effect(myself, state);
                 Ok(())
             }
+            EntityMsg::Flush => self.flush(myself, state).await,
             EntityMsg::Tick => self.tick(myself, state).await,
             EntityMsg::Passivate => {
                 if state.can_passivate() {
@@ -260,6 +305,13 @@ impl<A: Entity> EntityActor<A> {
         myself: &ActorRef<EntityMsg<A>>,
         state: &mut EntityState<A>,
     ) -> Result<(), ActorProcessingErr> {
+        if state.wake.as_ref().is_some_and(|(at, _)| *at <= Instant::now()) {
+            state.wake = None;
+        }
+        if state.batch.is_some() {
+            // The flush already queued comes first; the timer is set again after it.
+            return Ok(());
+        }
         if let Some(command) = state.aggregate.due(self.ctx.clock.now()) {
             return self.execute(myself, command, None, state).await;
         }
@@ -273,10 +325,39 @@ impl<A: Entity> EntityActor<A> {
         Ok(())
     }
 
+    /// Sets the timer for the earliest of: the next due command, and the end of the idle timeout of an entity that
+    /// could passivate. A timer already set for earlier stays; when it fires, the actor checks and sets the next.
+    fn set_wake(&self, myself: &ActorRef<EntityMsg<A>>, state: &mut EntityState<A>) {
+        if state.draining || state.batch.is_some() {
+            return;
+        }
+        let now = Instant::now();
+        let due = state.aggregate.next_due().map(|at| {
+            let wait = (at - self.ctx.clock.now()).to_std().unwrap_or_default();
+            now + wait.max(MIN_WAKE)
+        });
+        let idle = state.can_passivate().then(|| {
+            let at = if state.seq == 0 { now } else { state.last_active + self.ctx.idle_timeout };
+            at.max(now + MIN_WAKE)
+        });
+        let Some(at) = due.into_iter().chain(idle).min() else { return };
+        if state.wake.as_ref().is_some_and(|(set, _)| *set <= at) {
+            return;
+        }
+        state.cancel_wake();
+        let actor = myself.clone();
+        let timer = tokio::spawn(async move {
+            tokio::time::sleep_until(at).await;
+            let _ = actor.cast(EntityMsg::Tick);
+        });
+        state.wake = Some((at, timer));
+    }
+
     /// Starts the effect the state calls for, unless one is already running. The effect runs in its own task and
     /// reports back with `EffectDone`, even if it panics.
     fn start_effect(&self, myself: &ActorRef<EntityMsg<A>>, state: &mut EntityState<A>) {
-        if state.effect_running {
+        // With a batch pending, the effect is computed from the state once it is written.
+        if state.effect_running || state.batch.is_some() {
             return;
         }
         let Some(effect) = state.aggregate.next_effect() else { return };
@@ -293,6 +374,9 @@ impl<A: Entity> EntityActor<A> {
         });
     }
 
+    /// Decides a command against the state as the pending batch leaves it and adds its events and its answer to the
+    /// batch, which is written by the next `Flush` (or at once when full). With no batch pending, an answer that
+    /// writes nothing is sent at once.
     async fn execute(
         &self,
         myself: &ActorRef<EntityMsg<A>>,
@@ -300,38 +384,57 @@ impl<A: Entity> EntityActor<A> {
         reply: Option<Reply<A>>,
         state: &mut EntityState<A>,
     ) -> Result<(), ActorProcessingErr> {
-        let respond = |reply: Option<Reply<A>>, result| {
-            if let Some(r) = reply {
-                let _ = r.send(Delivery::Done(result));
-            }
-        };
         let now = self.ctx.clock.now();
-        let events = match state.aggregate.decide(&state.id, &command, now) {
-            Ok(events) => events,
-            Err(rejection) => {
-                if reply.is_none() {
-                    // An effect's outcome should always be accepted; retry later rather than stall the saga.
-                    tracing::warn!(stream = %state.stream, %rejection, "effect outcome refused by the entity");
-                    state.effect_failures += 1;
-                    myself.send_after(Duration::from_millis(50u64 << state.effect_failures.min(7)), || {
-                        EntityMsg::RetryEffect
-                    });
+        let current = state.batch.as_ref().map_or(&state.aggregate, |b| &b.next);
+        let outcome = current.decide(&state.id, &command, now);
+        let events = match outcome {
+            Ok(events) if !events.is_empty() => events,
+            Ok(_) | Err(_) => {
+                let accepted = outcome.is_ok();
+                let outcome = match outcome {
+                    Ok(_) => Ok(current.clone()),
+                    Err(rejection) => {
+                        if reply.is_none() {
+                            // An effect's outcome should always be accepted; retry later rather than stall the saga.
+                            tracing::warn!(stream = %state.stream, %rejection, "effect outcome refused by the entity");
+                            state.effect_failures += 1;
+                            myself.send_after(Duration::from_millis(50u64 << state.effect_failures.min(7)), || {
+                                EntityMsg::RetryEffect
+                            });
+                        }
+                        Err(EntityError::Rejected(rejection))
+                    }
+                };
+                match (reply, &mut state.batch) {
+                    (Some(reply), Some(batch)) => {
+                        batch.replies.push((reply, outcome));
+                        batch.commands += 1;
+                    }
+                    (Some(reply), None) => drop(reply.send(Delivery::Done(outcome))),
+                    (None, _) => {}
                 }
-                respond(reply, Err(EntityError::Rejected(rejection)));
+                if state.batch.is_none() && accepted {
+                    self.after_change(myself, state);
+                }
                 return Ok(());
             }
         };
-        if events.is_empty() {
-            respond(reply, Ok(state.aggregate.clone()));
-            self.after_change(myself, state);
-            return Ok(());
-        }
-        let mut next = state.aggregate.clone();
-        let mut records = Vec::with_capacity(events.len());
-        for (i, event) in events.iter().enumerate() {
-            next.apply(event);
-            let seq = state.seq + 1 + i as u64;
-            records.push(EventRecord {
+        let batch = match &mut state.batch {
+            Some(batch) => batch,
+            None => {
+                myself.cast(EntityMsg::Flush)?;
+                state.batch.insert(Batch {
+                    next: state.aggregate.clone(),
+                    events: Vec::new(),
+                    replies: Vec::new(),
+                    commands: 0,
+                })
+            }
+        };
+        for event in &events {
+            batch.next.apply(event);
+            let seq = state.seq + 1 + batch.events.len() as u64;
+            batch.events.push(EventRecord {
                 id: format!("{}/{seq}", state.stream),
                 stream: state.stream.clone(),
                 seq,
@@ -340,6 +443,24 @@ impl<A: Entity> EntityActor<A> {
                 payload: serde_json::to_value(event)?,
             });
         }
+        batch.commands += 1;
+        if let Some(reply) = reply {
+            batch.replies.push((reply, Ok(batch.next.clone())));
+        }
+        if batch.commands >= MAX_BATCH {
+            return self.flush(myself, state).await;
+        }
+        Ok(())
+    }
+
+    /// Writes the pending batch in one commit, then sends its answers.
+    async fn flush(
+        &self,
+        myself: &ActorRef<EntityMsg<A>>,
+        state: &mut EntityState<A>,
+    ) -> Result<(), ActorProcessingErr> {
+        let Some(batch) = state.batch.take() else { return Ok(()) };
+        let Batch { next, events: records, replies, .. } = batch;
         for record in &records {
             self.ctx.faults.check(&format!("before_commit:{}", record.event_type));
         }
@@ -371,14 +492,18 @@ impl<A: Entity> EntityActor<A> {
                 for event_type in &types {
                     self.ctx.faults.check(&format!("after_commit:{event_type}"));
                 }
-                respond(reply, Ok(state.aggregate.clone()));
+                for (reply, outcome) in replies {
+                    let _ = reply.send(Delivery::Done(outcome));
+                }
                 self.after_change(myself, state);
                 Ok(())
             }
             Err(err) => {
                 // A refused or failed write leaves this actor unsure of what the store holds (another writer won, or
                 // a remote store applied the write before failing). Stop; the next message recovers from the store.
-                respond(reply, Err(EntityError::Unavailable(err.to_string())));
+                for (reply, _) in replies {
+                    let _ = reply.send(Delivery::Done(Err(EntityError::Unavailable(err.to_string()))));
+                }
                 Err(Box::new(err))
             }
         }

@@ -194,6 +194,12 @@ impl PaymentState {
         due.then_some(PaymentCommand::Recheck)
     }
 
+    /// When [`Self::due`] will return the recheck.
+    pub fn next_due(&self) -> Option<Timestamp> {
+        let p = self.payment.as_ref()?;
+        (p.status == PaymentStatus::Failed && !p.rechecking).then_some(p.recheck_at).flatten()
+    }
+
     /// A payment waiting for its recheck stays running, and is restarted after a restart.
     pub fn keep_alive(&self) -> bool {
         self.payment.as_ref().is_some_and(|p| p.recheck_at.is_some())

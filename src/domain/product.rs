@@ -346,6 +346,15 @@ impl ProductState {
         self.expired_reservations(now).then_some(ProductCommand::ExpireReservations { now })
     }
 
+    /// The earliest time [`Self::due`] may return a command: now for a state to migrate, else the first
+    /// reservation's expiry.
+    pub fn next_due(&self) -> Option<Timestamp> {
+        if self.needs_migration() {
+            return Some(Timestamp::MIN_UTC);
+        }
+        self.reservations.values().map(|r| r.expires_at).min()
+    }
+
     pub fn next_effect(&self) -> Option<ProductEffect> {
         (!self.unchecked.is_empty()).then(|| ProductEffect::CheckOrders {
             order_ids: self.unchecked.iter().take(CHECK_BATCH).cloned().collect(),
@@ -863,8 +872,13 @@ mod tests {
         )
         .unwrap();
         assert!(s.expired_reservations(t));
+        // The actor's timer is set for the first expiry: nothing is due a moment before it, the expiry is due at it.
+        assert_eq!(s.next_due(), Some(t));
+        assert!(s.due(t - chrono::Duration::milliseconds(1)).is_none());
+        assert!(s.due(t).is_some());
         run(&mut s, ProductCommand::ExpireReservations { now: t }).unwrap();
         assert!(!s.expired_reservations(t));
+        assert_eq!(s.next_due(), Some(t + chrono::Duration::hours(1)));
         assert_eq!(s.product.as_ref().unwrap().stock_reserved, 2);
         assert_eq!(
             run(&mut s, ProductCommand::CommitReservation { order_id: "a".into() }),

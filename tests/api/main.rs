@@ -1,6 +1,7 @@
 //! End-to-end tests over real HTTP against a server on port 0 with its own data directory.
 
 mod auth;
+mod batching;
 mod browser_security;
 mod cart;
 mod catalog;
