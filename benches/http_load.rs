@@ -1,12 +1,13 @@
 //! Over real HTTP against an in-process server with the simulated payment provider (20 ms per call), on each
-//! backend in turn: add-to-cart throughput and latency, then rounds in which every client checks out at once and
-//! the time from `POST /api/cart/checkout` to the order being paid is measured. Then, on each store, the cost of
+//! backend in turn: add-to-cart throughput and latency, then shoppers who each fill their cart, check out and wait
+//! for the order's `paid` push, several times in a row, all at once: first all buying one product (a flash sale),
+//! then each a product of its own. The time from `POST /api/cart/checkout` to the push is measured. Then, on each store, the cost of
 //! one commit and of the round trips a MongoDB commit is made of.
 //!
 //! Run: `cargo bench --bench http_load` (embedded only), or side by side on the real servers:
 //! `scripts/infra.sh up && eval "$(scripts/infra.sh env)" && BACKENDS=embedded,mongodb,real cargo bench --bench http_load`
 //! (`mongodb`: MongoDB store, in-process bus; `real`: MongoDB + Kafka + Redis). Optional env: REQUESTS,
-//! CONCURRENCY, ROUNDS, and MONGODB_PID (the server's pid, e.g. `$(cat $CARGO_TARGET_DIR/infra/mongo/nx.pid)`) to
+//! CONCURRENCY (add-to-cart clients, 32), SHOPPERS (128), ROUNDS (orders in a row per shopper, 5), and MONGODB_PID (the server's pid, e.g. `$(cat $CARGO_TARGET_DIR/infra/mongo/nx.pid)`) to
 //! report the server's CPU use.
 
 use std::sync::Arc;
@@ -114,7 +115,20 @@ impl Client {
         let id = res.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
         loop {
             let message = tokio::time::timeout(Duration::from_secs(120), socket.next()).await;
-            let Ok(Some(Ok(Message::Text(text)))) = message else { panic!("no push for order {id}: {message:?}") };
+            let Ok(Some(Ok(Message::Text(text)))) = message else {
+                let order = self.http.get(format!("{}/api/orders/{id}", self.base)).bearer_auth(token).send().await;
+                let order = match order {
+                    Ok(res) => res.text().await.unwrap_or_default(),
+                    Err(e) => e.to_string(),
+                };
+                let stored =
+                    self.http.get(format!("{}/api/notifications?limit=5", self.base)).bearer_auth(token).send().await;
+                let stored = match stored {
+                    Ok(res) => res.text().await.unwrap_or_default(),
+                    Err(e) => e.to_string(),
+                };
+                panic!("no push for order {id}: {message:?}; the order: {order}; stored: {stored}")
+            };
             let push: Value = serde_json::from_str(text.as_str()).unwrap();
             let n = &push["notification"];
             if n["data"]["orderId"] == id.as_str() && n["kind"] == "order.status_changed" {
@@ -188,14 +202,14 @@ fn fsync_rate(dir: &std::path::Path) -> f64 {
     n as f64 / started.elapsed().as_secs_f64()
 }
 
-async fn http_load(backend: &str, requests: usize, concurrency: usize, rounds: usize) {
+async fn http_load(backend: &str, requests: usize, concurrency: usize, shoppers: usize, rounds: usize) {
     let dir = tempfile::tempdir().unwrap();
     let fsyncs = (backend == "embedded").then(|| fsync_rate(dir.path()));
     let name = run_name();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let app = Application::with_listener(config_for(backend, dir.path(), &name), listener).await.unwrap();
     let client = Client {
-        http: reqwest::Client::builder().pool_max_idle_per_host(concurrency).build().unwrap(),
+        http: reqwest::Client::builder().pool_max_idle_per_host(concurrency.max(shoppers)).build().unwrap(),
         base: format!("http://{}", app.local_addr().unwrap()),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -210,7 +224,7 @@ async fn http_load(backend: &str, requests: usize, concurrency: usize, rounds: u
     let pid = client.post("/api/products", Some(&admin), product).await.1["id"].as_str().unwrap().to_string();
     // One user (and so one cart actor) per client: the load spreads over `concurrency` entities.
     let mut tokens = Vec::new();
-    for i in 0..concurrency {
+    for i in 0..concurrency.max(shoppers) {
         let body = json!({"email": format!("u{i}@bench.test"), "password": "pass-word-1", "name": "Bench"});
         tokens.push(client.post("/api/users/signup", None, body).await.1["accessToken"].as_str().unwrap().to_string());
     }
@@ -219,7 +233,7 @@ async fn http_load(backend: &str, requests: usize, concurrency: usize, rounds: u
     let started = Instant::now();
     let per_client = requests / concurrency;
     let mut tasks = tokio::task::JoinSet::new();
-    for token in tokens.clone() {
+    for token in tokens[..concurrency].to_vec() {
         let (client, pid) = (client.clone(), pid.clone());
         tasks.spawn(async move {
             let mut latencies = Vec::with_capacity(per_client);
@@ -253,48 +267,68 @@ async fn http_load(backend: &str, requests: usize, concurrency: usize, rounds: u
         );
     }
 
-    // Rounds: every client checks out at once, waits until paid, puts one item in its cart again.
+    // Checkout: every shopper puts an item in its cart, checks out and waits for the `paid` push, `rounds` times in
+    // a row. First all of them buy the same product (a flash sale), then each one a product of its own.
     let mut sockets = Vec::new();
-    for token in &tokens {
+    for token in &tokens[..shoppers] {
         sockets.push(client.socket(token).await);
     }
-    let (mut accepted, mut paid) = (Vec::new(), Vec::new());
-    let cpu = Cpu::now();
-    let started = Instant::now();
-    for round in 0..rounds {
+    let own: Vec<String> = (0..shoppers)
+        .map(|i| {
+            let product = json!({"title": format!("Bench {i}"), "price": 100, "currency": "USD", "category": "bench",
+                "stock": 1_000_000_000});
+            (client.clone(), admin.clone(), product)
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|(client, admin, product)| async move {
+            client.post("/api/products", Some(&admin), product).await.1["id"].as_str().unwrap().to_string()
+        })
+        .collect::<futures_util::stream::FuturesOrdered<_>>()
+        .collect()
+        .await;
+    for (scenario, products) in [("flash sale, one product", vec![pid.clone()]), ("one product each", own)] {
+        let cpu = Cpu::now();
+        let started = Instant::now();
         let mut tasks = tokio::task::JoinSet::new();
-        for (i, (token, mut socket)) in tokens.iter().cloned().zip(sockets.drain(..)).enumerate() {
-            let (client, pid) = (client.clone(), pid.clone());
+        for (i, (token, mut socket)) in tokens[..shoppers].iter().cloned().zip(sockets.drain(..)).enumerate() {
+            let (client, product) = (client.clone(), products[i % products.len()].clone());
+            let scenario = scenario.len();
             tasks.spawn(async move {
-                if round > 0 {
-                    let item = json!({"productId": pid, "quantity": 1});
+                let mut times = Vec::with_capacity(rounds);
+                for round in 0..rounds {
+                    let item = json!({"productId": product, "quantity": 1});
                     assert_eq!(client.post("/api/cart/items", Some(&token), item).await.0, 200);
+                    let key = format!("bench-{scenario}-{i}-{round}");
+                    times.push(client.checkout_to_paid(&token, &key, &mut socket).await);
                 }
-                let (a, p) = client.checkout_to_paid(&token, &format!("bench-{i}-{round}"), &mut socket).await;
-                (i, a, p, socket)
+                (i, times, socket)
             });
         }
+        let (mut accepted, mut paid) = (Vec::new(), Vec::new());
         let mut done = tasks.join_all().await;
+        // Each socket goes back to its own shopper.
         done.sort_by_key(|(i, ..)| *i);
-        for (_, a, p, socket) in done {
-            accepted.push(a);
-            paid.push(p);
+        for (_, times, socket) in done {
+            accepted.extend(times.iter().map(|t| t.0));
+            paid.extend(times.iter().map(|t| t.1));
             sockets.push(socket);
         }
+        let elapsed = started.elapsed();
+        accepted.sort();
+        paid.sort();
+        println!(
+            "{backend:>9} checkout ({scenario}): {shoppers} shoppers x {rounds} orders in a row, {} paid in {:.0} ms ({:.0} orders/s); accepted p50 {:.1} ms, p99 {:.1} ms; paid p50 {:.1} ms, p99 {:.1} ms; {}",
+            paid.len(),
+            ms(elapsed),
+            paid.len() as f64 / elapsed.as_secs_f64(),
+            ms(at(&accepted, 0.5)),
+            ms(at(&accepted, 0.99)),
+            ms(at(&paid, 0.5)),
+            ms(at(&paid, 0.99)),
+            cpu.since(elapsed),
+        );
     }
-    let elapsed = started.elapsed();
-    accepted.sort();
-    paid.sort();
-    println!(
-        "{backend:>9} checkout: {rounds} rounds of {concurrency} concurrent checkouts, {} paid in {:.0} ms ({:.0} orders/s); accepted p50 {:.1} ms, paid p50 {:.1} ms, paid p99 {:.1} ms; {}",
-        paid.len(),
-        ms(elapsed),
-        paid.len() as f64 / elapsed.as_secs_f64(),
-        ms(at(&accepted, 0.5)),
-        ms(at(&paid, 0.5)),
-        ms(at(&paid, 0.99)),
-        cpu.since(elapsed),
-    );
     drop(sockets);
     let _ = stop.send(());
     server.await.unwrap().unwrap();
@@ -415,9 +449,13 @@ async fn store_costs(backend: &str, store: Arc<dyn Store>, mongo: Option<(mongod
 
 #[tokio::main]
 async fn main() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
+    }
     let requests = env_or("REQUESTS", 4000);
     let concurrency = env_or("CONCURRENCY", 32);
-    let rounds = env_or("ROUNDS", 4);
+    let shoppers = env_or("SHOPPERS", 128);
+    let rounds = env_or("ROUNDS", 5);
     let backends = std::env::var("BACKENDS").unwrap_or_else(|_| "embedded".into());
     let backends: Vec<&str> = backends.split(',').map(str::trim).collect();
     for backend in &backends {
@@ -425,7 +463,7 @@ async fn main() {
             ["embedded", "mongodb", "real"].contains(backend),
             "unknown backend {backend}: embedded, mongodb, real"
         );
-        http_load(backend, requests, concurrency, rounds).await;
+        http_load(backend, requests, concurrency, shoppers, rounds).await;
     }
     if backends.contains(&"embedded") {
         let dir = tempfile::tempdir().unwrap();

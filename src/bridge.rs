@@ -38,10 +38,7 @@ pub trait EventBus: Send + Sync {
     /// `error` stopped the next. Later events may have been taken as well, and are published again with it: a
     /// duplicate, never a reordering, since an entity's event is sent only once the one before it was taken.
     async fn publish_batch(&self, events: &[EventRecord]) -> Result<(), (usize, BusError)> {
-        for (taken, event) in events.iter().enumerate() {
-            self.publish(event).await.map_err(|error| (taken, error))?;
-        }
-        Ok(())
+        publish_per_entity(events, |event| self.publish(event)).await
     }
     /// A live feed of every event published from now on, by any process sharing the bus.
     fn subscribe(&self) -> broadcast::Receiver<EventRecord>;
@@ -78,6 +75,52 @@ pub struct Sinks {
     /// One process of the deployment handles each event: reactions that must happen once, such as storing a
     /// notification or sending an email.
     pub once: Vec<Arc<dyn EventSink>>,
+}
+
+/// Publishes `events` (in commit order) with one chain per entity: an entity's events one after another, each only
+/// once the one before it was taken, and the chains of different entities side by side. On failure, returns how many
+/// events from the start were all taken and the error that stopped the next one (see [`EventBus::publish_batch`]).
+async fn publish_per_entity<'a, F, Fut>(events: &'a [EventRecord], publish: F) -> Result<(), (usize, BusError)>
+where
+    F: Fn(&'a EventRecord) -> Fut,
+    Fut: std::future::Future<Output = Result<(), BusError>>,
+{
+    let mut chains: Vec<Vec<usize>> = Vec::new();
+    let mut chain_of: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for (index, event) in events.iter().enumerate() {
+        let chain = *chain_of.entry(event.stream.as_str()).or_insert_with(|| {
+            chains.push(Vec::new());
+            chains.len() - 1
+        });
+        chains[chain].push(index);
+    }
+    let publish = &publish;
+    let outcomes = futures_util::future::join_all(chains.into_iter().map(|chain| async move {
+        let mut outcomes = Vec::with_capacity(chain.len());
+        for index in chain {
+            let outcome = publish(&events[index]).await;
+            let failed = outcome.is_err();
+            outcomes.push((index, outcome));
+            if failed {
+                break;
+            }
+        }
+        outcomes
+    }))
+    .await;
+    let mut by_index: Vec<Option<Result<(), BusError>>> = (0..events.len()).map(|_| None).collect();
+    for (index, outcome) in outcomes.into_iter().flatten() {
+        by_index[index] = Some(outcome);
+    }
+    for (index, outcome) in by_index.into_iter().enumerate() {
+        match outcome {
+            Some(Ok(())) => {}
+            Some(Err(error)) => return Err((index, error)),
+            // Only an earlier failure of the same entity holds an event back, and that one is found first.
+            None => return Err((index, BusError::Unavailable(format!("{} held back", events[index].id)))),
+        }
+    }
+    Ok(())
 }
 
 /// Hands `event` to each sink in turn, stopping at the first that fails.

@@ -295,44 +295,6 @@ impl EventBus for KafkaBus {
 
     /// One chain per entity, its events one after another, each sent once the one before it was acknowledged; the
     /// chains run at once. A chain stops at its first failure.
-    async fn publish_batch(&self, events: &[EventRecord]) -> Result<(), (usize, BusError)> {
-        let mut chains: Vec<Vec<usize>> = Vec::new();
-        let mut chain_of: HashMap<&str, usize> = HashMap::new();
-        for (index, event) in events.iter().enumerate() {
-            let chain = *chain_of.entry(event.stream.as_str()).or_insert_with(|| {
-                chains.push(Vec::new());
-                chains.len() - 1
-            });
-            chains[chain].push(index);
-        }
-        let outcomes = futures_util::future::join_all(chains.into_iter().map(|chain| async move {
-            let mut outcomes = Vec::with_capacity(chain.len());
-            for index in chain {
-                let outcome = self.publish(&events[index]).await;
-                let failed = outcome.is_err();
-                outcomes.push((index, outcome));
-                if failed {
-                    break;
-                }
-            }
-            outcomes
-        }))
-        .await;
-        let mut by_index: Vec<Option<Result<(), BusError>>> = (0..events.len()).map(|_| None).collect();
-        for (index, outcome) in outcomes.into_iter().flatten() {
-            by_index[index] = Some(outcome);
-        }
-        for (index, outcome) in by_index.into_iter().enumerate() {
-            match outcome {
-                Some(Ok(())) => {}
-                Some(Err(error)) => return Err((index, error)),
-                // Only an earlier failure of the same entity holds an event back, and that one is found first.
-                None => return Err((index, BusError::Unavailable(format!("{} held back", events[index].id)))),
-            }
-        }
-        Ok(())
-    }
-
     fn subscribe(&self) -> broadcast::Receiver<EventRecord> {
         self.feed.subscribe()
     }

@@ -143,13 +143,20 @@ mod tests {
         assert!(relay.flush().await.is_err());
         assert_eq!(store.outbox_pending(10).await.unwrap().len(), 4, "nothing acknowledged while the bus refuses");
         assert_eq!(relay.flush().await.unwrap(), 4);
-        assert_eq!(*bus.accepted.lock().unwrap(), ["a:1/1", "a:1/2", "b:1/1", "a:1/3"], "commit order");
+        // Another entity's event may be published again (a duplicate); an entity's events are never reordered.
+        assert_eq!(published(&bus, "a:1"), ["a:1/1", "a:1/2", "a:1/3"]);
+        assert!(published(&bus, "b:1").iter().all(|id| id == "b:1/1"));
         assert!(store.outbox_pending(10).await.unwrap().is_empty());
         assert_eq!(relay.flush().await.unwrap(), 0);
     }
 
+    /// The ids of `stream`'s events the bus accepted, in the order it accepted them.
+    fn published(bus: &RefusingBus, stream: &str) -> Vec<String> {
+        bus.accepted.lock().unwrap().iter().filter(|id| id.starts_with(&format!("{stream}/"))).cloned().collect()
+    }
+
     #[tokio::test]
-    async fn a_refused_event_holds_back_every_later_one_so_no_entity_is_reordered() {
+    async fn a_refused_event_holds_back_its_entity_and_stays_with_everything_after_it() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
         store.commit(commit("a:1", 0, 1)).await.unwrap();
@@ -160,9 +167,11 @@ mod tests {
         let relay = OutboxRelay::new(store.clone(), bus.clone(), Arc::new(Notify::new()));
 
         assert!(relay.flush().await.is_err());
-        assert_eq!(*bus.accepted.lock().unwrap(), ["a:1/1"], "nothing after the refused event was published");
+        assert!(published(&bus, "b:1").is_empty(), "nothing of the entity after its refused event was published");
         assert_eq!(store.outbox_pending(10).await.unwrap().len(), 3, "the refused event and those after it stay");
         assert_eq!(relay.flush().await.unwrap(), 3);
-        assert_eq!(*bus.accepted.lock().unwrap(), ["a:1/1", "b:1/1", "a:1/2", "b:1/2"], "commit order");
+        assert_eq!(published(&bus, "b:1"), ["b:1/1", "b:1/2"]);
+        // Published beside the refused one, `a:1/2` stayed in the outbox behind it and is published again.
+        assert_eq!(published(&bus, "a:1"), ["a:1/1", "a:1/2", "a:1/2"]);
     }
 }

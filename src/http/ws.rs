@@ -245,7 +245,6 @@ fn visible(n: &Notification, user_id: &str) -> bool {
     n.user_id.as_deref().is_none_or(|u| u == user_id)
 }
 
-/// Sends the stored notifications after `after`; returns the last id sent (or `after`), `None` if the socket died.
 /// Sends the user's stored notifications with an id above `after` that this socket has not sent yet; false when the
 /// socket is gone.
 async fn replay(socket: &mut WebSocket, state: &AppState, user_id: &str, after: u64, sent: &mut Sent) -> bool {

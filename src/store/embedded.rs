@@ -44,15 +44,48 @@ pub(super) type JsonTable = TableDefinition<'static, &'static str, &'static [u8]
 #[derive(Clone)]
 pub struct EmbeddedStore {
     db: Arc<Database>,
-    /// Journal commits go to the group committer (see [`group_commit`]).
+    /// Journal commits and the writes event sinks make go to the group committer (see [`group_commit`]).
     commits: std::sync::mpsc::Sender<Queued>,
 }
 
-/// A commit waiting for the group committer, and where to say how it went.
-type Queued = (Commit, tokio::sync::oneshot::Sender<Result<(), StoreError>>);
+/// A write waiting for the group committer, which says how it went.
+type Queued = Box<dyn GroupWrite>;
 
-/// Most commits written in one transaction.
+/// Most writes in one transaction.
 const GROUP_MAX: usize = 256;
+
+/// A write that joins the committer's next transaction. It checks whatever can refuse it before writing anything,
+/// so a refusal (`Conflict` or `Corrupt`) leaves the transaction as it was and fails this write alone; any other
+/// error is the database's and fails the whole group.
+trait GroupWrite: Send {
+    fn write(&mut self, txn: &redb::WriteTransaction) -> Result<(), StoreError>;
+    /// Answers the caller once the transaction is durable, or failed.
+    fn finish(self: Box<Self>, outcome: Result<(), StoreError>);
+}
+
+/// A closure to run in the group's transaction, its value, and its caller.
+struct Pending<T, F> {
+    write: Option<F>,
+    value: Option<T>,
+    reply: tokio::sync::oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<T, F> GroupWrite for Pending<T, F>
+where
+    T: Send,
+    F: FnOnce(&redb::WriteTransaction) -> Result<T, StoreError> + Send,
+{
+    fn write(&mut self, txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+        let write = self.write.take().ok_or_else(|| StoreError::Corrupt("a group write ran twice".into()))?;
+        self.value = Some(write(txn)?);
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>, outcome: Result<(), StoreError>) {
+        let value = self.value.ok_or_else(|| StoreError::Unavailable("the write did not run".into()));
+        let _ = self.reply.send(outcome.and(value));
+    }
+}
 
 /// Tells when the database file is closed: every clone of the store dropped and every blocking operation finished.
 pub struct CloseWatch(std::sync::Weak<Database>);
@@ -165,6 +198,19 @@ impl EmbeddedStore {
         CloseWatch(Arc::downgrade(&self.db))
     }
 
+    /// Runs `write` in the group committer's next transaction, shared with the other writes waiting, and returns
+    /// its value once that transaction is durable. `write` must refuse (`Conflict`, `Corrupt`) before writing.
+    pub(super) async fn write<T, F>(&self, write: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&redb::WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (reply, done) = tokio::sync::oneshot::channel();
+        let pending = Box::new(Pending { write: Some(write), value: None, reply });
+        self.commits.send(pending).map_err(|_| StoreError::Unavailable("the store is closed".into()))?;
+        done.await.map_err(|_| StoreError::Unavailable("the store committer stopped".into()))?
+    }
+
     pub(super) async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -205,11 +251,12 @@ fn make_private(dir: &Path, file: &Path, created: bool) {
 #[cfg(not(unix))]
 fn make_private(_dir: &Path, _file: &Path, _created: bool) {}
 
-/// The group committer: takes the commits waiting (up to [`GROUP_MAX`]) and writes them in one transaction, so
-/// they share one fsync. Each is checked against the stream heads as the transaction sees them (earlier commits of
-/// the group included) before anything of it is written, so a conflicting commit fails alone and is not written;
-/// the others are acknowledged only once the transaction is durable. One entity has at most one commit in flight
-/// (its actor waits for it), so an entity's commits stay in order. The thread ends when every store clone is gone.
+/// The group committer: takes the writes waiting (up to [`GROUP_MAX`]: journal commits, and the notifications and
+/// emails event sinks store) and runs them in one transaction, so they share one fsync. A commit is checked against
+/// the stream heads as the transaction sees them (earlier commits of the group included) before anything of it is
+/// written, so a conflicting commit fails alone and is not written; the others are acknowledged only once the
+/// transaction is durable. One entity has at most one commit in flight (its actor waits for it), so an entity's
+/// commits stay in order. The thread ends when every store clone is gone.
 fn group_commit(db: &std::sync::Weak<Database>, queue: &std::sync::mpsc::Receiver<Queued>) {
     while let Ok(first) = queue.recv() {
         let mut group = vec![first];
@@ -219,20 +266,19 @@ fn group_commit(db: &std::sync::Weak<Database>, queue: &std::sync::mpsc::Receive
                 Err(_) => break,
             }
         }
-        let (commits, replies): (Vec<Commit>, Vec<_>) = group.into_iter().unzip();
-        let results = match db.upgrade() {
-            Some(db) => commit_group(&db, commits),
-            None => commits.iter().map(|_| Err(StoreError::Unavailable("the store is closed".into()))).collect(),
+        let outcomes = match db.upgrade() {
+            Some(db) => write_group(&db, &mut group),
+            None => group.iter().map(|_| Err(StoreError::Unavailable("the store is closed".into()))).collect(),
         };
-        for (reply, result) in replies.into_iter().zip(results) {
-            let _ = reply.send(result);
+        for (write, outcome) in group.into_iter().zip(outcomes) {
+            write.finish(outcome);
         }
     }
 }
 
-/// Writes `commits` in one transaction; one result per commit, in order.
-fn commit_group(db: &Database, commits: Vec<Commit>) -> Vec<Result<(), StoreError>> {
-    let n = commits.len();
+/// Runs `writes` in one transaction; one outcome per write, in order.
+fn write_group(db: &Database, writes: &mut [Queued]) -> Vec<Result<(), StoreError>> {
+    let n = writes.len();
     let txn = match db.begin_write() {
         Ok(txn) => txn,
         Err(e) => {
@@ -240,22 +286,35 @@ fn commit_group(db: &Database, commits: Vec<Commit>) -> Vec<Result<(), StoreErro
             return (0..n).map(|_| Err(error.clone())).collect();
         }
     };
-    let mut results = Vec::with_capacity(n);
-    for commit in commits {
-        match write_commit(&txn, commit) {
-            Ok(written) => results.push(Ok(written)),
-            Err(error @ (StoreError::Conflict { .. } | StoreError::Corrupt(_))) => results.push(Err(error)),
+    let mut outcomes = Vec::with_capacity(n);
+    for write in writes.iter_mut() {
+        match write.write(&txn) {
+            Ok(()) => outcomes.push(Ok(())),
+            Err(error @ (StoreError::Conflict { .. } | StoreError::Corrupt(_))) => outcomes.push(Err(error)),
             // A failure of the database itself: nothing of the group is written.
             Err(error) => return (0..n).map(|_| Err(error.clone())).collect(),
         }
     }
     match txn.commit() {
-        Ok(()) => results.into_iter().map(|r| r.map(drop)).collect(),
+        Ok(()) => outcomes,
         Err(e) => {
             let error = db_err(e);
             (0..n).map(|_| Err(error.clone())).collect()
         }
     }
+}
+
+/// Commits in one group, as the committer would write them; one result per commit.
+#[cfg(test)]
+fn commit_group(db: &Database, commits: Vec<Commit>) -> Vec<Result<(), StoreError>> {
+    let mut writes: Vec<Queued> = commits
+        .into_iter()
+        .map(|commit| {
+            let write = move |txn: &redb::WriteTransaction| write_commit(txn, commit);
+            Box::new(Pending { write: Some(write), value: None, reply: tokio::sync::oneshot::channel().0 }) as Queued
+        })
+        .collect();
+    write_group(db, &mut writes)
 }
 
 /// One commit in a transaction of its own, as the committer would write it alone.
@@ -324,9 +383,7 @@ fn write_commit(txn: &redb::WriteTransaction, commit: Commit) -> Result<(), Stor
 #[async_trait]
 impl EventStore for EmbeddedStore {
     async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
-        let (reply, done) = tokio::sync::oneshot::channel();
-        self.commits.send((commit, reply)).map_err(|_| StoreError::Unavailable("the store is closed".into()))?;
-        done.await.map_err(|_| StoreError::Unavailable("the store committer stopped".into()))?
+        self.write(move |txn| write_commit(txn, commit)).await
     }
 
     async fn history(&self, stream: &str) -> Result<History, StoreError> {
@@ -364,15 +421,12 @@ impl EventStore for EmbeddedStore {
 
     async fn outbox_ack(&self, positions: &[u64]) -> Result<(), StoreError> {
         let positions = positions.to_vec();
-        self.run(move |db| {
-            let txn = db.begin_write().map_err(db_err)?;
-            {
-                let mut table = txn.open_table(OUTBOX).map_err(db_err)?;
-                for p in positions {
-                    table.remove(p).map_err(db_err)?;
-                }
+        self.write(move |txn| {
+            let mut table = txn.open_table(OUTBOX).map_err(db_err)?;
+            for p in positions {
+                table.remove(p).map_err(db_err)?;
             }
-            txn.commit().map_err(db_err)
+            Ok(())
         })
         .await
     }

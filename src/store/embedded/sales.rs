@@ -77,25 +77,22 @@ fn next_id(txn: &redb::WriteTransaction, counter: &str) -> Result<u64, StoreErro
 
 #[async_trait]
 impl NotificationStore for EmbeddedStore {
+    /// Joins the group commit: notifications stored for many events at once share one fsync with the journal.
     async fn insert_notification(&self, mut n: Notification) -> Result<Notification, StoreError> {
-        self.run(move |db| {
+        self.write(move |txn| {
             let key = format!("{}|{}", n.event_id, n.user_id.as_deref().unwrap_or("*"));
-            let txn = db.begin_write().map_err(db_err)?;
-            {
-                let mut keys = txn.open_table(NOTIFICATION_KEYS).map_err(db_err)?;
-                let stored = keys.get(key.as_str()).map_err(db_err)?.map(|id| id.value());
-                if let Some(id) = stored {
-                    let table = txn.open_table(NOTIFICATIONS).map_err(db_err)?;
-                    let row = table.get(id).map_err(db_err)?;
-                    let row =
-                        row.ok_or_else(|| StoreError::Corrupt(format!("notification {id} is indexed but missing")))?;
-                    return decode(row.value());
-                }
-                n.id = next_id(&txn, NOTIFICATION_NEXT)?;
-                keys.insert(key.as_str(), n.id).map_err(db_err)?;
-                txn.open_table(NOTIFICATIONS).map_err(db_err)?.insert(n.id, encode(&n)?.as_slice()).map_err(db_err)?;
+            let mut keys = txn.open_table(NOTIFICATION_KEYS).map_err(db_err)?;
+            let stored = keys.get(key.as_str()).map_err(db_err)?.map(|id| id.value());
+            if let Some(id) = stored {
+                let table = txn.open_table(NOTIFICATIONS).map_err(db_err)?;
+                let row = table.get(id).map_err(db_err)?;
+                let row =
+                    row.ok_or_else(|| StoreError::Corrupt(format!("notification {id} is indexed but missing")))?;
+                return decode(row.value());
             }
-            txn.commit().map_err(db_err)?;
+            n.id = next_id(txn, NOTIFICATION_NEXT)?;
+            keys.insert(key.as_str(), n.id).map_err(db_err)?;
+            txn.open_table(NOTIFICATIONS).map_err(db_err)?.insert(n.id, encode(&n)?.as_slice()).map_err(db_err)?;
             Ok(n)
         })
         .await
@@ -167,19 +164,15 @@ impl NotificationStore for EmbeddedStore {
     }
 
     async fn insert_email(&self, mut email: Email) -> Result<bool, StoreError> {
-        self.run(move |db| {
+        self.write(move |txn| {
             let key = format!("{}|{}", email.event_id, email.template);
-            let txn = db.begin_write().map_err(db_err)?;
-            {
-                let mut keys = txn.open_table(EMAIL_KEYS).map_err(db_err)?;
-                if keys.get(key.as_str()).map_err(db_err)?.is_some() {
-                    return Ok(false);
-                }
-                email.id = next_id(&txn, EMAIL_NEXT)?;
-                keys.insert(key.as_str(), email.id).map_err(db_err)?;
-                txn.open_table(EMAILS).map_err(db_err)?.insert(email.id, encode(&email)?.as_slice()).map_err(db_err)?;
+            let mut keys = txn.open_table(EMAIL_KEYS).map_err(db_err)?;
+            if keys.get(key.as_str()).map_err(db_err)?.is_some() {
+                return Ok(false);
             }
-            txn.commit().map_err(db_err)?;
+            email.id = next_id(txn, EMAIL_NEXT)?;
+            keys.insert(key.as_str(), email.id).map_err(db_err)?;
+            txn.open_table(EMAILS).map_err(db_err)?.insert(email.id, encode(&email)?.as_slice()).map_err(db_err)?;
             Ok(true)
         })
         .await
