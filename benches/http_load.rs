@@ -233,8 +233,8 @@ async fn http_load(backend: &str, requests: usize, concurrency: usize, shoppers:
     let started = Instant::now();
     let per_client = requests / concurrency;
     let mut tasks = tokio::task::JoinSet::new();
-    for token in tokens[..concurrency].to_vec() {
-        let (client, pid) = (client.clone(), pid.clone());
+    for token in &tokens[..concurrency] {
+        let (client, pid, token) = (client.clone(), pid.clone(), token.clone());
         tasks.spawn(async move {
             let mut latencies = Vec::with_capacity(per_client);
             for _ in 0..per_client {
