@@ -20,6 +20,7 @@
 //! | [`app`]     | wiring, start-up and graceful shutdown |
 //! | [`clock`], [`faults`] | the process clock (pausable in tests); faults on purpose: named fault points for tests and the chaos switch for operators |
 //! | [`config`], [`telemetry`] | configuration loading and logging |
+//! | [`load`]    | the load generator behind `commercex-load`: shoppers over the HTTP API and WebSocket, and the report |
 
 pub mod actors;
 pub mod app;
@@ -34,6 +35,7 @@ pub mod config;
 pub mod domain;
 pub mod faults;
 pub mod http;
+pub mod load;
 pub mod notify;
 pub mod orders;
 pub mod payments;
