@@ -4,7 +4,9 @@
 //! (`503 auth_busy` is the bounded queue refusing work; a real client retries after `Retry-After`).
 //! Run: `cargo bench --bench auth_flood` (optional env: ACCOUNTS, CONCURRENCY).
 
-use std::process::{Child, Command, Stdio};
+#[path = "server/mod.rs"]
+mod server;
+
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -12,27 +14,6 @@ use tokio::task::JoinSet;
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-/// A field of /proc/PID/status, in MiB.
-fn status_mib(pid: u32, field: &str) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib: f64 = status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
-    kib / 1024.0
-}
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[derive(Default, Debug)]
@@ -83,27 +64,10 @@ fn record(tally: &mut Tally, r: Option<Result<(u16, bool), tokio::task::JoinErro
 async fn main() {
     let accounts = env_or("ACCOUNTS", 1000);
     let concurrency = env_or("CONCURRENCY", 32);
-    let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let child = Command::new(env!("CARGO_BIN_EXE_commercex"))
-        .env("COMMERCEX__HTTP__ADDR", format!("127.0.0.1:{port}"))
-        .env("COMMERCEX__STORE__DATA_DIR", dir.path())
-        .env("COMMERCEX__HTTP__AUTH_RATE_LIMIT_PER_MINUTE", "100000000")
-        .env("COMMERCEX__AUTH__JWT_SECRET", "benchmark-secret-0123456789abcdef0123456789")
-        .env("COMMERCEX__LOG__LEVEL", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("starts the commercex binary");
-    let server = Server(child);
-    let pid = server.0.id();
-    let base = format!("http://127.0.0.1:{port}");
+    let server = server::Server::start(&[("COMMERCEX__HTTP__AUTH_RATE_LIMIT_PER_MINUTE", "100000000")]).await;
+    let base = server.base.clone();
     let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build().unwrap();
-    let started = Instant::now();
-    while client.get(format!("{base}/health")).send().await.is_err() {
-        assert!(started.elapsed() < Duration::from_secs(30), "server did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let before = status_mib(pid, "VmRSS:");
+    let before = server.status_mib("VmRSS:");
 
     let t = Instant::now();
     let signups = flood(
@@ -123,9 +87,9 @@ async fn main() {
     })
     .await;
     let signin_secs = t.elapsed().as_secs_f64();
-    let peak = status_mib(pid, "VmHWM:");
+    let peak = server.status_mib("VmHWM:");
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let idle = status_mib(pid, "VmRSS:");
+    let idle = server.status_mib("VmRSS:");
 
     println!("{accounts} sign-ups then {accounts} sign-ins, {concurrency} at a time, against the release binary");
     println!(

@@ -371,11 +371,11 @@ fn spawn_cache_invalidation(
 async fn open_store(config: &Config) -> anyhow::Result<(Arc<dyn Store>, Option<CloseWatch>)> {
     match config.store.backend {
         StoreBackend::Embedded => {
-            let data_dir = config.store.data_dir.clone();
-            let store =
-                tokio::task::spawn_blocking(move || EmbeddedStore::open(&data_dir)).await?.with_context(|| {
-                    format!("cannot open the store in store.data_dir = {}", config.store.data_dir.display())
-                })?;
+            let (data_dir, cache_mib) = (config.store.data_dir.clone(), config.store.cache_mib);
+            let open = move || EmbeddedStore::open_with_cache(&data_dir, cache_mib);
+            let store = tokio::task::spawn_blocking(open).await?.with_context(|| {
+                format!("cannot open the store in store.data_dir = {}", config.store.data_dir.display())
+            })?;
             let closed = store.close_watch();
             Ok((Arc::new(store), Some(closed)))
         }

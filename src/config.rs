@@ -87,6 +87,8 @@ pub struct StoreConfig {
     pub data_dir: PathBuf,
     /// Write a snapshot of an entity every this many events.
     pub snapshot_every: u64,
+    /// Memory the embedded store may keep of its file's pages, in MiB.
+    pub cache_mib: u64,
     pub mongodb: MongoConfig,
 }
 
@@ -345,6 +347,7 @@ impl Default for StoreConfig {
             backend: StoreBackend::Embedded,
             data_dir: PathBuf::from("./data"),
             snapshot_every: 100,
+            cache_mib: crate::store::embedded::DEFAULT_CACHE_MIB,
             mongodb: MongoConfig::default(),
         }
     }
@@ -508,6 +511,7 @@ impl Config {
             ("auth.argon2_memory_kib", u64::from(self.auth.argon2_memory_kib)),
             ("auth.argon2_iterations", u64::from(self.auth.argon2_iterations)),
             ("store.snapshot_every", self.store.snapshot_every),
+            ("store.cache_mib", self.store.cache_mib),
             ("actors.idle_timeout_secs", self.actors.idle_timeout_secs),
             ("actors.call_timeout_ms", self.actors.call_timeout_ms),
             ("actors.restart_window_secs", self.actors.restart_window_secs),

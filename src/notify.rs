@@ -189,9 +189,7 @@ impl Notifier {
     }
 
     async fn payment(&self, event: &EventRecord) -> Result<(), String> {
-        let order_id = entity_id(event).strip_prefix("pay-").unwrap_or_default();
-        let payments = self.sales.payments_for_order(order_id).await.map_err(|e| e.to_string())?;
-        let Some(p) = payments.into_iter().next() else { return Ok(()) };
+        let Some(p) = self.sales.payment(entity_id(event)).await.map_err(|e| e.to_string())? else { return Ok(()) };
         let (title, body) = match event.event_type.as_str() {
             "payment.captured" => {
                 ("Payment received", format!("We received {} for order {}.", money(p.amount, &p.currency), p.order_id))

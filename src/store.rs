@@ -189,6 +189,7 @@ pub trait SalesStore: Send + Sync {
     async fn order(&self, id: &str) -> Result<Option<Order>, StoreError>;
     /// Newest first.
     async fn list_orders(&self, query: &OrderQuery) -> Result<Page<Order>, StoreError>;
+    async fn payment(&self, id: &str) -> Result<Option<Payment>, StoreError>;
     async fn payments_for_order(&self, order_id: &str) -> Result<Vec<Payment>, StoreError>;
     /// Newest first.
     async fn list_payments(

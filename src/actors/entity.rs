@@ -218,7 +218,8 @@ impl<A: Entity> Actor for EntityActor<A> {
             return Ok(());
         }
         let request = matches!(msg, EntityMsg::Execute(..) | EntityMsg::Get(_) | EntityMsg::Settled(_));
-        self.handle_msg(&myself, msg, state).await?;
+        // Boxed: an idle actor's task then holds a pointer rather than room for the largest handler future.
+        Box::pin(self.handle_msg(&myself, msg, state)).await?;
         if state.draining {
             return Ok(());
         }

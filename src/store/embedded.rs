@@ -51,6 +51,9 @@ pub struct EmbeddedStore {
 /// A write waiting for the group committer, which says how it went.
 type Queued = Box<dyn GroupWrite>;
 
+/// `store.cache_mib` unless configured.
+pub const DEFAULT_CACHE_MIB: u64 = 64;
+
 /// Most writes in one transaction.
 const GROUP_MAX: usize = 256;
 
@@ -152,13 +155,19 @@ impl EmbeddedStore {
     /// The store holds password hashes and refresh-token digests: the directory is made private to the owner
     /// (0700) and the file readable by the owner only (0600), also when they were created earlier with looser modes.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with_cache(data_dir, DEFAULT_CACHE_MIB)
+    }
+
+    /// [`Self::open`], keeping at most `cache_mib` MiB of the file's pages in memory (`store.cache_mib`).
+    pub fn open_with_cache(data_dir: &Path, cache_mib: u64) -> Result<Self, StoreError> {
         let io = |what: &str, e: std::io::Error| {
             StoreError::Unavailable(format!("cannot {what} {}: {e}", data_dir.display()))
         };
         let created = !data_dir.exists();
         std::fs::create_dir_all(data_dir).map_err(|e| io("create", e))?;
         let file = data_dir.join("commercex.redb");
-        let db = Database::create(&file).map_err(db_err)?;
+        let cache = usize::try_from(cache_mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
+        let db = Database::builder().set_cache_size(cache).create(&file).map_err(db_err)?;
         make_private(data_dir, &file, created);
         let txn = db.begin_write().map_err(db_err)?;
         {

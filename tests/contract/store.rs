@@ -189,6 +189,8 @@ pub async fn read_models_follow_the_last_commit_of_their_stream(store: Arc<dyn S
     pay.rechecking = true;
     pay.charge_id = Some("ch_1".into());
     store.commit(with_model(commit("payment:pay-o1", 1, 2..=2), ReadModel::Payment(pay.clone()))).await.unwrap();
+    assert_eq!(store.payment(&pay.id).await.unwrap(), Some(pay.clone()));
+    assert_eq!(store.payment("pay-o9").await.unwrap(), None);
     assert_eq!(store.payments_for_order("o1").await.unwrap(), vec![pay]);
 
     let mut c = coupon("SAVE10");

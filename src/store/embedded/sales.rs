@@ -32,12 +32,18 @@ impl SalesStore for EmbeddedStore {
         .await
     }
 
+    async fn payment(&self, id: &str) -> Result<Option<Payment>, StoreError> {
+        let id = id.to_string();
+        self.run(move |db| read_doc(db, PAYMENTS, &id)).await
+    }
+
+    /// Two lookups by key: the order, then the payment it names (an order has at most one).
     async fn payments_for_order(&self, order_id: &str) -> Result<Vec<Payment>, StoreError> {
         let order_id = order_id.to_string();
         self.run(move |db| {
-            let mut payments: Vec<Payment> = read_all(db, PAYMENTS)?;
-            payments.retain(|p| p.order_id == order_id);
-            Ok(payments)
+            let Some(order) = read_doc::<Order>(db, ORDERS, &order_id)? else { return Ok(Vec::new()) };
+            let payment: Option<Payment> = read_doc(db, PAYMENTS, &order.payment_id())?;
+            Ok(payment.into_iter().filter(|p| p.order_id == order_id).collect())
         })
         .await
     }

@@ -74,6 +74,11 @@ impl SalesStore for MongoStore {
         find_page(&self.coll(ORDERS), filter, newest_first(), query.page, query.limit).await
     }
 
+    async fn payment(&self, id: &str) -> Result<Option<Payment>, StoreError> {
+        let found = self.coll(PAYMENTS).find_one(doc! {"_id": id}).await.map_err(store_err)?;
+        found.map(from_doc).transpose()
+    }
+
     async fn payments_for_order(&self, order_id: &str) -> Result<Vec<Payment>, StoreError> {
         let cursor =
             self.coll(PAYMENTS).find(doc! {"orderId": order_id}).sort(doc! {"id": 1}).await.map_err(store_err)?;
