@@ -27,6 +27,9 @@ pub(super) const USER_EMAILS: TableDefinition<&str, &str> = TableDefinition::new
 pub(super) const REFRESH: TableDefinition<&str, &[u8]> = TableDefinition::new("refresh_tokens");
 pub(super) const REVOKED: TableDefinition<&str, i64> = TableDefinition::new("revocations");
 pub(super) const ORDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("orders");
+/// Orders newest first: `(user id, order key)` and `order key` (see `sales::order_key`) to the order's id.
+pub(super) const ORDERS_BY_USER: TableDefinition<(&str, &str), &str> = TableDefinition::new("orders_by_user");
+pub(super) const ORDERS_BY_TIME: TableDefinition<&str, &str> = TableDefinition::new("orders_by_time");
 pub(super) const PAYMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("payments");
 pub(super) const COUPONS: TableDefinition<&str, &[u8]> = TableDefinition::new("coupons");
 pub(super) const NOTIFICATIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("notifications");
@@ -185,6 +188,7 @@ impl EmbeddedStore {
             for table in [ORDERS, PAYMENTS, COUPONS] {
                 txn.open_table(table).map_err(db_err)?;
             }
+            sales::prepare(&txn)?;
             txn.open_table(NOTIFICATIONS).map_err(db_err)?;
             txn.open_table(NOTIFICATION_KEYS).map_err(db_err)?;
             txn.open_table(EMAILS).map_err(db_err)?;
@@ -380,8 +384,10 @@ fn write_commit(txn: &redb::WriteTransaction, commit: Commit) -> Result<(), Stor
             .insert(commit.stream.as_str(), snapshot.as_slice())
             .map_err(db_err)?;
     }
-    if let Some(ReadModel::Product(p)) = &commit.read_model {
-        catalog::index_product(txn, &mut counters, p)?;
+    match &commit.read_model {
+        Some(ReadModel::Product(p)) => catalog::index_product(txn, &mut counters, p)?,
+        Some(ReadModel::Order(o)) => sales::index_order(txn, o)?,
+        _ => {}
     }
     if let Some((table, key, bytes)) = document {
         txn.open_table(table).map_err(db_err)?.insert(key, bytes.as_slice()).map_err(db_err)?;
@@ -466,7 +472,55 @@ impl EventStore for EmbeddedStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{RefreshToken, RefreshUse, UserStore};
+    use crate::store::{OrderQuery, RefreshToken, RefreshUse, SalesStore, UserStore};
+
+    #[tokio::test]
+    async fn orders_stored_before_the_order_indexes_are_listed_after_the_next_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = |s: i64| chrono::DateTime::from_timestamp(1_700_000_000 + s, 0).unwrap();
+        {
+            let store = EmbeddedStore::open(dir.path()).unwrap();
+            // Orders as a store without the indexes holds them: documents only.
+            let txn = store.db.begin_write().unwrap();
+            {
+                let mut orders = txn.open_table(ORDERS).unwrap();
+                for (id, user, created) in [("o1", "u1", 1), ("o2", "u2", 2), ("o3", "u1", 3)] {
+                    let o = crate::domain::order::Order {
+                        id: id.into(),
+                        user_id: user.into(),
+                        lines: Vec::new(),
+                        currency: "USD".into(),
+                        subtotal: 100,
+                        discount: 0,
+                        total: 100,
+                        coupon_code: None,
+                        payment_method: "pm_card_visa".into(),
+                        shipping_address: None,
+                        status: crate::domain::order::OrderStatus::Paid,
+                        history: Vec::new(),
+                        reservation_expires_at: at(created + 900),
+                        progress: Default::default(),
+                        created_at: at(created),
+                        updated_at: at(created),
+                        request_hash: None,
+                    };
+                    orders.insert(id, encode(&o).unwrap().as_slice()).unwrap();
+                }
+                txn.delete_table(ORDERS_BY_USER).unwrap();
+                txn.delete_table(ORDERS_BY_TIME).unwrap();
+                txn.open_table(COUNTERS).unwrap().remove("order_index_version").unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let ids = |page: crate::store::Page<crate::domain::order::Order>| {
+            (page.items.into_iter().map(|o| o.id).collect::<Vec<_>>(), page.total)
+        };
+        let mine = OrderQuery { user_id: Some("u1".into()), status: None, page: 1, limit: 10 };
+        assert_eq!(ids(store.list_orders(&mine).await.unwrap()), (vec!["o3".into(), "o1".into()], 2));
+        let all = OrderQuery { user_id: None, status: None, page: 1, limit: 2 };
+        assert_eq!(ids(store.list_orders(&all).await.unwrap()), (vec!["o3".into(), "o2".into()], 3));
+    }
 
     fn record(stream: &str, seq: u64) -> EventRecord {
         EventRecord {

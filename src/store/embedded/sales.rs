@@ -1,16 +1,100 @@
 //! Orders, payments, coupons, notifications and emails in the embedded store.
 
 use async_trait::async_trait;
-use redb::ReadableTable;
+use redb::{ReadableTable, ReadableTableMetadata};
 
 use super::{
     db_err, decode, encode, read_all, read_all_u64, read_doc, EmbeddedStore, COUNTERS, COUPONS, EMAILS, EMAIL_KEYS,
-    EMAIL_NEXT, NOTIFICATIONS, NOTIFICATION_KEYS, NOTIFICATION_NEXT, ORDERS, PAYMENTS,
+    EMAIL_NEXT, NOTIFICATIONS, NOTIFICATION_KEYS, NOTIFICATION_NEXT, ORDERS, ORDERS_BY_TIME, ORDERS_BY_USER, PAYMENTS,
 };
 use crate::domain::coupon::Coupon;
 use crate::domain::order::Order;
 use crate::domain::payment::{Payment, PaymentStatus};
 use crate::store::{page_of, Email, Notification, NotificationStore, OrderQuery, Page, SalesStore, StoreError};
+
+/// Bumped when the order indexes change, so the next start rebuilds them.
+const ORDER_INDEX_VERSION: u64 = 1;
+const ORDER_INDEX_VERSION_KEY: &str = "order_index_version";
+
+/// Sorts newest first, ties by id from the highest: the creation time counted down from the end of time, then the
+/// id's bytes counted down from 255 (in hex), closed by a character above every hex digit so that an id sorts
+/// before the ids it is a prefix of.
+fn order_key(o: &Order) -> String {
+    use std::fmt::Write;
+    let micros = u64::try_from(o.created_at.timestamp_micros()).unwrap_or(0);
+    let mut key = format!("{:020}|", u64::MAX - micros);
+    for b in o.id.bytes() {
+        let _ = write!(key, "{:02x}", 255 - b);
+    }
+    key.push('g');
+    key
+}
+
+/// Indexes an order by user and by time. An order's user and creation time never change, so writing the entries
+/// again is harmless.
+pub(super) fn index_order(txn: &redb::WriteTransaction, o: &Order) -> Result<(), StoreError> {
+    let key = order_key(o);
+    txn.open_table(ORDERS_BY_USER)
+        .map_err(db_err)?
+        .insert((o.user_id.as_str(), key.as_str()), o.id.as_str())
+        .map_err(db_err)?;
+    txn.open_table(ORDERS_BY_TIME).map_err(db_err)?.insert(key.as_str(), o.id.as_str()).map_err(db_err)?;
+    Ok(())
+}
+
+/// Opens the order indexes, building them from the stored orders when this version has not yet.
+pub(super) fn prepare(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let mut counters = txn.open_table(COUNTERS).map_err(db_err)?;
+    if counters.get(ORDER_INDEX_VERSION_KEY).map_err(db_err)?.map(|v| v.value()) == Some(ORDER_INDEX_VERSION) {
+        txn.open_table(ORDERS_BY_USER).map_err(db_err)?;
+        txn.open_table(ORDERS_BY_TIME).map_err(db_err)?;
+        return Ok(());
+    }
+    txn.delete_table(ORDERS_BY_USER).map_err(db_err)?;
+    txn.delete_table(ORDERS_BY_TIME).map_err(db_err)?;
+    txn.open_table(ORDERS_BY_USER).map_err(db_err)?;
+    txn.open_table(ORDERS_BY_TIME).map_err(db_err)?;
+    let orders: Vec<Order> = {
+        let table = txn.open_table(ORDERS).map_err(db_err)?;
+        let mut all = Vec::new();
+        for row in table.iter().map_err(db_err)? {
+            all.push(decode(row.map_err(db_err)?.1.value())?);
+        }
+        all
+    };
+    for o in &orders {
+        index_order(txn, o)?;
+    }
+    counters.insert(ORDER_INDEX_VERSION_KEY, ORDER_INDEX_VERSION).map_err(db_err)?;
+    if !orders.is_empty() {
+        tracing::info!(orders = orders.len(), "built the order indexes");
+    }
+    Ok(())
+}
+
+/// A page of the orders whose ids `ids` yields newest first, keeping those `keep` accepts; `total` counts them all.
+fn page_of_orders(
+    orders: &redb::ReadOnlyTable<&str, &[u8]>,
+    ids: impl Iterator<Item = Result<String, StoreError>>,
+    keep: impl Fn(&Order) -> bool,
+    page: u32,
+    limit: u32,
+) -> Result<Page<Order>, StoreError> {
+    let start = (page.saturating_sub(1) as usize).saturating_mul(limit as usize);
+    let (mut items, mut total) = (Vec::new(), 0u64);
+    for id in ids {
+        let id = id?;
+        let Some(row) = orders.get(id.as_str()).map_err(db_err)? else { continue };
+        let order: Order = decode(row.value())?;
+        if keep(&order) {
+            if total as usize >= start && items.len() < limit as usize {
+                items.push(order);
+            }
+            total += 1;
+        }
+    }
+    Ok(Page { items, page, limit, total, total_is_exact: true })
+}
 
 #[async_trait]
 impl SalesStore for EmbeddedStore {
@@ -21,13 +105,39 @@ impl SalesStore for EmbeddedStore {
 
     async fn list_orders(&self, query: &OrderQuery) -> Result<Page<Order>, StoreError> {
         let q = query.clone();
+        // Read through an index, newest first: a user's orders only, or every order (counted by reading each, to
+        // filter by status, only when a status is asked for).
         self.run(move |db| {
-            let mut orders: Vec<Order> = read_all(db, ORDERS)?;
-            orders.retain(|o| {
-                q.user_id.as_ref().is_none_or(|u| &o.user_id == u) && q.status.is_none_or(|s| o.status == s)
-            });
-            orders.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| b.id.cmp(&a.id)));
-            Ok(page_of(orders, q.page, q.limit))
+            let txn = db.begin_read().map_err(db_err)?;
+            let orders = txn.open_table(ORDERS).map_err(db_err)?;
+            let keep = |o: &Order| q.status.is_none_or(|s| o.status == s);
+            let id = |v: redb::AccessGuard<'_, &str>| v.value().to_string();
+            match (&q.user_id, q.status) {
+                (Some(user), _) => {
+                    let index = txn.open_table(ORDERS_BY_USER).map_err(db_err)?;
+                    let range = index.range((user.as_str(), "")..=(user.as_str(), "~")).map_err(db_err)?;
+                    let ids = range.map(|row| row.map(|(_, v)| id(v)).map_err(db_err));
+                    page_of_orders(&orders, ids, keep, q.page, q.limit)
+                }
+                (None, Some(_)) => {
+                    let index = txn.open_table(ORDERS_BY_TIME).map_err(db_err)?;
+                    let ids = index.iter().map_err(db_err)?.map(|row| row.map(|(_, v)| id(v)).map_err(db_err));
+                    page_of_orders(&orders, ids, keep, q.page, q.limit)
+                }
+                (None, None) => {
+                    let index = txn.open_table(ORDERS_BY_TIME).map_err(db_err)?;
+                    let start = (q.page.saturating_sub(1) as usize).saturating_mul(q.limit as usize);
+                    let mut items = Vec::new();
+                    for row in index.iter().map_err(db_err)?.skip(start).take(q.limit as usize) {
+                        let (_, v) = row.map_err(db_err)?;
+                        if let Some(doc) = orders.get(v.value()).map_err(db_err)? {
+                            items.push(decode(doc.value())?);
+                        }
+                    }
+                    let total = index.len().map_err(db_err)?;
+                    Ok(Page { items, page: q.page, limit: q.limit, total, total_is_exact: true })
+                }
+            }
         })
         .await
     }
