@@ -67,7 +67,7 @@ impl OrderSaga {
     ) -> Result<(Vec<String>, Option<(String, String)>), String> {
         let mut done = Vec::new();
         for (product_id, command) in commands {
-            match self.products.execute(&product_id, command).await {
+            match self.products.apply(&product_id, command).await {
                 Ok(_) => done.push(product_id),
                 Err(EntityError::Rejected(e)) => return Ok((done, Some((product_id, e.to_string())))),
                 Err(e) if done.is_empty() => return Err(unavailable(e)),
@@ -136,27 +136,27 @@ impl Effects<OrderState> for OrderSaga {
             }
             OrderEffect::ClearCart { user_id, product_ids, placed_at } => {
                 let cmd = CartCommand::CheckOut { order_id: oid, product_ids, placed_at };
-                self.carts.execute(&user_id, cmd).await.map_err(unavailable)?;
+                self.carts.apply(&user_id, cmd).await.map_err(unavailable)?;
                 Ok(OrderCommand::CartCleared)
             }
             OrderEffect::Release { product_ids } => {
                 for product_id in product_ids {
                     let cmd = ProductCommand::ReleaseReservation { order_id: oid.clone(), reason: "released".into() };
-                    self.products.execute(&product_id, cmd).await.map_err(unavailable)?;
+                    self.products.apply(&product_id, cmd).await.map_err(unavailable)?;
                 }
                 Ok(OrderCommand::Released)
             }
             OrderEffect::Restock { product_ids } => {
                 for product_id in product_ids {
                     let cmd = ProductCommand::Restock { order_id: oid.clone() };
-                    self.products.execute(&product_id, cmd).await.map_err(unavailable)?;
+                    self.products.apply(&product_id, cmd).await.map_err(unavailable)?;
                 }
                 Ok(OrderCommand::Restocked)
             }
             OrderEffect::CloseStock { product_ids, expires_at } => {
                 for product_id in product_ids {
                     let cmd = ProductCommand::CloseOrder { order_id: oid.clone(), expires_at };
-                    self.products.execute(&product_id, cmd).await.map_err(unavailable)?;
+                    self.products.apply(&product_id, cmd).await.map_err(unavailable)?;
                 }
                 Ok(OrderCommand::StockClosed)
             }

@@ -24,6 +24,41 @@ use super::{Effects, Entity, EntityContext};
 use crate::store::{Commit, EventRecord, Snapshot, StoreError};
 
 type Reply<A> = RpcReplyPort<Delivery<Result<A, EntityError<<A as crate::domain::Aggregate>::Error>>>>;
+type AckReply<A> = RpcReplyPort<Delivery<Result<(), EntityError<<A as crate::domain::Aggregate>::Error>>>>;
+
+/// Where a command's answer goes: with the entity's state after it, or only whether it took effect (no copy of
+/// the state, which for a hot product holds every order in progress).
+pub enum Answer<A: Entity> {
+    State(Reply<A>),
+    Ack(AckReply<A>),
+}
+
+impl<A: Entity> Answer<A> {
+    /// The answer for a command that took effect, leaving `state`.
+    fn done(&self, state: &A) -> Outcome<A> {
+        match self {
+            Answer::State(_) => Ok(Some(state.clone())),
+            Answer::Ack(_) => Ok(None),
+        }
+    }
+
+    fn send(self, outcome: Outcome<A>) {
+        match self {
+            Answer::State(reply) => {
+                let missing = || EntityError::Unavailable(format!("{} answered without its state", A::KIND));
+                let _ = reply.send(Delivery::Done(outcome.and_then(|state| state.ok_or_else(missing))));
+            }
+            Answer::Ack(reply) => drop(reply.send(Delivery::Done(outcome.map(drop)))),
+        }
+    }
+
+    fn retry(self) {
+        match self {
+            Answer::State(reply) => drop(reply.send(Delivery::Retry)),
+            Answer::Ack(reply) => drop(reply.send(Delivery::Retry)),
+        }
+    }
+}
 
 /// An entity's answer to a request, or `Retry`: the actor is passivating, so the request was not handled and must
 /// go to its successor (the router re-sends it, as it does for a closed mailbox). Nothing a draining actor is asked
@@ -36,6 +71,8 @@ pub enum Delivery<T> {
 
 pub enum EntityMsg<A: Entity> {
     Execute(A::Command, Reply<A>),
+    /// `Execute` for a caller that needs only to know that the command took effect.
+    Apply(A::Command, AckReply<A>),
     Get(RpcReplyPort<Delivery<A>>),
     /// Answers once the entity has no effect pending or running (for instance a payment that has been decided).
     Settled(RpcReplyPort<Delivery<A>>),
@@ -83,13 +120,14 @@ const MAX_BATCH: usize = 256;
 /// The shortest timer the actor sets, so a state that stays due cannot spin.
 const MIN_WAKE: Duration = Duration::from_millis(10);
 
-type Outcome<A> = Result<A, EntityError<<A as crate::domain::Aggregate>::Error>>;
+/// A command's answer: the state after it when the caller asked for it.
+type Outcome<A> = Result<Option<A>, EntityError<<A as crate::domain::Aggregate>::Error>>;
 
 /// Commands decided but not yet written: the state they lead to, their events, and their answers.
 struct Batch<A: Entity> {
     next: A,
     events: Vec<EventRecord>,
-    replies: Vec<(Reply<A>, Outcome<A>)>,
+    replies: Vec<(Answer<A>, Outcome<A>)>,
     /// Commands in the batch, with or without events.
     commands: usize,
 }
@@ -196,8 +234,8 @@ impl<A: Entity> Actor for EntityActor<A> {
         state.cancel_wake();
         // A batch not written when the actor stops (its handler failed) was not acknowledged either.
         if let Some(batch) = state.batch.take() {
-            for (reply, _) in batch.replies {
-                let _ = reply.send(Delivery::Done(Err(EntityError::Unavailable("entity stopped".into()))));
+            for (answer, _) in batch.replies {
+                answer.send(Err(EntityError::Unavailable("entity stopped".into())));
             }
         }
         Ok(())
@@ -211,13 +249,15 @@ impl<A: Entity> Actor for EntityActor<A> {
     ) -> Result<(), ActorProcessingErr> {
         if state.draining {
             match msg {
-                EntityMsg::Execute(_, reply) => drop(reply.send(Delivery::Retry)),
+                EntityMsg::Execute(_, reply) => Answer::<A>::State(reply).retry(),
+                EntityMsg::Apply(_, reply) => Answer::<A>::Ack(reply).retry(),
                 EntityMsg::Get(reply) | EntityMsg::Settled(reply) => drop(reply.send(Delivery::Retry)),
                 _ => {}
             }
             return Ok(());
         }
-        let request = matches!(msg, EntityMsg::Execute(..) | EntityMsg::Get(_) | EntityMsg::Settled(_));
+        let request =
+            matches!(msg, EntityMsg::Execute(..) | EntityMsg::Apply(..) | EntityMsg::Get(_) | EntityMsg::Settled(_));
         // Boxed: an idle actor's task then holds a pointer rather than room for the largest handler future.
         Box::pin(self.handle_msg(&myself, msg, state)).await?;
         if state.draining {
@@ -252,7 +292,11 @@ impl<A: Entity> EntityActor<A> {
         match msg {
             EntityMsg::Execute(command, reply) => {
                 state.last_active = Instant::now();
-                self.execute(myself, command, Some(reply), state).await
+                self.execute(myself, command, Some(Answer::State(reply)), state).await
+            }
+            EntityMsg::Apply(command, reply) => {
+                state.last_active = Instant::now();
+                self.execute(myself, command, Some(Answer::Ack(reply)), state).await
             }
             EntityMsg::Get(reply) => {
                 state.last_active = Instant::now();
@@ -382,7 +426,7 @@ impl<A: Entity> EntityActor<A> {
         &self,
         myself: &ActorRef<EntityMsg<A>>,
         command: A::Command,
-        reply: Option<Reply<A>>,
+        reply: Option<Answer<A>>,
         state: &mut EntityState<A>,
     ) -> Result<(), ActorProcessingErr> {
         let now = self.ctx.clock.now();
@@ -393,7 +437,7 @@ impl<A: Entity> EntityActor<A> {
             Ok(_) | Err(_) => {
                 let accepted = outcome.is_ok();
                 let outcome = match outcome {
-                    Ok(_) => Ok(current.clone()),
+                    Ok(_) => reply.as_ref().map_or(Ok(None), |answer| answer.done(current)),
                     Err(rejection) => {
                         if reply.is_none() {
                             // An effect's outcome should always be accepted; retry later rather than stall the saga.
@@ -411,7 +455,7 @@ impl<A: Entity> EntityActor<A> {
                         batch.replies.push((reply, outcome));
                         batch.commands += 1;
                     }
-                    (Some(reply), None) => drop(reply.send(Delivery::Done(outcome))),
+                    (Some(reply), None) => reply.send(outcome),
                     (None, _) => {}
                 }
                 if state.batch.is_none() && accepted {
@@ -446,7 +490,8 @@ impl<A: Entity> EntityActor<A> {
         }
         batch.commands += 1;
         if let Some(reply) = reply {
-            batch.replies.push((reply, Ok(batch.next.clone())));
+            let outcome = reply.done(&batch.next);
+            batch.replies.push((reply, outcome));
         }
         if batch.commands >= MAX_BATCH {
             return self.flush(myself, state).await;
@@ -493,8 +538,8 @@ impl<A: Entity> EntityActor<A> {
                 for event_type in &types {
                     self.ctx.faults.check(&format!("after_commit:{event_type}"));
                 }
-                for (reply, outcome) in replies {
-                    let _ = reply.send(Delivery::Done(outcome));
+                for (answer, outcome) in replies {
+                    answer.send(outcome);
                 }
                 self.after_change(myself, state);
                 Ok(())
@@ -502,8 +547,8 @@ impl<A: Entity> EntityActor<A> {
             Err(err) => {
                 // A refused or failed write leaves this actor unsure of what the store holds (another writer won, or
                 // a remote store applied the write before failing). Stop; the next message recovers from the store.
-                for (reply, _) in replies {
-                    let _ = reply.send(Delivery::Done(Err(EntityError::Unavailable(err.to_string()))));
+                for (answer, _) in replies {
+                    answer.send(Err(EntityError::Unavailable(err.to_string())));
                 }
                 Err(Box::new(err))
             }

@@ -62,6 +62,14 @@ impl<A: Entity> EntityRouter<A> {
         self.execute_here(id, command).await
     }
 
+    /// Runs a command on the entity and returns once it was persisted, without the state (no copy of it is made).
+    pub async fn apply(&self, id: &str, command: A::Command) -> Result<(), EntityError<A::Error>> {
+        if !self.hosts(id) {
+            return self.execute(id, command).await.map(drop);
+        }
+        self.call(id, |reply| EntityMsg::Apply(command.clone(), reply)).await?
+    }
+
     /// The entity's current state (a default state if it was never written).
     pub async fn get(&self, id: &str) -> Result<A, EntityError<A::Error>> {
         if !self.hosts(id) {
