@@ -3,7 +3,8 @@
 //! passivates after being idle with nothing left to do.
 //!
 //! Commands waiting in the mailbox are committed together: a command is decided against the state as it will be
-//! once the commands before it are written, its events join a batch, and a `Flush` the actor sends itself (queued
+//! once the commands before it are written (the actor applies their events at once, and reads wait for the write),
+//! its events join a batch, and a `Flush` the actor sends itself (queued
 //! behind whatever already waits) writes the whole batch in one commit. Every reply, a refusal included, is sent
 //! only after that commit: if it fails, every command of the batch is answered `Unavailable`. One hot entity thus
 //! takes as many commands per second as it gets, at one store write per mailbox-full.
@@ -123,11 +124,13 @@ const MIN_WAKE: Duration = Duration::from_millis(10);
 /// A command's answer: the state after it when the caller asked for it.
 type Outcome<A> = Result<Option<A>, EntityError<<A as crate::domain::Aggregate>::Error>>;
 
-/// Commands decided but not yet written: the state they lead to, their events, and their answers.
+/// Commands decided but not yet written: their events, their answers, and the reads that arrived meanwhile. The
+/// actor's state already includes the batch's events; if the commit fails, the actor stops and that state is gone.
 struct Batch<A: Entity> {
-    next: A,
     events: Vec<EventRecord>,
     replies: Vec<(Answer<A>, Outcome<A>)>,
+    /// Reads answered once the batch is written, so no one sees state that is not durable yet.
+    readers: Vec<RpcReplyPort<Delivery<A>>>,
     /// Commands in the batch, with or without events.
     commands: usize,
 }
@@ -300,7 +303,10 @@ impl<A: Entity> EntityActor<A> {
             }
             EntityMsg::Get(reply) => {
                 state.last_active = Instant::now();
-                let _ = reply.send(Delivery::Done(state.aggregate.clone()));
+                match &mut state.batch {
+                    Some(batch) => batch.readers.push(reply),
+                    None => drop(reply.send(Delivery::Done(state.aggregate.clone()))),
+                }
                 Ok(())
             }
             EntityMsg::Settled(reply) => {
@@ -430,7 +436,7 @@ impl<A: Entity> EntityActor<A> {
         state: &mut EntityState<A>,
     ) -> Result<(), ActorProcessingErr> {
         let now = self.ctx.clock.now();
-        let current = state.batch.as_ref().map_or(&state.aggregate, |b| &b.next);
+        let current = &state.aggregate;
         let outcome = current.decide(&state.id, &command, now);
         let events = match outcome {
             Ok(events) if !events.is_empty() => events,
@@ -468,16 +474,11 @@ impl<A: Entity> EntityActor<A> {
             Some(batch) => batch,
             None => {
                 myself.cast(EntityMsg::Flush)?;
-                state.batch.insert(Batch {
-                    next: state.aggregate.clone(),
-                    events: Vec::new(),
-                    replies: Vec::new(),
-                    commands: 0,
-                })
+                state.batch.insert(Batch { events: Vec::new(), replies: Vec::new(), readers: Vec::new(), commands: 0 })
             }
         };
         for event in &events {
-            batch.next.apply(event);
+            state.aggregate.apply(event);
             let seq = state.seq + 1 + batch.events.len() as u64;
             batch.events.push(EventRecord {
                 id: format!("{}/{seq}", state.stream),
@@ -490,7 +491,7 @@ impl<A: Entity> EntityActor<A> {
         }
         batch.commands += 1;
         if let Some(reply) = reply {
-            let outcome = reply.done(&batch.next);
+            let outcome = reply.done(&state.aggregate);
             batch.replies.push((reply, outcome));
         }
         if batch.commands >= MAX_BATCH {
@@ -506,13 +507,14 @@ impl<A: Entity> EntityActor<A> {
         state: &mut EntityState<A>,
     ) -> Result<(), ActorProcessingErr> {
         let Some(batch) = state.batch.take() else { return Ok(()) };
-        let Batch { next, events: records, replies, .. } = batch;
+        let Batch { events: records, replies, readers, .. } = batch;
+        let next = &state.aggregate;
         for record in &records {
             self.ctx.faults.check(&format!("before_commit:{}", record.event_type));
         }
         let new_seq = state.seq + records.len() as u64;
         let snapshot = (new_seq - state.snapshot_seq >= self.ctx.snapshot_every)
-            .then(|| serde_json::to_value(&next).map(|s| Snapshot { seq: new_seq, state: s }))
+            .then(|| serde_json::to_value(next).map(|s| Snapshot { seq: new_seq, state: s }))
             .transpose()?;
         let snapshotted = snapshot.is_some();
         let types: Vec<String> = records.iter().map(|r| r.event_type.clone()).collect();
@@ -526,7 +528,6 @@ impl<A: Entity> EntityActor<A> {
         };
         match self.ctx.store.commit(commit).await {
             Ok(()) => {
-                state.aggregate = next;
                 state.seq = new_seq;
                 if snapshotted {
                     state.snapshot_seq = new_seq;
@@ -540,6 +541,9 @@ impl<A: Entity> EntityActor<A> {
                 }
                 for (answer, outcome) in replies {
                     answer.send(outcome);
+                }
+                for reader in readers {
+                    let _ = reader.send(Delivery::Done(state.aggregate.clone()));
                 }
                 self.after_change(myself, state);
                 Ok(())
