@@ -36,7 +36,7 @@ use crate::domain::order::OrderState;
 use crate::domain::payment::PaymentState;
 use crate::domain::product::ProductState;
 use crate::faults::{Chaos, FaultPoints, Killable};
-use crate::http::{self, AppState, Dependencies};
+use crate::http::{self, AppServices, AppState, Dependencies};
 use crate::notify::{Emailer, NotificationHub, Notifier, RecordingMailer};
 use crate::orders::{OrderSaga, Orders};
 use crate::payments::{PaymentEffects, PaymentProvider, SimulatedProvider};
@@ -262,7 +262,7 @@ impl Application {
             }
         }
 
-        let state = AppState {
+        let state = AppState::new(AppServices {
             auth,
             catalog,
             carts: carts_service,
@@ -285,7 +285,7 @@ impl Application {
             cookie_secure: config.auth.cookie_secure,
             http: Arc::new(config.http.clone()),
             cluster,
-        };
+        });
         Ok(Self { listener, state, store_closed, bus, stop_background, background })
     }
 

@@ -42,9 +42,27 @@ use crate::config::HttpConfig;
 use crate::ratelimit::RateLimit;
 use crate::store::EventStore;
 
-/// Everything a handler can reach.
+/// Everything a handler can reach, shared: cloning it (axum does for every request and every layer that reads it)
+/// is one reference count, not one per service.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppServices>);
+
+impl AppState {
+    pub fn new(services: AppServices) -> Self {
+        Self(Arc::new(services))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppServices;
+
+    fn deref(&self) -> &AppServices {
+        &self.0
+    }
+}
+
+/// The services behind [`AppState`].
+pub struct AppServices {
     pub auth: Arc<AuthService>,
     pub catalog: Catalog,
     pub carts: Carts,
