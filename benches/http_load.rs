@@ -10,6 +10,9 @@
 //! CONCURRENCY (add-to-cart clients, 32), SHOPPERS (128), ROUNDS (orders in a row per shopper, 5), and MONGODB_PID (the server's pid, e.g. `$(cat $CARGO_TARGET_DIR/infra/mongo/nx.pid)`) to
 //! report the server's CPU use.
 
+#[path = "server/mod.rs"]
+mod server;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,17 +33,6 @@ fn env_or(name: &str, default: usize) -> usize {
 
 fn required(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: eval \"$(scripts/infra.sh env)\" first"))
-}
-
-fn rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kib: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
-    kib / 1024.0
 }
 
 fn ms(d: Duration) -> f64 {
@@ -154,14 +146,6 @@ impl Client {
 
 type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// CPU seconds used so far by process `pid` (user + system).
-fn cpu_secs(pid: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or_default().split_whitespace().collect();
-    let ticks: f64 = fields.get(11..13).map_or(0.0, |f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum());
-    ticks / 100.0
-}
-
 /// CPU used by this process and, with `MONGODB_PID` set, by the MongoDB server, since `before`.
 struct Cpu {
     own: f64,
@@ -171,17 +155,20 @@ struct Cpu {
 impl Cpu {
     fn now() -> Self {
         let server = std::env::var("MONGODB_PID").ok().map(|pid| {
-            let used = cpu_secs(&pid);
+            let used = server::cpu_secs(&pid);
             (pid, used)
         });
-        Self { own: cpu_secs("self"), server }
+        Self { own: server::cpu_secs("self"), server }
     }
 
     fn since(&self, wall: Duration) -> String {
-        let own = cpu_secs("self") - self.own;
+        let own = server::cpu_secs("self") - self.own;
         let mut out = format!("CPU: commercex + clients {:.0}%", 100.0 * own / wall.as_secs_f64());
         if let Some((pid, before)) = &self.server {
-            out.push_str(&format!(", MongoDB server {:.0}%", 100.0 * (cpu_secs(pid) - before) / wall.as_secs_f64()));
+            out.push_str(&format!(
+                ", MongoDB server {:.0}%",
+                100.0 * (server::cpu_secs(pid) - before) / wall.as_secs_f64()
+            ));
         }
         out
     }
@@ -256,7 +243,7 @@ async fn http_load(backend: &str, requests: usize, concurrency: usize, shoppers:
         l.len() as f64 / elapsed.as_secs_f64(),
         ms(at(&l, 0.50)),
         ms(at(&l, 0.99)),
-        rss_mib(),
+        server::status_mib("self", "VmRSS:"),
         cpu.since(elapsed),
     );
     if let Some(fsyncs) = fsyncs {
@@ -273,20 +260,15 @@ async fn http_load(backend: &str, requests: usize, concurrency: usize, shoppers:
     for token in &tokens[..shoppers] {
         sockets.push(client.socket(token).await);
     }
-    let own: Vec<String> = (0..shoppers)
-        .map(|i| {
+    let own: Vec<String> = futures_util::future::join_all((0..shoppers).map(|i| {
+        let (client, admin) = (client.clone(), admin.clone());
+        async move {
             let product = json!({"title": format!("Bench {i}"), "price": 100, "currency": "USD", "category": "bench",
                 "stock": 1_000_000_000});
-            (client.clone(), admin.clone(), product)
-        })
-        .collect::<Vec<_>>()
-        .into_iter()
-        .map(|(client, admin, product)| async move {
             client.post("/api/products", Some(&admin), product).await.1["id"].as_str().unwrap().to_string()
-        })
-        .collect::<futures_util::stream::FuturesOrdered<_>>()
-        .collect()
-        .await;
+        }
+    }))
+    .await;
     for (scenario, products) in [("flash sale, one product", vec![pid.clone()]), ("one product each", own)] {
         let cpu = Cpu::now();
         let started = Instant::now();

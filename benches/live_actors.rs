@@ -4,6 +4,9 @@
 //! while they all sit idle.
 //! Run: `cargo bench --bench live_actors` (optional env: ACTORS, CONCURRENCY).
 
+#[path = "server/mod.rs"]
+mod server;
+
 use std::time::{Duration, Instant};
 
 use commercex::app::Application;
@@ -12,23 +15,6 @@ use commercex::domain::cart::{CartCommand, ProductAvailability};
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn own_status_mib(field: &str) -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kib: f64 = status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
-    kib / 1024.0
-}
-
-fn own_cpu_secs() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or_default().split_whitespace().collect();
-    fields.get(11..13).map_or(0.0, |f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum::<f64>()) / 100.0
 }
 
 #[tokio::main]
@@ -48,7 +34,7 @@ async fn main() {
         let _ = stopped.await;
     }));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = own_status_mib("VmRSS:");
+    let before = server::status_mib("self", "VmRSS:");
 
     let started = Instant::now();
     let mut next = 0;
@@ -67,7 +53,7 @@ async fn main() {
         next += futures_util::future::join_all(batch).await.len();
     }
     let elapsed = started.elapsed();
-    let after = own_status_mib("VmRSS:");
+    let after = server::status_mib("self", "VmRSS:");
     println!(
         "{actors} cart actors started through the router, one commit each, in {:.1} s ({:.0}/s)",
         elapsed.as_secs_f64(),
@@ -77,12 +63,12 @@ async fn main() {
         "RSS {before:.0} MiB before, {after:.0} MiB with them live: {:.0} bytes per live cart actor",
         (after - before) * 1024.0 * 1024.0 / actors as f64
     );
-    let cpu = own_cpu_secs();
+    let cpu = server::cpu_secs("self");
     tokio::time::sleep(Duration::from_secs(10)).await;
     println!(
         "idle for 10 s with {actors} live actors: {:.1}% of one core; RSS {:.0} MiB",
-        100.0 * (own_cpu_secs() - cpu) / 10.0,
-        own_status_mib("VmRSS:")
+        100.0 * (server::cpu_secs("self") - cpu) / 10.0,
+        server::status_mib("self", "VmRSS:")
     );
     let _ = stop.send(());
     server.await.unwrap().unwrap();

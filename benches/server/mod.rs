@@ -1,5 +1,6 @@
 //! The release `commercex` binary as a child process of a benchmark, on a port of its own with a fresh data
-//! directory, killed when dropped. Shared by several benchmarks, each using part of it.
+//! directory, killed when dropped; and what /proc says of a process's memory and CPU. Shared by several
+//! benchmarks, each using part of it.
 #![allow(dead_code)]
 
 use std::process::{Child, Command, Stdio};
@@ -44,23 +45,33 @@ impl Server {
 
     /// A field of the server's /proc/PID/status (`VmRSS:`, `VmHWM:`), in MiB.
     pub fn status_mib(&self, field: &str) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        let kib: f64 = status
-            .lines()
-            .find(|l| l.starts_with(field))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0);
-        kib / 1024.0
+        status_mib(&self.pid().to_string(), field)
     }
 
     /// CPU seconds the server has used (user + system).
     pub fn cpu_secs(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
-        let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or_default().split_whitespace().collect();
-        let ticks: f64 = fields.get(11..13).map_or(0.0, |f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum());
-        ticks / 100.0
+        cpu_secs(&self.pid().to_string())
     }
+}
+
+/// A field of /proc/PID/status (`VmRSS:`, `VmHWM:`) of process `pid` (or `self`), in MiB.
+pub fn status_mib(pid: &str, field: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib: f64 = status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    kib / 1024.0
+}
+
+/// CPU seconds process `pid` (or `self`) has used so far (user + system).
+pub fn cpu_secs(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or_default().split_whitespace().collect();
+    let ticks: f64 = fields.get(11..13).map_or(0.0, |f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum());
+    ticks / 100.0
 }
 
 impl Drop for Server {

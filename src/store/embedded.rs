@@ -126,6 +126,19 @@ pub(super) fn read_doc<T: DeserializeOwned>(
     found.map(|v| decode(v.value())).transpose()
 }
 
+/// Every JSON document of a table as a write transaction sees it (for building indexes at start-up), in key order.
+pub(super) fn documents_in<T: DeserializeOwned>(
+    txn: &redb::WriteTransaction,
+    table: JsonTable,
+) -> Result<Vec<T>, StoreError> {
+    let table = txn.open_table(table).map_err(db_err)?;
+    let mut all = Vec::new();
+    for row in table.iter().map_err(db_err)? {
+        all.push(decode(row.map_err(db_err)?.1.value())?);
+    }
+    Ok(all)
+}
+
 /// Every JSON document of a table, in key order.
 pub(super) fn read_all<T: DeserializeOwned>(db: &Database, table: JsonTable) -> Result<Vec<T>, StoreError> {
     let txn = db.begin_read().map_err(db_err)?;

@@ -340,14 +340,7 @@ pub(super) fn prepare(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.delete_table(TERMS).map_err(db_err)?;
     let live_counters = (Bound::Included(LIVE), Bound::Excluded("catalog_livf"));
     counters.retain_in::<&str, _>(live_counters, |_, _| false).map_err(db_err)?;
-    let products: Vec<Product> = {
-        let table = txn.open_table(PRODUCTS).map_err(db_err)?;
-        let mut all = Vec::new();
-        for row in table.iter().map_err(db_err)? {
-            all.push(decode(row.map_err(db_err)?.1.value())?);
-        }
-        all
-    };
+    let products: Vec<Product> = super::documents_in(txn, PRODUCTS)?;
     let mut writer = Writer::open(txn)?;
     for p in &products {
         if let Some(e) = entries(p) {

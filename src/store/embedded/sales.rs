@@ -4,8 +4,9 @@ use async_trait::async_trait;
 use redb::{ReadableTable, ReadableTableMetadata};
 
 use super::{
-    db_err, decode, encode, read_all, read_all_u64, read_doc, EmbeddedStore, COUNTERS, COUPONS, EMAILS, EMAIL_KEYS,
-    EMAIL_NEXT, NOTIFICATIONS, NOTIFICATION_KEYS, NOTIFICATION_NEXT, ORDERS, ORDERS_BY_TIME, ORDERS_BY_USER, PAYMENTS,
+    db_err, decode, documents_in, encode, read_all, read_all_u64, read_doc, EmbeddedStore, COUNTERS, COUPONS, EMAILS,
+    EMAIL_KEYS, EMAIL_NEXT, NOTIFICATIONS, NOTIFICATION_KEYS, NOTIFICATION_NEXT, ORDERS, ORDERS_BY_TIME,
+    ORDERS_BY_USER, PAYMENTS,
 };
 use crate::domain::coupon::Coupon;
 use crate::domain::order::Order;
@@ -54,14 +55,7 @@ pub(super) fn prepare(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
     txn.delete_table(ORDERS_BY_TIME).map_err(db_err)?;
     txn.open_table(ORDERS_BY_USER).map_err(db_err)?;
     txn.open_table(ORDERS_BY_TIME).map_err(db_err)?;
-    let orders: Vec<Order> = {
-        let table = txn.open_table(ORDERS).map_err(db_err)?;
-        let mut all = Vec::new();
-        for row in table.iter().map_err(db_err)? {
-            all.push(decode(row.map_err(db_err)?.1.value())?);
-        }
-        all
-    };
+    let orders: Vec<Order> = documents_in(txn, ORDERS)?;
     for o in &orders {
         index_order(txn, o)?;
     }
