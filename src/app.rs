@@ -75,7 +75,10 @@ impl Application {
 
     /// Builds everything around an already bound listener (tests bind port 0), with the simulated payment provider.
     pub async fn with_listener(config: Config, listener: TcpListener) -> anyhow::Result<Self> {
-        let provider = Arc::new(SimulatedProvider::new(Duration::from_millis(config.payments.simulated_latency_ms)));
+        // It keeps a key for twice the longest a payment waits before asking about it again.
+        let retention = 2 * Duration::from_millis(config.payments.recheck_after_ms);
+        let latency = Duration::from_millis(config.payments.simulated_latency_ms);
+        let provider = Arc::new(SimulatedProvider::with_retention(latency, retention));
         Self::with_provider(config, listener, provider).await
     }
 

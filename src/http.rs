@@ -208,14 +208,26 @@ pub fn page_and_limit(page: Option<u32>, limit: Option<u32>) -> Result<(u32, u32
 
 /// A page of results with its position in the whole listing. When `totalIsExact` is false, `total` and `totalPages`
 /// are lower bounds: the listing stopped counting.
-pub fn page_json<T: serde::Serialize>(page: crate::store::Page<T>) -> serde_json::Value {
-    let total_pages = page.total.div_ceil(u64::from(page.limit.max(1)));
-    serde_json::json!({
-        "items": page.items,
-        "page": page.page,
-        "limit": page.limit,
-        "total": page.total,
-        "totalIsExact": page.total_is_exact,
-        "totalPages": total_pages,
-    })
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PageView<T> {
+    pub items: Vec<T>,
+    pub page: u32,
+    pub limit: u32,
+    pub total: u64,
+    pub total_is_exact: bool,
+    pub total_pages: u64,
+}
+
+impl<T> From<crate::store::Page<T>> for PageView<T> {
+    fn from(page: crate::store::Page<T>) -> Self {
+        Self {
+            total_pages: page.total.div_ceil(u64::from(page.limit.max(1))),
+            items: page.items,
+            page: page.page,
+            limit: page.limit,
+            total: page.total,
+            total_is_exact: page.total_is_exact,
+        }
+    }
 }

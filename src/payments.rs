@@ -18,9 +18,9 @@
 //! idempotency key ([`PaymentProvider::lookup`]) instead of declaring the payment failed; a payment failed because
 //! the lookup found nothing asks once more after `recheck_after`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
@@ -100,17 +100,46 @@ struct Ledger {
     /// Requests received but not processed yet (`pm_card_lateCapture`): each is captured right after a lookup of its
     /// key has answered that there is no charge.
     in_flight: HashMap<String, ChargeRequest>,
+    /// Every key the ledger holds, oldest first, with when it was first seen: forgotten after the retention.
+    seen: VecDeque<(Instant, String)>,
+}
+
+impl Ledger {
+    /// Notes a key the first time it is booked, and forgets the keys older than `retention`.
+    fn remember(&mut self, key: &str, retention: Duration) {
+        let now = Instant::now();
+        self.seen.push_back((now, key.to_string()));
+        while let Some((at, key)) = self.seen.front() {
+            if now.duration_since(*at) <= retention {
+                break;
+            }
+            self.by_key.remove(key);
+            self.attempts.remove(key);
+            self.refunds.remove(key);
+            self.seen.pop_front();
+        }
+    }
 }
 
 /// In-memory provider with configurable latency; its ledger lets tests check what was really charged.
+///
+/// Like a real provider, it keeps a key (its charge, attempts and refund) for a limited time, so its memory is
+/// bounded by the payments of that window rather than by every payment ever made.
 pub struct SimulatedProvider {
     latency: Duration,
+    retention: Duration,
     ledger: Mutex<Ledger>,
 }
 
 impl SimulatedProvider {
+    /// Keys are kept for a day, as real providers keep idempotency keys.
     pub fn new(latency: Duration) -> Self {
-        Self { latency, ledger: Mutex::new(Ledger::default()) }
+        Self::with_retention(latency, Duration::from_secs(24 * 3600))
+    }
+
+    /// Keys are kept for `retention` after they are first booked.
+    pub fn with_retention(latency: Duration, retention: Duration) -> Self {
+        Self { latency, retention, ledger: Mutex::new(Ledger::default()) }
     }
 
     fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
@@ -119,12 +148,19 @@ impl SimulatedProvider {
 
     /// Decides and books a charge: the same key always gets the same capture.
     fn book(&self, request: &ChargeRequest) -> Result<ChargeOutcome, ProviderError> {
-        Self::book_in(&mut self.ledger(), request)
+        Self::book_in(&mut self.ledger(), request, self.retention)
     }
 
-    fn book_in(ledger: &mut Ledger, request: &ChargeRequest) -> Result<ChargeOutcome, ProviderError> {
+    fn book_in(
+        ledger: &mut Ledger,
+        request: &ChargeRequest,
+        retention: Duration,
+    ) -> Result<ChargeOutcome, ProviderError> {
         if let Some(existing) = ledger.by_key.get(&request.idempotency_key) {
             return Ok(ChargeOutcome::Captured { charge_id: existing.charge_id.clone() });
+        }
+        if !ledger.attempts.contains_key(&request.idempotency_key) {
+            ledger.remember(&request.idempotency_key, retention);
         }
         let attempt = ledger.attempts.entry(request.idempotency_key.clone()).or_default();
         *attempt += 1;
@@ -190,6 +226,7 @@ impl PaymentProvider for SimulatedProvider {
         charge.refunded = true;
         let refund_id = format!("re_{}", uuid::Uuid::new_v4().simple());
         ledger.refunds.insert(idempotency_key.to_string(), refund_id.clone());
+        ledger.remember(idempotency_key, self.retention);
         Ok(refund_id)
     }
 
@@ -201,7 +238,7 @@ impl PaymentProvider for SimulatedProvider {
         }
         // Nothing yet; a request still in flight is processed right after this answer.
         if let Some(request) = ledger.in_flight.remove(idempotency_key) {
-            Self::book_in(&mut ledger, &request)?;
+            Self::book_in(&mut ledger, &request, self.retention)?;
         }
         Ok(None)
     }
@@ -287,6 +324,23 @@ mod tests {
         let r1 = p.refund(&charge_id, "refund-k1").await.unwrap();
         assert_eq!(p.refund(&charge_id, "refund-k1").await.unwrap(), r1);
         assert!(p.captures_for_order("order-k1")[0].refunded);
+    }
+
+    #[tokio::test]
+    async fn simulated_provider_forgets_keys_after_its_retention() {
+        let p = SimulatedProvider::with_retention(Duration::ZERO, Duration::from_millis(30));
+        let ChargeOutcome::Captured { charge_id } = p.charge(&request("k1", "pm_card_visa")).await.unwrap() else {
+            panic!("captured")
+        };
+        p.refund(&charge_id, "refund-k1").await.unwrap();
+        assert!(p.lookup("k1").await.unwrap().is_some(), "kept within the retention");
+        std::thread::sleep(Duration::from_millis(60));
+        p.charge(&request("k2", "pm_card_visa")).await.unwrap();
+        assert_eq!(p.lookup("k1").await.unwrap(), None, "forgotten after it");
+        assert!(p.captures_for_order("order-k1").is_empty());
+        assert_eq!(p.captures_for_order("order-k2").len(), 1);
+        let ledger = p.ledger();
+        assert_eq!((ledger.by_key.len(), ledger.attempts.len(), ledger.refunds.len(), ledger.seen.len()), (1, 1, 0, 1));
     }
 
     #[tokio::test(start_paused = true)]

@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use super::extract::{AdminUser, Json, Path, Query};
 use super::users::UserView;
-use super::{page_and_limit, page_json, ApiError, AppState, Pagination};
+use super::{page_and_limit, ApiError, AppState, PageView, Pagination};
 use crate::domain::user::AccountStatus;
 
 pub fn router() -> Router<AppState> {
@@ -29,10 +29,10 @@ async fn list_users(
     State(state): State<AppState>,
     _admin: AdminUser,
     Query(q): Query<Pagination>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PageView<UserView>>, ApiError> {
     let (page, limit) = page_and_limit(q.page, q.limit)?;
     let users = state.auth.list_users(page, limit).await?;
-    Ok(Json(page_json(users.map(UserView::from))))
+    Ok(Json(PageView::from(users.map(UserView::from))))
 }
 
 async fn block(

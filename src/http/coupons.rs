@@ -4,10 +4,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use super::extract::{AdminUser, Json, Path, Query};
-use super::{page_and_limit, page_json, ApiError, AppState, Pagination};
+use super::{page_and_limit, ApiError, AppState, PageView, Pagination};
 use crate::actors::EntityError;
 use crate::auth::double_option;
 use crate::domain::coupon::{self, Coupon, CouponCommand, CouponError, CouponTerms, Discount};
@@ -90,9 +89,9 @@ async fn list(
     State(state): State<AppState>,
     _admin: AdminUser,
     Query(q): Query<Pagination>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PageView<CouponView>>, ApiError> {
     let (page, limit) = page_and_limit(q.page, q.limit)?;
-    Ok(Json(page_json(state.sales.list_coupons(page, limit).await?.map(CouponView::from))))
+    Ok(Json(PageView::from(state.sales.list_coupons(page, limit).await?.map(CouponView::from))))
 }
 
 async fn show(

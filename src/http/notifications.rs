@@ -2,10 +2,12 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Router;
-use serde_json::Value;
+use serde::Serialize;
+
+use crate::store::{Email, Notification};
 
 use super::extract::{AdminUser, CurrentUser, Json, Path, Query};
-use super::{page_and_limit, page_json, ApiError, AppState, Pagination};
+use super::{page_and_limit, ApiError, AppState, PageView, Pagination};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -14,17 +16,24 @@ pub fn router() -> Router<AppState> {
         .route("/api/admin/emails", get(emails))
 }
 
+/// A page of the caller's notifications and how many of all of them are unread.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct NotificationsPage {
+    #[serde(flatten)]
+    page: PageView<Notification>,
+    unread_count: u64,
+}
+
 /// The caller's notifications, newest first, with the number still unread.
 async fn list(
     State(state): State<AppState>,
     CurrentUser(me): CurrentUser,
     Query(q): Query<Pagination>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<NotificationsPage>, ApiError> {
     let (page, limit) = page_and_limit(q.page, q.limit)?;
     let (found, unread) = state.notifications.list_notifications(&me.user.id, page, limit).await?;
-    let mut body = page_json(found);
-    body["unreadCount"] = unread.into();
-    Ok(Json(body))
+    Ok(Json(NotificationsPage { page: found.into(), unread_count: unread }))
 }
 
 async fn mark_read(
@@ -44,7 +53,7 @@ async fn emails(
     State(state): State<AppState>,
     _admin: AdminUser,
     Query(q): Query<Pagination>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PageView<Email>>, ApiError> {
     let (page, limit) = page_and_limit(q.page, q.limit)?;
-    Ok(Json(page_json(state.notifications.list_emails(page, limit).await?)))
+    Ok(Json(PageView::from(state.notifications.list_emails(page, limit).await?)))
 }

@@ -4,10 +4,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use super::extract::{AdminUser, CurrentUser, Json, Path, Query};
-use super::{page_and_limit, page_json, ApiError, AppState};
+use super::{page_and_limit, ApiError, AppState, PageView};
 use crate::domain::order::{Order, OrderCommand, OrderLine, OrderStatus, StatusEntry};
 use crate::domain::user::Address;
 use crate::domain::Timestamp;
@@ -111,10 +110,10 @@ async fn mine(
     State(state): State<AppState>,
     CurrentUser(me): CurrentUser,
     Query(p): Query<MineParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PageView<OrderView>>, ApiError> {
     let (page, limit) = page_and_limit(p.page, p.limit)?;
     let query = OrderQuery { user_id: Some(me.user.id.clone()), status: None, page, limit };
-    Ok(Json(page_json(state.orders.list(&query).await?.map(OrderView::from))))
+    Ok(Json(PageView::from(state.orders.list(&query).await?.map(OrderView::from))))
 }
 
 async fn show(
@@ -148,7 +147,7 @@ async fn all(
     State(state): State<AppState>,
     _admin: AdminUser,
     Query(p): Query<AllParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PageView<OrderView>>, ApiError> {
     let (page, limit) = page_and_limit(p.page, p.limit)?;
     let status = p
         .status
@@ -157,7 +156,7 @@ async fn all(
         .transpose()
         .map_err(|e: String| ApiError::bad_request("invalid_query", e))?;
     let query = OrderQuery { user_id: p.user_id, status, page, limit };
-    Ok(Json(page_json(state.orders.list(&query).await?.map(OrderView::from))))
+    Ok(Json(PageView::from(state.orders.list(&query).await?.map(OrderView::from))))
 }
 
 async fn ship(

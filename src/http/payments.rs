@@ -5,8 +5,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::extract::{AdminUser, CurrentUser, Json, Query};
-use super::{page_and_limit, page_json, ApiError, AppState};
-use crate::domain::payment::PaymentStatus;
+use super::{page_and_limit, ApiError, AppState, PageView};
+use crate::domain::payment::{Payment, PaymentStatus};
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/api/payments", get(for_order)).route("/api/admin/payments", get(all))
@@ -41,7 +41,7 @@ async fn all(
     State(state): State<AppState>,
     _admin: AdminUser,
     Query(p): Query<AllParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PageView<Payment>>, ApiError> {
     let (page, limit) = page_and_limit(p.page, p.limit)?;
-    Ok(Json(page_json(state.sales.list_payments(p.status, page, limit).await?)))
+    Ok(Json(PageView::from(state.sales.list_payments(p.status, page, limit).await?)))
 }

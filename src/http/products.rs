@@ -4,10 +4,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use super::extract::{AdminUser, Json, Path, Query};
-use super::{page_and_limit, page_json, ApiError, AppState};
+use super::{page_and_limit, ApiError, AppState, PageView};
 use crate::auth::double_option;
 use crate::domain::product::{Product, ProductDetails};
 use crate::store::ProductQuery;
@@ -47,7 +46,10 @@ struct ListParams {
     sort: Option<String>,
 }
 
-async fn list(State(state): State<AppState>, Query(p): Query<ListParams>) -> Result<Json<Value>, ApiError> {
+async fn list(
+    State(state): State<AppState>,
+    Query(p): Query<ListParams>,
+) -> Result<Json<PageView<ProductView>>, ApiError> {
     let (page, limit) = page_and_limit(p.page, p.limit)?;
     let invalid = |e: String| ApiError::bad_request("invalid_query", e);
     let sort = p.sort.as_deref().map(str::parse).transpose().map_err(invalid)?;
@@ -62,7 +64,7 @@ async fn list(State(state): State<AppState>, Query(p): Query<ListParams>) -> Res
     };
     query.validate().map_err(invalid)?;
     let found = state.catalog.list(&query).await?;
-    Ok(Json(page_json(found.map(ProductView::from))))
+    Ok(Json(PageView::from(found.map(ProductView::from))))
 }
 
 async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<ProductView>, ApiError> {

@@ -5,7 +5,8 @@
 //! - `catalog_sort`: for every live (not deleted) product, one key per sort (createdAt, price, lowercase title) in
 //!   the all-products scope and one in its category's scope (the category in ASCII lowercase, as listings compare
 //!   categories). A key is `scope | sort | value | id` in bytes that order like the values, so a page is a walk over
-//!   a key range: forwards for an ascending sort, backwards for a descending one, ties ordered by id.
+//!   a key range: forwards for an ascending sort, backwards for a descending one, ties ordered by id. Each entry
+//!   holds the product's price, so a walk checks a price range without another read.
 //! - `catalog_words`: `word | 0 | id` for every distinct word of the title and description, holding the price and
 //!   category, so a search word's products are found and filtered without reading a document.
 //! - `catalog_terms`: per live product, what a filtered listing checks and sorts it by (price, createdAt, lowercase
@@ -28,7 +29,8 @@ use super::{db_err, decode, COUNTERS, PRODUCTS};
 use crate::domain::product::Product;
 use crate::store::{product_words, ProductSort, SearchTerm, StoreError};
 
-const SORT_KEYS: TableDefinition<&[u8], ()> = TableDefinition::new("catalog_sort");
+/// `scope | sort | value | id` -> price.
+const SORT_KEYS: TableDefinition<&[u8], i64> = TableDefinition::new("catalog_sort");
 /// `word | 0 | id` -> (price, category key).
 const WORDS: TableDefinition<&[u8], (i64, &str)> = TableDefinition::new("catalog_words");
 /// id -> (price, createdAt seconds, createdAt nanoseconds, lowercase title, words separated by spaces).
@@ -36,7 +38,7 @@ type TermsRow = (i64, i64, u32, &'static str, &'static str);
 const TERMS: TableDefinition<&str, TermsRow> = TableDefinition::new("catalog_terms");
 
 /// Raised whenever the index layout changes: a store written with another layout (or none) rebuilds on open.
-const INDEX_VERSION: u64 = 2;
+const INDEX_VERSION: u64 = 3;
 const INDEX_VERSION_KEY: &str = "catalog_index_version";
 /// `catalog_live` counts every live product, `catalog_live:{category key}` those of one category.
 const LIVE: &str = "catalog_live";
@@ -247,7 +249,7 @@ fn entries(p: &Product) -> Option<Entries> {
 }
 
 struct Writer<'t> {
-    sorts: Table<'t, &'static [u8], ()>,
+    sorts: Table<'t, &'static [u8], i64>,
     words: Table<'t, &'static [u8], (i64, &'static str)>,
     terms: Table<'t, &'static str, TermsRow>,
 }
@@ -267,7 +269,7 @@ impl<'t> Writer<'t> {
             .insert(id, (t.price, t.created.0, t.created.1, t.title.as_str(), t.words.as_str()))
             .map_err(db_err)?;
         for key in &e.sort_keys {
-            self.sorts.insert(key.as_slice(), ()).map_err(db_err)?;
+            self.sorts.insert(key.as_slice(), e.price).map_err(db_err)?;
         }
         for key in &e.word_keys {
             self.words.insert(key.as_slice(), (e.price, e.category.as_str())).map_err(db_err)?;

@@ -205,7 +205,15 @@ impl MongoStore {
             }
             seq = event.seq;
         }
-        let actual = self.head(&stream).await?;
+        let n = events.len() as u64;
+        // The head check and the outbox positions do not depend on each other, so they are asked for together: one
+        // round trip of latency instead of two. Positions taken for a commit that is then refused leave a gap,
+        // which the outbox's order does not mind.
+        let (actual, last_position) = if n == 0 {
+            (self.head(&stream).await?, 0)
+        } else {
+            tokio::try_join!(self.head(&stream), self.take_numbers("outbox", n))?
+        };
         if actual != expected_seq {
             return Err(StoreError::Conflict { stream, expected: expected_seq, actual });
         }
@@ -213,8 +221,6 @@ impl MongoStore {
         if events.is_empty() {
             return Ok(Derived { commit_id: None, stream, seq, snapshot, read_model, active, replace_equal: true });
         }
-        let n = events.len() as u64;
-        let last_position = self.take_numbers("outbox", n).await?;
         let id = format!("{stream}/{}", expected_seq + 1);
         let document = CommitDoc {
             id: id.clone(),
