@@ -440,28 +440,6 @@ fn key_error(key: impl Into<String>, message: impl Into<String>) -> ConfigError 
     ConfigError::Key { key: key.into(), message: message.into() }
 }
 
-/// `commercex [--config FILE]`.
-pub fn path_from_args(mut args: impl Iterator<Item = String>) -> Result<Option<PathBuf>, ConfigError> {
-    let mut path = None;
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--config" | "-c" => {
-                let value = args.next().ok_or_else(|| ConfigError::Usage("--config needs a file path".into()))?;
-                path = Some(PathBuf::from(value));
-            }
-            other => match other.strip_prefix("--config=") {
-                Some(value) => path = Some(PathBuf::from(value)),
-                None => {
-                    return Err(ConfigError::Usage(format!(
-                        "unknown argument `{other}`; usage: commercex [--config FILE]"
-                    )))
-                }
-            },
-        }
-    }
-    Ok(path)
-}
-
 impl Config {
     /// Loads `path` (or `./config.toml` when it exists), then applies the process environment.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
@@ -473,6 +451,21 @@ impl Config {
             }
         };
         Self::from_sources(file, std::env::vars())
+    }
+
+    /// The configuration as TOML, every key with its effective value, secrets masked: the JWT secret, the
+    /// bootstrap admin's password, and credentials in the MongoDB and Redis URIs.
+    pub fn masked_toml(&self) -> String {
+        let mut shown = self.clone();
+        if !shown.auth.jwt_secret.is_empty() {
+            shown.auth.jwt_secret = format!("<masked: {} characters>", shown.auth.jwt_secret.len());
+        }
+        if let Some(admin) = shown.auth.bootstrap_admin.as_mut() {
+            admin.password = "<masked>".into();
+        }
+        shown.store.mongodb.uri = redact_uri(&shown.store.mongodb.uri);
+        shown.redis.url = redact_uri(&shown.redis.url);
+        toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot show the configuration: {e}\n"))
     }
 
     /// Builds a config from an optional parsed file and `COMMERCEX__*` variables; used by tests too.
@@ -903,11 +896,24 @@ mod tests {
     }
 
     #[test]
-    fn cli_arguments() {
-        let args = |v: &[&str]| path_from_args(v.iter().map(|s| s.to_string()));
-        assert_eq!(args(&[]).unwrap(), None);
-        assert_eq!(args(&["--config", "x.toml"]).unwrap(), Some(PathBuf::from("x.toml")));
-        assert!(args(&["--config"]).is_err());
-        assert!(args(&["--bogus"]).is_err());
+    fn the_effective_configuration_is_shown_without_its_secrets() {
+        let vars = env(&[
+            ("COMMERCEX__AUTH__JWT_SECRET", "a-secret-of-at-least-thirty-two-characters"),
+            ("COMMERCEX__AUTH__BOOTSTRAP_ADMIN__EMAIL", "root@example.com"),
+            ("COMMERCEX__AUTH__BOOTSTRAP_ADMIN__PASSWORD", "admin-password-1"),
+            ("COMMERCEX__STORE__MONGODB__URI", "mongodb://app:mongo-pass@db:27017"),
+            ("COMMERCEX__REDIS__URL", "redis://:redis-pass@cache:6379"),
+            ("COMMERCEX__CACHE__PRODUCT_TTL_SECS", "7"),
+        ]);
+        let shown = Config::from_sources(None, vars).unwrap().masked_toml();
+        for secret in ["a-secret-of-at-least", "admin-password-1", "mongo-pass", "redis-pass"] {
+            assert!(!shown.contains(secret), "{secret} shown in:\n{shown}");
+        }
+        assert!(shown.contains("<masked: 42 characters>") && shown.contains("mongodb://***@db:27017"), "{shown}");
+        // Valid TOML with every section, each key at its effective value.
+        let table: toml::Table = shown.parse().unwrap();
+        let defaults = toml::Table::try_from(Config::default()).unwrap();
+        assert_eq!(table.keys().collect::<Vec<_>>(), defaults.keys().collect::<Vec<_>>());
+        assert_eq!(table["cache"]["product_ttl_secs"].as_integer(), Some(7));
     }
 }

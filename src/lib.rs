@@ -20,6 +20,7 @@
 //! | [`app`]     | wiring, start-up and graceful shutdown |
 //! | [`clock`], [`faults`] | the process clock (pausable in tests); faults on purpose: named fault points for tests and the chaos switch for operators |
 //! | [`config`], [`telemetry`] | configuration loading and logging |
+//! | [`cli`], [`demo`] | the `commercex` command line (`serve`, `check-config`, `seed-demo`) and the demo data it seeds |
 //! | [`load`]    | the load generator behind `commercex-load`: shoppers over the HTTP API and WebSocket, and the report |
 
 pub mod actors;
@@ -29,9 +30,11 @@ pub mod bridge;
 pub mod cache;
 pub mod carts;
 pub mod catalog;
+pub mod cli;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod demo;
 pub mod domain;
 pub mod faults;
 pub mod http;

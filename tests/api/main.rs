@@ -9,6 +9,7 @@ mod chaos;
 mod checkout;
 mod connections;
 mod currency;
+mod demo;
 mod emails;
 mod errors;
 mod helpers;
