@@ -62,6 +62,10 @@ pub trait Entity: Aggregate {
     fn keep_alive(&self) -> bool {
         false
     }
+
+    /// Called once a commit is durable, on the state after it, with the types of the events it wrote: where a kind
+    /// reports what happened (metrics). It must not fail or wait.
+    fn committed(&self, _event_types: &[String]) {}
 }
 
 /// Runs the side effects of one kind of entity, returning the command that records each effect's outcome.

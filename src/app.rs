@@ -239,12 +239,18 @@ impl Application {
             Arc::new(payments.clone()),
             Arc::new(orders_service.router().clone()),
         ];
+        // The process's metrics recorder, installed before anything records, and its upkeep.
+        let metrics = config.telemetry.metrics.then(|| {
+            crate::telemetry::metrics::handle();
+            tokio::spawn(crate::telemetry::metrics::upkeep(stop.clone()))
+        });
         let background = vec![
             relay.spawn(stop.clone()),
             spawn_cache_invalidation(bus.subscribe(), catalog.clone(), stop.clone()),
             resumer.spawn(RESUME_EVERY, resume_now, stop.clone()),
             chaos.spawn(killable, stop),
         ];
+        let background: Vec<JoinHandle<()>> = background.into_iter().chain(metrics).collect();
 
         let (memory, iterations) = (config.auth.argon2_memory_kib, config.auth.argon2_iterations);
         let (workers, queue) = (config.hash_workers(), config.auth.hash_queue);
@@ -288,6 +294,7 @@ impl Application {
             cookie_secure: config.auth.cookie_secure,
             http: Arc::new(config.http.clone()),
             cluster,
+            metrics: config.telemetry.metrics,
         });
         Ok(Self { listener, state, store_closed, bus, stop_background, background })
     }

@@ -200,6 +200,19 @@ impl AuthService {
     }
 
     pub async fn signin(&self, email: &str, password: &str) -> Result<Session, AuthError> {
+        let result = self.check_credentials(email, password).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(AuthError::InvalidCredentials) => "invalid_credentials",
+            Err(AuthError::AccountBlocked) => "blocked",
+            Err(AuthError::Busy) => "busy",
+            Err(_) => "error",
+        };
+        metrics::counter!(crate::telemetry::metrics::SIGNINS, "outcome" => outcome).increment(1);
+        result
+    }
+
+    async fn check_credentials(&self, email: &str, password: &str) -> Result<Session, AuthError> {
         let found = match user::normalize_email(email) {
             Ok(email) => self.users.user_by_email(&email).await?,
             Err(_) => None,

@@ -11,6 +11,7 @@ use crate::cache::{Lookup, ProductCache};
 use crate::domain::order::OrderStatus;
 use crate::domain::product::{Product, ProductCommand, ProductDetails, ProductEffect, ProductError, ProductState};
 use crate::store::{CatalogStore, Page, ProductQuery, SalesStore, StoreError};
+use crate::telemetry::metrics::PRODUCT_CACHE;
 
 pub type CatalogError = EntityError<ProductError>;
 
@@ -74,9 +75,13 @@ impl Catalog {
     /// A purchasable (not deleted) product.
     pub async fn get(&self, id: &str) -> Result<Product, CatalogError> {
         let ticket = match self.cache.get(id).await {
-            Lookup::Hit(p) => return Ok(p),
+            Lookup::Hit(p) => {
+                metrics::counter!(PRODUCT_CACHE, "result" => "hit").increment(1);
+                return Ok(p);
+            }
             Lookup::Miss(ticket) => ticket,
         };
+        metrics::counter!(PRODUCT_CACHE, "result" => "miss").increment(1);
         match self.store.product(id).await? {
             Some(p) if !p.deleted => {
                 self.cache.put(&p, ticket).await;

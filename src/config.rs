@@ -26,6 +26,7 @@ pub struct Config {
     pub cluster: ClusterConfig,
     pub chaos: ChaosConfig,
     pub log: LogConfig,
+    pub telemetry: TelemetryConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -308,6 +309,19 @@ pub struct LogConfig {
     pub format: String,
     /// A `tracing` filter such as `info` or `commercex=debug,tower_http=info`; `RUST_LOG` wins when set.
     pub level: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// Serve Prometheus metrics at `GET /metrics`.
+    pub metrics: bool,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self { metrics: true }
+    }
 }
 
 impl Default for HttpConfig {

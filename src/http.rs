@@ -1,6 +1,6 @@
 //! The REST facade: one router per resource, assembled by [`app`] with the cross-cutting layers (request ids,
-//! tracing, panic catching, security headers, CORS, body limit, cross-site checks, request deadline), and the
-//! accept loop that serves it.
+//! tracing, metrics, panic catching, security headers, CORS, body limit, cross-site checks, request deadline), and
+//! the accept loop that serves it.
 
 mod admin;
 mod cart;
@@ -9,6 +9,7 @@ pub mod csrf;
 pub mod error;
 pub mod extract;
 mod health;
+mod metrics;
 mod notifications;
 mod orders;
 mod payments;
@@ -82,6 +83,8 @@ pub struct AppServices {
     pub http: Arc<HttpConfig>,
     /// Cluster mode: this node's membership (`GET /api/admin/cluster`).
     pub cluster: Option<Arc<crate::cluster::ClusterNode>>,
+    /// Serve `GET /metrics` (`telemetry.metrics`).
+    pub metrics: bool,
 }
 
 /// The services outside this process (or inside it, on the embedded defaults) that requests depend on.
@@ -98,6 +101,7 @@ pub fn app(state: AppState) -> Router {
     let cors = (!http.cors_allowed_origins.is_empty()).then(|| cors_layer(&http.cors_allowed_origins));
     let request_id = HeaderName::from_static("x-request-id");
     let layers = ServiceBuilder::new()
+        .layer(middleware::from_fn(metrics::record))
         .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
@@ -119,8 +123,10 @@ pub fn app(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(http.body_limit_bytes))
         .layer(middleware::from_fn_with_state(Duration::from_millis(http.request_timeout_ms), deadline));
 
+    let metrics = state.metrics.then(metrics::router);
     Router::new()
         .merge(health::router())
+        .merge(metrics.unwrap_or_default())
         .merge(users::router(state.clone()))
         .merge(admin::router())
         .merge(products::router())
@@ -178,6 +184,7 @@ async fn auth_rate_limit(State(state): State<AppState>, req: Request, next: Next
     let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
     if let Some(ip) = peer {
         if let Err(wait) = state.auth_limiter.check(ip).await {
+            ::metrics::counter!(crate::telemetry::metrics::RATE_LIMITED, "scope" => "auth").increment(1);
             let mut err = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many attempts; slow down");
             err.retry_after_secs = Some(wait.as_secs().max(1));
             return err.into_response();

@@ -19,7 +19,7 @@
 //! | [`http`]    | the axum REST facade, the accept loop with its connection limits, cross-site checks, the notification WebSocket and the error shape |
 //! | [`app`]     | wiring, start-up and graceful shutdown |
 //! | [`clock`], [`faults`] | the process clock (pausable in tests); faults on purpose: named fault points for tests and the chaos switch for operators |
-//! | [`config`], [`telemetry`] | configuration loading and logging |
+//! | [`config`], [`telemetry`] | configuration loading; logging and Prometheus metrics |
 //! | [`cli`], [`demo`] | the `commercex` command line (`serve`, `check-config`, `seed-demo`) and the demo data it seeds |
 //! | [`load`]    | the load generator behind `commercex-load`: shoppers over the HTTP API and WebSocket, and the report |
 

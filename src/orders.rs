@@ -29,6 +29,27 @@ impl Entity for OrderState {
     fn next_effect(&self) -> Option<OrderEffect> {
         self.order.as_ref().and_then(Order::next_step)
     }
+
+    /// Counts an order whose checkout ended (paid, or failed before payment), with the time since it was placed.
+    fn committed(&self, event_types: &[String]) {
+        use crate::telemetry::metrics::{CHECKOUT_DURATION, ORDERS};
+        use order::OrderStatus as S;
+        let Some(order) = &self.order else { return };
+        let Some(last) = order.history.last() else { return };
+        if !event_types.iter().any(|t| t == "order.status_changed") {
+            return;
+        }
+        let outcome = match last.status {
+            S::Paid => "paid",
+            S::Rejected => "rejected",
+            S::PaymentFailed => "payment_failed",
+            S::Cancelled if !order.history.iter().any(|h| h.status == S::Paid) => "cancelled",
+            _ => return,
+        };
+        let took = (last.at - order.created_at).to_std().unwrap_or_default();
+        metrics::counter!(ORDERS, "outcome" => outcome).increment(1);
+        metrics::histogram!(CHECKOUT_DURATION, "outcome" => outcome).record(took.as_secs_f64());
+    }
 }
 
 impl Entity for CouponState {

@@ -1,4 +1,7 @@
-//! Structured logging with `tracing`: human-readable text by default, JSON lines when `log.format = "json"`.
+//! Structured logging with `tracing` (human-readable text by default, JSON lines when `log.format = "json"`) and
+//! Prometheus metrics ([`metrics`]).
+
+pub mod metrics;
 
 use tracing_subscriber::EnvFilter;
 

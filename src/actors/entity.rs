@@ -23,6 +23,9 @@ use tokio::time::Instant;
 use super::live::Usage;
 use super::{Effects, Entity, EntityContext};
 use crate::store::{Commit, EventRecord, Snapshot, StoreError};
+use crate::telemetry::metrics::{
+    ENTITY_COMMITS, ENTITY_COMMIT_COMMANDS, ENTITY_COMMIT_DURATION, ENTITY_HANDLER, ENTITY_MAILBOX_WAIT,
+};
 
 type Reply<A> = RpcReplyPort<Delivery<Result<A, EntityError<<A as crate::domain::Aggregate>::Error>>>>;
 type AckReply<A> = RpcReplyPort<Delivery<Result<(), EntityError<<A as crate::domain::Aggregate>::Error>>>>;
@@ -70,11 +73,12 @@ pub enum Delivery<T> {
     Retry,
 }
 
+/// Requests carry when they were sent, to measure how long they waited in the mailbox.
 pub enum EntityMsg<A: Entity> {
-    Execute(A::Command, Reply<A>),
+    Execute(A::Command, Reply<A>, Instant),
     /// `Execute` for a caller that needs only to know that the command took effect.
-    Apply(A::Command, AckReply<A>),
-    Get(RpcReplyPort<Delivery<A>>),
+    Apply(A::Command, AckReply<A>, Instant),
+    Get(RpcReplyPort<Delivery<A>>, Instant),
     /// Answers once the entity has no effect pending or running (for instance a payment that has been decided).
     Settled(RpcReplyPort<Delivery<A>>),
     /// The outcome of the effect the actor started.
@@ -252,17 +256,22 @@ impl<A: Entity> Actor for EntityActor<A> {
     ) -> Result<(), ActorProcessingErr> {
         if state.draining {
             match msg {
-                EntityMsg::Execute(_, reply) => Answer::<A>::State(reply).retry(),
-                EntityMsg::Apply(_, reply) => Answer::<A>::Ack(reply).retry(),
-                EntityMsg::Get(reply) | EntityMsg::Settled(reply) => drop(reply.send(Delivery::Retry)),
+                EntityMsg::Execute(_, reply, _) => Answer::<A>::State(reply).retry(),
+                EntityMsg::Apply(_, reply, _) => Answer::<A>::Ack(reply).retry(),
+                EntityMsg::Get(reply, _) | EntityMsg::Settled(reply) => drop(reply.send(Delivery::Retry)),
                 _ => {}
             }
             return Ok(());
         }
         let request =
-            matches!(msg, EntityMsg::Execute(..) | EntityMsg::Apply(..) | EntityMsg::Get(_) | EntityMsg::Settled(_));
+            matches!(msg, EntityMsg::Execute(..) | EntityMsg::Apply(..) | EntityMsg::Get(..) | EntityMsg::Settled(_));
+        if let EntityMsg::Execute(.., sent) | EntityMsg::Apply(.., sent) | EntityMsg::Get(_, sent) = &msg {
+            metrics::histogram!(ENTITY_MAILBOX_WAIT, "kind" => A::KIND).record(sent.elapsed().as_secs_f64());
+        }
+        let started = Instant::now();
         // Boxed: an idle actor's task then holds a pointer rather than room for the largest handler future.
         Box::pin(self.handle_msg(&myself, msg, state)).await?;
+        metrics::histogram!(ENTITY_HANDLER, "kind" => A::KIND).record(started.elapsed().as_secs_f64());
         if state.draining {
             return Ok(());
         }
@@ -293,15 +302,15 @@ impl<A: Entity> EntityActor<A> {
         state: &mut EntityState<A>,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            EntityMsg::Execute(command, reply) => {
+            EntityMsg::Execute(command, reply, _) => {
                 state.last_active = Instant::now();
                 self.execute(myself, command, Some(Answer::State(reply)), state).await
             }
-            EntityMsg::Apply(command, reply) => {
+            EntityMsg::Apply(command, reply, _) => {
                 state.last_active = Instant::now();
                 self.execute(myself, command, Some(Answer::Ack(reply)), state).await
             }
-            EntityMsg::Get(reply) => {
+            EntityMsg::Get(reply, _) => {
                 state.last_active = Instant::now();
                 match &mut state.batch {
                     Some(batch) => batch.readers.push(reply),
@@ -507,7 +516,7 @@ impl<A: Entity> EntityActor<A> {
         state: &mut EntityState<A>,
     ) -> Result<(), ActorProcessingErr> {
         let Some(batch) = state.batch.take() else { return Ok(()) };
-        let Batch { events: records, replies, readers, .. } = batch;
+        let Batch { events: records, replies, readers, commands } = batch;
         let next = &state.aggregate;
         for record in &records {
             self.ctx.faults.check(&format!("before_commit:{}", record.event_type));
@@ -526,9 +535,20 @@ impl<A: Entity> EntityActor<A> {
             read_model: next.read_model(),
             active: next.next_effect().is_some() || next.keep_alive(),
         };
-        match self.ctx.store.commit(commit).await {
+        let started = Instant::now();
+        let written = self.ctx.store.commit(commit).await;
+        let result = match &written {
+            Ok(()) => "ok",
+            Err(StoreError::Conflict { .. }) => "conflict",
+            Err(_) => "error",
+        };
+        metrics::counter!(ENTITY_COMMITS, "kind" => A::KIND, "result" => result).increment(1);
+        metrics::histogram!(ENTITY_COMMIT_DURATION, "kind" => A::KIND).record(started.elapsed().as_secs_f64());
+        metrics::histogram!(ENTITY_COMMIT_COMMANDS, "kind" => A::KIND).record(commands as f64);
+        match written {
             Ok(()) => {
                 state.seq = new_seq;
+                state.aggregate.committed(&types);
                 if snapshotted {
                     state.snapshot_seq = new_seq;
                 }

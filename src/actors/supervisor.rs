@@ -11,6 +11,7 @@ use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, ActorStatu
 use super::entity::{EntityActor, EntityMsg};
 use super::live::{LiveMap, Slot};
 use super::{Effects, Entity, EntityContext, RestartPolicy};
+use crate::telemetry::metrics::{ENTITIES_LIVE, ENTITY_CRASHES, ENTITY_PASSIVATIONS, ENTITY_RESTARTS, ENTITY_STARTS};
 
 /// The exit reason ractor gives an actor that stopped by draining its mailbox.
 const DRAINED: &str = "Drained";
@@ -82,12 +83,15 @@ impl<A: Entity> EntitySupervisor<A> {
         })?;
         state.ids.insert(actor.get_id(), id.to_string());
         self.live.insert(id.to_string(), Slot { actor: actor.clone(), usage });
+        metrics::counter!(ENTITY_STARTS, "kind" => A::KIND).increment(1);
+        metrics::gauge!(ENTITIES_LIVE, "kind" => A::KIND).set(self.live.len() as f64);
         Ok(actor)
     }
 
     fn forget(&self, cell: &ActorCell, state: &mut SupervisorState) -> Option<String> {
         let id = state.ids.remove(&cell.get_id())?;
         self.live.remove_actor(&id, cell.get_id());
+        metrics::gauge!(ENTITIES_LIVE, "kind" => A::KIND).set(self.live.len() as f64);
         Some(id)
     }
 
@@ -133,6 +137,7 @@ impl<A: Entity> Actor for EntitySupervisor<A> {
             SupervisorMsg::Restart(id) => {
                 let running = self.live.get(&id).is_some();
                 if !state.stopping && !running && self.ensure(&myself, &id, state).await.is_ok() {
+                    metrics::counter!(ENTITY_RESTARTS, "kind" => A::KIND).increment(1);
                     tracing::info!(kind = A::KIND, %id, "entity restarted after failure");
                 }
             }
@@ -153,6 +158,7 @@ impl<A: Entity> Actor for EntitySupervisor<A> {
             // Passivation and shutdown drain the actor; anything else (a kill) is abnormal.
             SupervisionEvent::ActorTerminated(cell, _, reason) if reason.as_deref() == Some(DRAINED) => {
                 if let Some(id) = self.forget(&cell, state) {
+                    metrics::counter!(ENTITY_PASSIVATIONS, "kind" => A::KIND).increment(1);
                     tracing::debug!(kind = A::KIND, %id, "entity passivated");
                 }
                 return Ok(());
@@ -162,6 +168,7 @@ impl<A: Entity> Actor for EntitySupervisor<A> {
             _ => return Ok(()),
         };
         let Some(id) = self.forget(&cell, state) else { return Ok(()) };
+        metrics::counter!(ENTITY_CRASHES, "kind" => A::KIND).increment(1);
         tracing::warn!(kind = A::KIND, %id, reason = %why, "entity actor exited abnormally");
         if state.stopping {
             return Ok(());

@@ -148,6 +148,9 @@ fn millis(duration: Duration) -> String {
     duration.as_millis().to_string()
 }
 
+/// How often a consumer reports its statistics (its lag, for `GET /metrics`).
+const STATISTICS_EVERY_MS: &str = "5000";
+
 pub(crate) fn unavailable(what: &str, error: impl std::fmt::Display) -> BusError {
     BusError::Unavailable(format!("{what}: {error}"))
 }
@@ -188,7 +191,8 @@ impl KafkaBus {
             .set("enable.auto.offset.store", "false")
             // Only when a position no longer exists (retention, a recreated topic): read what there is.
             .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false");
+            .set("enable.partition.eof", "false")
+            .set("statistics.interval.ms", STATISTICS_EVERY_MS);
         let every_process = Consumer::new(
             "every-process",
             config,
@@ -248,7 +252,8 @@ impl KafkaBus {
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", millis(session))
             .set("heartbeat.interval.ms", millis(session / 3))
-            .set("enable.partition.eof", "false");
+            .set("enable.partition.eof", "false")
+            .set("statistics.interval.ms", STATISTICS_EVERY_MS);
         let (joined, mut joined_rx) = watch::channel(false);
         let shared = Consumer::new(
             "shared",

@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 
 use super::EventBus;
 use crate::store::{EventRecord, EventStore};
+use crate::telemetry::metrics::{BUS_PUBLISH_DURATION, BUS_PUBLISH_ERRORS, OUTBOX_PENDING};
 
 const BATCH: usize = 256;
 
@@ -54,14 +55,20 @@ impl OutboxRelay {
         let mut published = 0;
         loop {
             let batch = self.store.outbox_pending(BATCH).await?;
+            metrics::gauge!(OUTBOX_PENDING).set(batch.len() as f64);
             if batch.is_empty() {
                 return Ok(published);
             }
             let events: Vec<EventRecord> = batch.iter().map(|entry| entry.event.clone()).collect();
+            let started = std::time::Instant::now();
             let (taken, failure) = match self.bus.publish_batch(&events).await {
                 Ok(()) => (events.len(), None),
-                Err((taken, error)) => (taken, Some(error.to_string())),
+                Err((taken, error)) => {
+                    metrics::counter!(BUS_PUBLISH_ERRORS).increment(1);
+                    (taken, Some(error.to_string()))
+                }
             };
+            metrics::histogram!(BUS_PUBLISH_DURATION).record(started.elapsed().as_secs_f64());
             // Only the events before the first failure leave the outbox, so the next flush starts again from it.
             let done: Vec<u64> = batch[..taken].iter().map(|entry| entry.position).collect();
             self.store.outbox_ack(&done).await?;

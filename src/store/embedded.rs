@@ -14,6 +14,7 @@ use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{de::DeserializeOwned, Serialize};
 
 use super::{Commit, EventRecord, EventStore, History, OutboxEntry, ReadModel, Snapshot, StoreError};
+use crate::telemetry::metrics::{STORE_GROUP_COMMIT_DURATION, STORE_GROUP_COMMIT_WRITES};
 
 pub(super) const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
 pub(super) const HEADS: TableDefinition<&str, u64> = TableDefinition::new("stream_heads");
@@ -292,10 +293,13 @@ fn group_commit(db: &std::sync::Weak<Database>, queue: &std::sync::mpsc::Receive
                 Err(_) => break,
             }
         }
+        let started = std::time::Instant::now();
         let outcomes = match db.upgrade() {
             Some(db) => write_group(&db, &mut group),
             None => group.iter().map(|_| Err(StoreError::Unavailable("the store is closed".into()))).collect(),
         };
+        metrics::histogram!(STORE_GROUP_COMMIT_DURATION).record(started.elapsed().as_secs_f64());
+        metrics::histogram!(STORE_GROUP_COMMIT_WRITES).record(group.len() as f64);
         for (write, outcome) in group.into_iter().zip(outcomes) {
             write.finish(outcome);
         }

@@ -14,6 +14,7 @@ mod emails;
 mod errors;
 mod helpers;
 mod live_entities;
+mod metrics;
 mod resilience;
 mod saga_faults;
 mod sessions;

@@ -18,6 +18,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{Message as _, OwnedMessage};
+use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaErrorCode;
 use tokio::sync::{broadcast, watch};
@@ -26,6 +27,7 @@ use tokio::task::JoinHandle;
 use crate::bridge::recent::RecentIds;
 use crate::bridge::{deliver, EventSink};
 use crate::store::EventRecord;
+use crate::telemetry::metrics::KAFKA_CONSUMER_LAG;
 
 /// Ids remembered for dropping redeliveries: redeliveries come soon after the original (a republished event, the
 /// uncommitted tail after a rebalance), and sinks recognise older ones themselves.
@@ -392,7 +394,19 @@ struct Hooks {
     rebalances: Arc<AtomicU64>,
 }
 
-impl ClientContext for Hooks {}
+impl ClientContext for Hooks {
+    /// How far behind the end of its partitions this consumer reads (librdkafka's statistics, every 5 s).
+    fn stats(&self, statistics: Statistics) {
+        let lag: i64 = statistics
+            .topics
+            .values()
+            .flat_map(|topic| topic.partitions.values())
+            .filter(|p| p.partition >= 0 && p.desired && p.app_offset >= 0 && p.hi_offset >= 0)
+            .map(|p| (p.hi_offset - p.app_offset).max(0))
+            .sum();
+        metrics::gauge!(KAFKA_CONSUMER_LAG, "consumer" => self.name).set(lag as f64);
+    }
+}
 
 impl ConsumerContext for Hooks {
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
