@@ -316,11 +316,14 @@ pub struct LogConfig {
 pub struct TelemetryConfig {
     /// Serve Prometheus metrics at `GET /metrics`.
     pub metrics: bool,
+    /// Base URL of an OTLP/HTTP collector (`http://127.0.0.1:4318`); spans go to `{it}/v1/traces`. Empty: no
+    /// traces are exported.
+    pub otlp_endpoint: String,
 }
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
-        Self { metrics: true }
+        Self { metrics: true, otlp_endpoint: String::new() }
     }
 }
 

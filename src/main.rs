@@ -43,14 +43,14 @@ async fn main() -> ExitCode {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    commercex::telemetry::init(&config.log);
+    let _traces = commercex::telemetry::init(&config).context("telemetry")?;
     let app = commercex::app::Application::build(config).await.context("starting commercex")?;
     app.run_until(commercex::app::shutdown_signal()).await
 }
 
 /// Builds the node without serving anyone (a listener on a free loopback port), seeds, and shuts down the usual way.
 async fn seed_demo(config: Config) -> anyhow::Result<()> {
-    commercex::telemetry::init(&config.log);
+    let _traces = commercex::telemetry::init(&config).context("telemetry")?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let app = commercex::app::Application::with_listener(config, listener).await.context("opening the store")?;
     let seeded = commercex::demo::seed(app.state()).await;

@@ -19,6 +19,7 @@ use std::time::Duration;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tracing::{Instrument, Span};
 
 use super::live::Usage;
 use super::{Effects, Entity, EntityContext};
@@ -73,16 +74,28 @@ pub enum Delivery<T> {
     Retry,
 }
 
-/// Requests carry when they were sent, to measure how long they waited in the mailbox.
+/// When a request was sent, to measure how long it waited in the mailbox, and the span it was sent from, so the
+/// entity's work on it joins the caller's trace.
+pub struct Sent {
+    at: Instant,
+    span: Span,
+}
+
+impl Sent {
+    pub fn now() -> Self {
+        Self { at: Instant::now(), span: Span::current() }
+    }
+}
+
 pub enum EntityMsg<A: Entity> {
-    Execute(A::Command, Reply<A>, Instant),
+    Execute(A::Command, Reply<A>, Sent),
     /// `Execute` for a caller that needs only to know that the command took effect.
-    Apply(A::Command, AckReply<A>, Instant),
-    Get(RpcReplyPort<Delivery<A>>, Instant),
+    Apply(A::Command, AckReply<A>, Sent),
+    Get(RpcReplyPort<Delivery<A>>, Sent),
     /// Answers once the entity has no effect pending or running (for instance a payment that has been decided).
     Settled(RpcReplyPort<Delivery<A>>),
-    /// The outcome of the effect the actor started.
-    EffectDone(Result<A::Command, String>),
+    /// The outcome of the effect the actor started, from within the effect's span.
+    EffectDone(Result<A::Command, String>, Span),
     /// Try the pending effect again after a failure.
     RetryEffect,
     /// Write the batch of commands decided since the last commit.
@@ -137,6 +150,8 @@ struct Batch<A: Entity> {
     readers: Vec<RpcReplyPort<Delivery<A>>>,
     /// Commands in the batch, with or without events.
     commands: usize,
+    /// The span of the command that opened the batch: its commit is traced there.
+    span: Span,
 }
 
 pub struct EntityState<A: Entity> {
@@ -155,6 +170,8 @@ pub struct EntityState<A: Entity> {
     usage: Arc<Usage>,
     /// Passivation has begun: requests still queued are answered `Retry`.
     draining: bool,
+    /// The span of the last message that changed the state: the effect it calls for runs in a child of it.
+    trace: Span,
 }
 
 impl<A: Entity> EntityState<A> {
@@ -227,6 +244,7 @@ impl<A: Entity> Actor for EntityActor<A> {
             waiters: Vec::new(),
             usage,
             draining: false,
+            trace: Span::none(),
         })
     }
 
@@ -265,12 +283,25 @@ impl<A: Entity> Actor for EntityActor<A> {
         }
         let request =
             matches!(msg, EntityMsg::Execute(..) | EntityMsg::Apply(..) | EntityMsg::Get(..) | EntityMsg::Settled(_));
-        if let EntityMsg::Execute(.., sent) | EntityMsg::Apply(.., sent) | EntityMsg::Get(_, sent) = &msg {
-            metrics::histogram!(ENTITY_MAILBOX_WAIT, "kind" => A::KIND).record(sent.elapsed().as_secs_f64());
+        let parent = match &msg {
+            EntityMsg::Execute(.., sent) | EntityMsg::Apply(.., sent) | EntityMsg::Get(_, sent) => {
+                metrics::histogram!(ENTITY_MAILBOX_WAIT, "kind" => A::KIND).record(sent.at.elapsed().as_secs_f64());
+                Some(&sent.span)
+            }
+            EntityMsg::EffectDone(_, span) => Some(span),
+            EntityMsg::Flush => state.batch.as_ref().map(|batch| &batch.span),
+            _ => None,
+        };
+        let span = match parent {
+            Some(parent) => tracing::info_span!(parent: parent, "entity", kind = A::KIND, entity_id = %state.id),
+            None => Span::none(),
+        };
+        if matches!(msg, EntityMsg::Execute(..) | EntityMsg::Apply(..) | EntityMsg::EffectDone(..)) {
+            state.trace = span.clone();
         }
         let started = Instant::now();
         // Boxed: an idle actor's task then holds a pointer rather than room for the largest handler future.
-        Box::pin(self.handle_msg(&myself, msg, state)).await?;
+        Box::pin(self.handle_msg(&myself, msg, state).instrument(span)).await?;
         metrics::histogram!(ENTITY_HANDLER, "kind" => A::KIND).record(started.elapsed().as_secs_f64());
         if state.draining {
             return Ok(());
@@ -327,7 +358,7 @@ impl<A: Entity> EntityActor<A> {
                 }
                 Ok(())
             }
-            EntityMsg::EffectDone(outcome) => {
+            EntityMsg::EffectDone(outcome, _) => {
                 state.effect_running = false;
                 match outcome {
                     Ok(command) => {
@@ -424,14 +455,18 @@ impl<A: Entity> EntityActor<A> {
         state.effect_running = true;
         let (effects, id, myself) = (self.effects.clone(), state.id.clone(), myself.clone());
         tracing::debug!(stream = %state.stream, ?effect, "starting effect");
-        tokio::spawn(async move {
-            let outcome = match tokio::spawn(async move { effects.run(&id, effect).await }).await {
+        let span =
+            tracing::info_span!(parent: &state.trace, "effect", kind = A::KIND, entity_id = %id, effect = ?effect);
+        let work = async move {
+            let run = async move { effects.run(&id, effect).await }.in_current_span();
+            let outcome = match tokio::spawn(run).await {
                 Ok(outcome) => outcome,
                 Err(e) => Err(format!("effect task failed: {e}")),
             };
             // If this actor is gone, its successor recomputes the effect from the persisted state.
-            let _ = myself.cast(EntityMsg::EffectDone(outcome));
-        });
+            let _ = myself.cast(EntityMsg::EffectDone(outcome, Span::current()));
+        };
+        tokio::spawn(work.instrument(span));
     }
 
     /// Decides a command against the state as the pending batch leaves it and adds its events and its answer to the
@@ -483,7 +518,14 @@ impl<A: Entity> EntityActor<A> {
             Some(batch) => batch,
             None => {
                 myself.cast(EntityMsg::Flush)?;
-                state.batch.insert(Batch { events: Vec::new(), replies: Vec::new(), readers: Vec::new(), commands: 0 })
+                let span = Span::current();
+                state.batch.insert(Batch {
+                    events: Vec::new(),
+                    replies: Vec::new(),
+                    readers: Vec::new(),
+                    commands: 0,
+                    span,
+                })
             }
         };
         for event in &events {
@@ -516,7 +558,7 @@ impl<A: Entity> EntityActor<A> {
         state: &mut EntityState<A>,
     ) -> Result<(), ActorProcessingErr> {
         let Some(batch) = state.batch.take() else { return Ok(()) };
-        let Batch { events: records, replies, readers, commands } = batch;
+        let Batch { events: records, replies, readers, commands, .. } = batch;
         let next = &state.aggregate;
         for record in &records {
             self.ctx.faults.check(&format!("before_commit:{}", record.event_type));

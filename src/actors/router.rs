@@ -10,7 +10,7 @@ use ractor::rpc::CallResult;
 use ractor::{Actor, ActorRef, ActorStatus, RpcReplyPort};
 use tokio::time::Instant;
 
-use super::entity::{Delivery, EntityError, EntityMsg};
+use super::entity::{Delivery, EntityError, EntityMsg, Sent};
 use super::live::LiveMap;
 use super::placement::{Host, Placement, RemoteError, Request};
 use super::supervisor::{EnsureError, EntitySupervisor, SupervisorMsg};
@@ -67,7 +67,7 @@ impl<A: Entity> EntityRouter<A> {
         if !self.hosts(id) {
             return self.execute(id, command).await.map(drop);
         }
-        self.call(id, |reply| EntityMsg::Apply(command.clone(), reply, Instant::now())).await?
+        self.call(id, |reply| EntityMsg::Apply(command.clone(), reply, Sent::now())).await?
     }
 
     /// The entity's current state (a default state if it was never written).
@@ -75,7 +75,7 @@ impl<A: Entity> EntityRouter<A> {
         if !self.hosts(id) {
             return self.forward(id, Request::Get).await;
         }
-        self.call(id, |reply| EntityMsg::Get(reply, Instant::now())).await
+        self.call(id, |reply| EntityMsg::Get(reply, Sent::now())).await
     }
 
     /// The entity's state once it has no side effect pending or running, waiting at most `timeout`.
@@ -88,7 +88,7 @@ impl<A: Entity> EntityRouter<A> {
     }
 
     async fn execute_here(&self, id: &str, command: A::Command) -> Reply<A> {
-        self.call(id, |reply| EntityMsg::Execute(command.clone(), reply, Instant::now())).await?
+        self.call(id, |reply| EntityMsg::Execute(command.clone(), reply, Sent::now())).await?
     }
 
     async fn settled_here(&self, id: &str, timeout: Duration) -> Result<A, EntityError<A::Error>> {
@@ -242,7 +242,7 @@ impl<A: Entity> Host for EntityRouter<A> {
                     return Err(RemoteError::Unavailable { reason: format!("unreadable {} command: {e}", A::KIND) })
                 }
             },
-            Request::Get => self.call(id, |reply| EntityMsg::Get(reply, Instant::now())).await,
+            Request::Get => self.call(id, |reply| EntityMsg::Get(reply, Sent::now())).await,
             Request::Settled { timeout_ms } => self.settled_here(id, Duration::from_millis(timeout_ms)).await,
         };
         let unavailable = |e: serde_json::Error| RemoteError::Unavailable { reason: e.to_string() };

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::message::Message;
+use rdkafka::message::{Header, Headers as _, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
@@ -288,8 +288,12 @@ impl ClusterNode {
                         tracing::warn!(%error, offset = message.offset(), "request not taken (commit failed); its caller will retry");
                         continue;
                     }
+                    let traceparent = message.headers().and_then(|headers| {
+                        headers.iter().find(|h| h.key == crate::telemetry::TRACEPARENT)?.value.map(<[u8]>::to_vec)
+                    });
+                    let traceparent = traceparent.and_then(|v| String::from_utf8(v).ok());
                     match message.payload().map(serde_json::from_slice::<Envelope>) {
-                        Some(Ok(envelope)) => self.accept(envelope),
+                        Some(Ok(envelope)) => self.accept(envelope, traceparent.as_deref()),
                         _ => tracing::warn!(offset = message.offset(), "unreadable request on the commands topic"),
                     }
                 }
@@ -318,8 +322,9 @@ impl ClusterNode {
         tracing::warn!(node = %self.id, "chaos: rejoining the cluster");
     }
 
-    /// Serves one forwarded request on the runtime, answering on the caller's reply topic.
-    fn accept(self: &Arc<Self>, envelope: Envelope) {
+    /// Serves one forwarded request on the runtime, answering on the caller's reply topic; its spans join the
+    /// caller's trace when the request carries one.
+    fn accept(self: &Arc<Self>, envelope: Envelope, traceparent: Option<&str>) {
         if envelope.deadline_ms < chrono::Utc::now().timestamp_millis() {
             tracing::debug!(call = %envelope.call, "request past its deadline dropped");
             return;
@@ -328,7 +333,10 @@ impl ClusterNode {
             return;
         }
         let node = self.clone();
-        self.runtime.spawn(async move {
+        let span =
+            tracing::info_span!("forwarded", kind = %envelope.kind, entity_id = %envelope.entity, node = %self.id);
+        crate::telemetry::continue_trace(&span, traceparent);
+        let serve = async move {
             let host = node.hosts.get().and_then(|hosts| hosts.iter().find(|h| h.kind() == envelope.kind).cloned());
             let result = match host {
                 Some(host) => host.serve(&envelope.entity, envelope.request).await,
@@ -340,7 +348,8 @@ impl ClusterNode {
             if let Err((error, _)) = node.producer.send(record, node.timeout).await {
                 tracing::warn!(%error, to = %envelope.reply_to, "could not answer a forwarded request");
             }
-        });
+        };
+        self.runtime.spawn(tracing::Instrument::instrument(serve, span));
     }
 
     /// Stops hosting `partitions` and drains their live entities.
@@ -427,8 +436,16 @@ impl Placement for ClusterNode {
         let (sender, answer) = oneshot::channel();
         self.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(call.clone(), sender);
         let forgotten = |node: &Self| node.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&call);
-        let record =
-            FutureRecord::to(&self.commands).key(id.as_bytes()).partition(self.shards.of(id)).payload(&payload);
+        let traceparent = crate::telemetry::traceparent();
+        let mut headers = OwnedHeaders::new();
+        if let Some(value) = &traceparent {
+            headers = headers.insert(Header { key: crate::telemetry::TRACEPARENT, value: Some(value.as_str()) });
+        }
+        let record = FutureRecord::to(&self.commands)
+            .key(id.as_bytes())
+            .partition(self.shards.of(id))
+            .payload(&payload)
+            .headers(headers);
         if let Err((error, _)) = self.producer.send(record, self.timeout).await {
             forgotten(self);
             return Err(unavailable(format!("could not forward to the node hosting {kind} {id}: {error}")));

@@ -95,6 +95,7 @@ async fn checkout(
         shipping_address: body.shipping_address,
     };
     let order = state.orders.checkout(&me.user, key, request).await?;
+    tracing::Span::current().record("order_id", order.id.as_str());
     let location = format!("/api/orders/{}", order.id);
     Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(OrderView::from(order))).into_response())
 }

@@ -18,6 +18,7 @@ mod metrics;
 mod resilience;
 mod saga_faults;
 mod sessions;
+mod traces;
 mod upgrades;
 mod user_text;
 mod websocket_guards;

@@ -6,3 +6,4 @@ mod cluster;
 mod harness;
 mod outages;
 mod shared;
+mod traces;
