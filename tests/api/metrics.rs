@@ -84,6 +84,20 @@ async fn a_checkout_moves_the_counters_a_dashboard_reads() {
     assert!(grew("commercex_signins_total", &[("outcome", "invalid_credentials")]) >= 1.0);
     assert!(grew("commercex_product_cache_lookups_total", &[("result", "hit")]) >= 1.0);
     assert!(grew("commercex_product_cache_lookups_total", &[("result", "miss")]) >= 1.0);
+
+    if app.state.dependencies.bus.backend() == "kafka" {
+        // Each consumer reports its lag with librdkafka's statistics, every 5 s.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        loop {
+            let now = scrape(&app).await;
+            let reported = |consumer| now.keys().any(|k| k.starts_with("commercex_kafka_consumer_lag") && k.contains(consumer));
+            if reported("consumer=\"shared\"") && reported("consumer=\"every-process\"") {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "no consumer lag reported");
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+    }
 }
 
 #[tokio::test]
