@@ -90,7 +90,8 @@ async fn a_checkout_moves_the_counters_a_dashboard_reads() {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
         loop {
             let now = scrape(&app).await;
-            let reported = |consumer| now.keys().any(|k| k.starts_with("commercex_kafka_consumer_lag") && k.contains(consumer));
+            let reported =
+                |consumer| now.keys().any(|k| k.starts_with("commercex_kafka_consumer_lag") && k.contains(consumer));
             if reported("consumer=\"shared\"") && reported("consumer=\"every-process\"") {
                 break;
             }
