@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite:
 #   1. `cargo test`: unit, property, contract (embedded / in-process side) and end-to-end tests on the embedded defaults;
+#      then the OpenAPI document checked by openapi-spec-validator (scripts/openapi.sh);
 #   2. the contract suites against the real servers (MongoDB, Kafka and Redis protocol servers started by
 #      scripts/infra.sh; installed on first use, which takes a while and shows its progress);
 #   3. the end-to-end suite again with store.backend = mongodb, bus.backend = kafka and redis.url set;
@@ -12,6 +13,9 @@ cd "$(dirname "$0")/.."
 
 echo "== cargo test (embedded defaults)"
 cargo test "$@"
+
+echo "== the OpenAPI document, validated by openapi-spec-validator"
+scripts/openapi.sh
 
 before="$(scripts/infra.sh status)"
 stop_started() {

@@ -91,7 +91,7 @@ pub struct Session {
     pub refresh_ttl_secs: u64,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ProfilePatch {
     pub name: Option<String>,

@@ -37,7 +37,8 @@ impl From<EntityError<ProductError>> for CartServiceError {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// The cart priced from the catalog as it is now.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CartView {
     pub items: Vec<PricedLine>,
@@ -45,6 +46,7 @@ pub struct CartView {
     /// Sum of available lines, in minor units of `currency`.
     pub subtotal: i64,
     pub item_count: u64,
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub updated_at: Option<Timestamp>,
 }
 

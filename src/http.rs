@@ -11,6 +11,7 @@ pub mod extract;
 mod health;
 mod metrics;
 mod notifications;
+pub mod openapi;
 mod orders;
 mod payments;
 mod products;
@@ -33,6 +34,8 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
 
 pub use error::ApiError;
 
@@ -124,19 +127,23 @@ pub fn app(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(http.body_limit_bytes))
         .layer(middleware::from_fn_with_state(Duration::from_millis(http.request_timeout_ms), deadline));
 
-    let metrics = state.metrics.then(metrics::router);
-    Router::new()
-        .merge(health::router())
-        .merge(metrics.unwrap_or_default())
-        .merge(users::router(state.clone()))
-        .merge(admin::router())
+    let (api, document) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(products::router())
+        .merge(users::router(state.clone()))
         .merge(cart::router())
         .merge(orders::router())
         .merge(payments::router())
-        .merge(coupons::router())
         .merge(notifications::router())
+        .merge(coupons::router())
+        .merge(admin::router())
         .merge(ws::router())
+        .merge(health::router())
+        .merge(metrics::router())
+        .merge(openapi::router())
+        .split_for_parts();
+    openapi::publish(document);
+    Router::new()
+        .merge(api)
         .fallback(|| async { ApiError::not_found("not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
@@ -195,8 +202,9 @@ async fn auth_rate_limit(State(state): State<AppState>, req: Request, next: Next
 }
 
 /// Common pagination parameters: `page` from 1, `limit` 1..=100 (default 20).
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct Pagination {
     pub page: Option<u32>,
     pub limit: Option<u32>,
@@ -216,7 +224,7 @@ pub fn page_and_limit(page: Option<u32>, limit: Option<u32>) -> Result<(u32, u32
 
 /// A page of results with its position in the whole listing. When `totalIsExact` is false, `total` and `totalPages`
 /// are lower bounds: the listing stopped counting.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PageView<T> {
     pub items: Vec<T>,

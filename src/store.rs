@@ -203,7 +203,7 @@ pub trait SalesStore: Send + Sync {
 }
 
 /// A stored notification. `user_id: None` is a public broadcast (e.g. a new product).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Notification {
     /// Increasing across all notifications; clients resume after the last id they saw.
@@ -216,11 +216,12 @@ pub struct Notification {
     /// The event that caused it; a replayed event never creates a second notification.
     pub event_id: String,
     pub read: bool,
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: Timestamp,
 }
 
 /// A rendered transactional email, as handed to the mail sender.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Email {
     pub id: u64,
@@ -229,6 +230,7 @@ pub struct Email {
     pub subject: String,
     pub body: String,
     pub event_id: String,
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: Timestamp,
 }
 

@@ -57,7 +57,7 @@ struct Answer {
 }
 
 /// What `GET /api/admin/cluster` shows.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterStatus {
     pub node: String,
@@ -70,7 +70,7 @@ pub struct ClusterStatus {
     pub commands_lag: i64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Member {
     pub node: String,

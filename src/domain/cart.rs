@@ -278,7 +278,7 @@ impl Aggregate for Cart {
 }
 
 /// A priced cart line, as shown to the user.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PricedLine {
     pub product_id: String,

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::text::{self, InvalidText, Lines};
 use super::{currency, Aggregate, Timestamp};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Discount {
     /// Percentage off the subtotal, 1 to 100.

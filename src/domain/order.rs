@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::user::Address;
 use super::{Aggregate, Timestamp};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OrderStatus {
     Pending,
@@ -81,7 +81,7 @@ impl std::str::FromStr for OrderStatus {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OrderLine {
     pub product_id: String,
@@ -91,10 +91,11 @@ pub struct OrderLine {
     pub line_total: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StatusEntry {
     pub status: OrderStatus,
+    #[schema(value_type = String, format = DateTime)]
     pub at: Timestamp,
     pub reason: Option<String>,
 }

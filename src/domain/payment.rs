@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Aggregate, Timestamp};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PaymentStatus {
     Pending,
@@ -22,7 +22,7 @@ pub enum PaymentStatus {
     Refunded,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Payment {
     pub id: String,
@@ -45,11 +45,14 @@ pub struct Payment {
     /// A payment failed because the provider held no charge under its key looks the key up again at this time, in
     /// case a request still in flight was captured late. Cleared once that lookup has answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub recheck_at: Option<Timestamp>,
     /// The recheck is due and its lookup under way.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub rechecking: bool,
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: Timestamp,
+    #[schema(value_type = String, format = DateTime)]
     pub updated_at: Timestamp,
 }
 

@@ -19,7 +19,7 @@ pub const OUTCOMES_FORMAT: u32 = 1;
 /// Orders checked against their read model per effect, when migrating sales recorded before orders closed them.
 const CHECK_BATCH: usize = 64;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Product {
     pub id: String,
@@ -35,7 +35,9 @@ pub struct Product {
     /// Bumped by every change to the product's details (not by stock movements), checked by optimistic updates.
     pub version: u64,
     pub deleted: bool,
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: Timestamp,
+    #[schema(value_type = String, format = DateTime)]
     pub updated_at: Timestamp,
 }
 

@@ -1,36 +1,39 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::extract::{AdminUser, Json, Path, Query};
+use super::openapi::ErrorBody;
 use super::{page_and_limit, ApiError, AppState, PageView, Pagination};
 use crate::actors::EntityError;
 use crate::auth::double_option;
 use crate::domain::coupon::{self, Coupon, CouponCommand, CouponError, CouponTerms, Discount};
 use crate::domain::Timestamp;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/admin/coupons", get(list).post(create))
-        .route("/api/admin/coupons/{code}", get(show).patch(update))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(list, create)).routes(routes!(show, update))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CouponView {
     code: String,
     discount: Discount,
     min_order: Option<i64>,
+    #[schema(value_type = Option<String>, format = DateTime)]
     expires_at: Option<Timestamp>,
     usage_limit: Option<u32>,
     per_user_limit: Option<u32>,
     active: bool,
     /// Uses currently counted (held by orders in progress or paid).
     uses: usize,
+    #[schema(value_type = String, format = DateTime)]
     created_at: Timestamp,
+    #[schema(value_type = String, format = DateTime)]
     updated_at: Timestamp,
 }
 
@@ -51,12 +54,15 @@ impl From<Coupon> for CouponView {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schema(as = NewCoupon)]
 struct CreateBody {
+    /// Letters, digits, `-` and `_`, 3 to 32; compared ignoring case.
     code: String,
     discount: Discount,
     min_order: Option<i64>,
+    #[schema(value_type = Option<String>, format = DateTime)]
     expires_at: Option<Timestamp>,
     usage_limit: Option<u32>,
     per_user_limit: Option<u32>,
@@ -68,6 +74,9 @@ fn coupon_result(
     r?.coupon.map(CouponView::from).ok_or_else(|| CouponError::NotFound.into())
 }
 
+#[utoipa::path(post, path = "/api/admin/coupons", tag = "coupons", request_body = CreateBody, security(("bearer" = []), ("cookie" = [])),
+    responses((status = 201, body = CouponView), (status = 403, body = ErrorBody),
+        (status = 409, description = "`coupon_exists`", body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn create(
     State(state): State<AppState>,
     _admin: AdminUser,
@@ -85,6 +94,8 @@ async fn create(
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
+#[utoipa::path(get, path = "/api/admin/coupons", tag = "coupons", params(Pagination), security(("bearer" = []), ("cookie" = [])),
+    responses((status = 200, body = PageView<CouponView>), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
 async fn list(
     State(state): State<AppState>,
     _admin: AdminUser,
@@ -94,6 +105,9 @@ async fn list(
     Ok(Json(PageView::from(state.sales.list_coupons(page, limit).await?.map(CouponView::from))))
 }
 
+#[utoipa::path(get, path = "/api/admin/coupons/{code}", tag = "coupons", params(("code" = String, Path)), security(("bearer" = []), ("cookie" = [])),
+    responses((status = 200, body = CouponView), (status = 403, body = ErrorBody),
+        (status = 404, description = "`coupon_not_found`", body = ErrorBody)))]
 async fn show(
     State(state): State<AppState>,
     _admin: AdminUser,
@@ -104,16 +118,22 @@ async fn show(
     Ok(Json(found.into()))
 }
 
-#[derive(Deserialize)]
+/// `null` removes a limit or the expiry; an absent field stays as it is.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct UpdateBody {
     active: Option<bool>,
     #[serde(default, deserialize_with = "double_option")]
     usage_limit: Option<Option<u32>>,
     #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<Option<String>>, format = DateTime)]
     expires_at: Option<Option<Timestamp>>,
 }
 
+#[utoipa::path(patch, path = "/api/admin/coupons/{code}", tag = "coupons", params(("code" = String, Path)),
+    request_body = UpdateBody, security(("bearer" = []), ("cookie" = [])),
+    responses((status = 200, body = CouponView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
 async fn update(
     State(state): State<AppState>,
     _admin: AdminUser,

@@ -3,18 +3,20 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use serde_json::{json, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::extract::Json;
 use super::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/health", get(health)).route("/ready", get(ready))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(health)).routes(routes!(ready))
 }
 
 /// The process is up.
+#[utoipa::path(get, path = "/health", tag = "health",
+    responses((status = 200, description = "`{\"status\":\"ok\"}`", body = serde_json::Value)))]
 async fn health() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
@@ -22,6 +24,9 @@ async fn health() -> Json<Value> {
 /// Each dependency's state. 503 when requests cannot be served: the store is down, revocations cannot be checked
 /// (authentication fails closed), or the entity supervisors are not running. A bus or cache that is down leaves the
 /// service working (the outbox holds events; reads go to the store): 200 with `"status": "degraded"`.
+#[utoipa::path(get, path = "/ready", tag = "health",
+    responses((status = 200, description = "`status` is `ready` or `degraded`, with each dependency's state", body = serde_json::Value),
+        (status = 503, description = "`status: unavailable`: the store, revocations or the supervisors are down", body = serde_json::Value)))]
 async fn ready(State(state): State<AppState>) -> Response {
     let deps = &state.dependencies;
     let within = |what: &'static str| move |_| Err(format!("{what} did not answer within {} ms", PROBE.as_millis()));

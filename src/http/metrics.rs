@@ -2,21 +2,28 @@
 
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::AppState;
+use super::{ApiError, AppState};
 use crate::telemetry::metrics::{self, HTTP_DURATION, HTTP_REQUESTS};
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/metrics", get(render))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(render))
 }
 
-async fn render() -> Response {
+/// Prometheus metrics in the text format (README: Observability); 404 when `telemetry.metrics` is off.
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses((status = 200, description = "The Prometheus text format", content_type = "text/plain", body = String),
+        (status = 404, body = super::openapi::ErrorBody)))]
+async fn render(State(state): State<AppState>) -> Response {
+    if !state.metrics {
+        return ApiError::not_found("not_found", "metrics are turned off (telemetry.metrics)").into_response();
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], metrics::render()).into_response()
 }
 

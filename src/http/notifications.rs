@@ -1,23 +1,22 @@
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::Router;
 use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::store::{Email, Notification};
 
 use super::extract::{AdminUser, CurrentUser, Json, Path, Query};
+use super::openapi::ErrorBody;
 use super::{page_and_limit, ApiError, AppState, PageView, Pagination};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/notifications", get(list))
-        .route("/api/notifications/{id}/read", post(mark_read))
-        .route("/api/admin/emails", get(emails))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(list)).routes(routes!(mark_read)).routes(routes!(emails))
 }
 
 /// A page of the caller's notifications and how many of all of them are unread.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct NotificationsPage {
     #[serde(flatten)]
@@ -25,7 +24,9 @@ struct NotificationsPage {
     unread_count: u64,
 }
 
-/// The caller's notifications, newest first, with the number still unread.
+/// The caller's notifications (and public ones), newest first, with the number still unread.
+#[utoipa::path(get, path = "/api/notifications", tag = "notifications", params(Pagination), security(("bearer" = []), ("cookie" = [])),
+    responses((status = 200, body = NotificationsPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn list(
     State(state): State<AppState>,
     CurrentUser(me): CurrentUser,
@@ -36,6 +37,9 @@ async fn list(
     Ok(Json(NotificationsPage { page: found.into(), unread_count: unread }))
 }
 
+#[utoipa::path(post, path = "/api/notifications/{id}/read", tag = "notifications", params(("id" = u64, Path)), security(("bearer" = []), ("cookie" = [])),
+    responses((status = 204, description = "Marked read"), (status = 401, body = ErrorBody),
+        (status = 404, description = "`notification_not_found`", body = ErrorBody)))]
 async fn mark_read(
     State(state): State<AppState>,
     CurrentUser(me): CurrentUser,
@@ -49,6 +53,8 @@ async fn mark_read(
 }
 
 /// Every transactional email the mail sender was handed, newest first.
+#[utoipa::path(get, path = "/api/admin/emails", tag = "admin", params(Pagination), security(("bearer" = []), ("cookie" = [])),
+    responses((status = 200, body = PageView<Email>), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
 async fn emails(
     State(state): State<AppState>,
     _admin: AdminUser,

@@ -1,31 +1,33 @@
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::Router;
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::extract::{AdminUser, CurrentUser, Json, Path, Query};
-use super::{page_and_limit, ApiError, AppState, PageView};
+use super::openapi::ErrorBody;
+use super::{page_and_limit, ApiError, AppState, PageView, Pagination};
 use crate::domain::order::{Order, OrderCommand, OrderLine, OrderStatus, StatusEntry};
 use crate::domain::user::Address;
 use crate::domain::Timestamp;
 use crate::orders::CheckoutRequest;
 use crate::store::OrderQuery;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/cart/checkout", post(checkout))
-        .route("/api/orders", get(mine))
-        .route("/api/orders/{id}", get(show))
-        .route("/api/orders/{id}/cancel", post(cancel))
-        .route("/api/admin/orders", get(all))
-        .route("/api/admin/orders/{id}/ship", post(ship))
-        .route("/api/admin/orders/{id}/deliver", post(deliver))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(checkout))
+        .routes(routes!(mine))
+        .routes(routes!(show))
+        .routes(routes!(cancel))
+        .routes(routes!(all))
+        .routes(routes!(ship))
+        .routes(routes!(deliver))
 }
 
 /// An order as clients see it (the saga's bookkeeping stays inside).
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OrderView {
     id: String,
@@ -41,8 +43,11 @@ pub struct OrderView {
     payment_id: String,
     shipping_address: Option<Address>,
     history: Vec<StatusEntry>,
+    #[schema(value_type = String, format = DateTime)]
     reservation_expires_at: Timestamp,
+    #[schema(value_type = String, format = DateTime)]
     created_at: Timestamp,
+    #[schema(value_type = String, format = DateTime)]
     updated_at: Timestamp,
 }
 
@@ -69,15 +74,26 @@ impl From<Order> for OrderView {
     }
 }
 
-#[derive(Deserialize)]
+/// What the client chooses; lines, prices, discount and totals are the server's.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct CheckoutBody {
+    /// A payment test token (`pm_card_visa`, `pm_card_chargeDeclined`, ...).
     payment_method: String,
     coupon_code: Option<String>,
     shipping_address: Option<Address>,
 }
 
 /// 202: the order exists and its saga runs on; follow it with `GET /api/orders/{id}` or the WebSocket.
+#[utoipa::path(post, path = "/api/cart/checkout", tag = "orders", request_body = CheckoutBody, security(("bearer" = []), ("cookie" = [])),
+    params(("Idempotency-Key" = String, Header, description = "Visible ASCII, chosen by the client: a retry with the \
+same key and request answers the same order; the same key with another request is `422 idempotency_key_reused`")),
+    responses((status = 202, description = "Placed; `Location` names the order", body = OrderView),
+        (status = 400, description = "`idempotency_key_required`, `invalid_idempotency_key`", body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 404, description = "`coupon_not_found`", body = ErrorBody),
+        (status = 409, description = "`insufficient_stock`, `product_unavailable`, `currency_mismatch`, coupon limits", body = ErrorBody),
+        (status = 422, description = "`cart_empty`, `invalid_payment_method`, `idempotency_key_reused`, coupon terms", body = ErrorBody)))]
 async fn checkout(
     State(state): State<AppState>,
     CurrentUser(me): CurrentUser,
@@ -100,23 +116,23 @@ async fn checkout(
     Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(OrderView::from(order))).into_response())
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MineParams {
-    page: Option<u32>,
-    limit: Option<u32>,
-}
-
+/// The caller's orders, newest first.
+#[utoipa::path(get, path = "/api/orders", tag = "orders", params(Pagination), security(("bearer" = []), ("cookie" = [])),
+    responses((status = 200, body = PageView<OrderView>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn mine(
     State(state): State<AppState>,
     CurrentUser(me): CurrentUser,
-    Query(p): Query<MineParams>,
+    Query(p): Query<Pagination>,
 ) -> Result<Json<PageView<OrderView>>, ApiError> {
     let (page, limit) = page_and_limit(p.page, p.limit)?;
     let query = OrderQuery { user_id: Some(me.user.id.clone()), status: None, page, limit };
     Ok(Json(PageView::from(state.orders.list(&query).await?.map(OrderView::from))))
 }
 
+/// One of the caller's orders (an administrator's: any).
+#[utoipa::path(get, path = "/api/orders/{id}", tag = "orders", params(("id" = String, Path)), security(("bearer" = []), ("cookie" = [])),
+    responses((status = 200, body = OrderView), (status = 401, body = ErrorBody),
+        (status = 404, description = "`order_not_found`", body = ErrorBody)))]
 async fn show(
     State(state): State<AppState>,
     CurrentUser(me): CurrentUser,
@@ -126,6 +142,9 @@ async fn show(
 }
 
 /// 202: cancellation is recorded; releasing stock and refunding follow.
+#[utoipa::path(post, path = "/api/orders/{id}/cancel", tag = "orders", params(("id" = String, Path)), security(("bearer" = []), ("cookie" = [])),
+    responses((status = 202, body = OrderView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "`invalid_transition`: shipped, delivered or already ended", body = ErrorBody)))]
 async fn cancel(
     State(state): State<AppState>,
     CurrentUser(me): CurrentUser,
@@ -135,15 +154,22 @@ async fn cancel(
     Ok((StatusCode::ACCEPTED, Json(OrderView::from(order))).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
 struct AllParams {
     page: Option<u32>,
     limit: Option<u32>,
+    /// An order status (`pending`, `stock_reserved`, `paid`, `shipped`, `delivered`, `rejected`, `payment_failed`,
+    /// `cancelled`, `refunded`).
     status: Option<String>,
     user_id: Option<String>,
 }
 
+/// Every order, newest first (admin).
+#[utoipa::path(get, path = "/api/admin/orders", tag = "admin", params(AllParams), security(("bearer" = []), ("cookie" = [])),
+    responses((status = 200, body = PageView<OrderView>), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 async fn all(
     State(state): State<AppState>,
     _admin: AdminUser,
@@ -160,6 +186,9 @@ async fn all(
     Ok(Json(PageView::from(state.orders.list(&query).await?.map(OrderView::from))))
 }
 
+#[utoipa::path(post, path = "/api/admin/orders/{id}/ship", tag = "admin", params(("id" = String, Path)), security(("bearer" = []), ("cookie" = [])),
+    responses((status = 200, body = OrderView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "`invalid_transition`: only a paid order ships", body = ErrorBody)))]
 async fn ship(
     State(state): State<AppState>,
     _admin: AdminUser,
@@ -168,6 +197,9 @@ async fn ship(
     Ok(Json(state.orders.command(&id, OrderCommand::Ship).await?.into()))
 }
 
+#[utoipa::path(post, path = "/api/admin/orders/{id}/deliver", tag = "admin", params(("id" = String, Path)), security(("bearer" = []), ("cookie" = [])),
+    responses((status = 200, body = OrderView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "`invalid_transition`: only a shipped order is delivered", body = ErrorBody)))]
 async fn deliver(
     State(state): State<AppState>,
     _admin: AdminUser,

@@ -1,25 +1,27 @@
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::Router;
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::extract::{AdminUser, Json, Path, Query};
+use super::openapi::ErrorBody;
 use super::{page_and_limit, ApiError, AppState, PageView};
 use crate::auth::double_option;
 use crate::domain::product::{Product, ProductDetails};
 use crate::store::ProductQuery;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/products", get(list).post(create))
-        .route("/api/products/{id}", get(show).put(replace).patch(patch).delete(remove))
-        .route("/api/products/{id}/stock", post(adjust_stock))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(show, replace, patch, remove))
+        .routes(routes!(adjust_stock))
 }
 
 /// A product with its purchasable stock.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProductView {
     #[serde(flatten)]
@@ -33,19 +35,27 @@ impl From<Product> for ProductView {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
 struct ListParams {
+    /// From 1.
     page: Option<u32>,
+    /// 1 to 100, default 20.
     limit: Option<u32>,
-    /// Text search over title and description.
+    /// Text search over title and description: every word must match a word of the product (a word of 3 or more
+    /// characters matches the words it begins); at most 100 characters and 5 words.
     q: Option<String>,
     category: Option<String>,
     min_price: Option<i64>,
     max_price: Option<i64>,
+    /// `newest` (default), `oldest`, `price_asc` (or `price`), `price_desc` (or `-price`), `title_asc`, `title_desc`.
     sort: Option<String>,
 }
 
+#[utoipa::path(get, path = "/api/products", tag = "products", params(ListParams),
+    responses((status = 200, description = "A page of live products", body = PageView<ProductView>),
+        (status = 400, description = "A query parameter out of bounds", body = ErrorBody)))]
 async fn list(
     State(state): State<AppState>,
     Query(p): Query<ListParams>,
@@ -67,6 +77,8 @@ async fn list(
     Ok(Json(PageView::from(found.map(ProductView::from))))
 }
 
+#[utoipa::path(get, path = "/api/products/{id}", tag = "products", params(("id" = String, Path)),
+    responses((status = 200, body = ProductView), (status = 404, description = "No such live product", body = ErrorBody)))]
 async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<ProductView>, ApiError> {
     Ok(Json(state.catalog.get(&id).await?.into()))
 }
@@ -90,8 +102,9 @@ fn all_details(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schema(as = NewProduct)]
 struct CreateBody {
     title: String,
     #[serde(default)]
@@ -104,6 +117,10 @@ struct CreateBody {
     stock: i64,
 }
 
+#[utoipa::path(post, path = "/api/products", tag = "products", request_body = CreateBody,
+    security(("bearer" = []), ("cookie" = [])),
+    responses((status = 201, description = "Created; `Location` names it", body = ProductView),
+        (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn create(
     State(state): State<AppState>,
     _admin: AdminUser,
@@ -117,7 +134,7 @@ async fn create(
 }
 
 /// PUT: every field is given again, with the version being replaced.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct ReplaceBody {
     version: u64,
@@ -129,6 +146,11 @@ struct ReplaceBody {
     image_url: Option<String>,
 }
 
+#[utoipa::path(put, path = "/api/products/{id}", tag = "products", params(("id" = String, Path)),
+    request_body = ReplaceBody, security(("bearer" = []), ("cookie" = [])),
+    responses((status = 200, body = ProductView), (status = 404, body = ErrorBody),
+        (status = 409, description = "`version_conflict`: the product changed since that version", body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
 async fn replace(
     State(state): State<AppState>,
     _admin: AdminUser,
@@ -140,7 +162,7 @@ async fn replace(
 }
 
 /// PATCH: only the given fields change; `imageUrl: null` removes the image.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct PatchBody {
     version: u64,
@@ -153,6 +175,10 @@ struct PatchBody {
     image_url: Option<Option<String>>,
 }
 
+#[utoipa::path(patch, path = "/api/products/{id}", tag = "products", params(("id" = String, Path)),
+    request_body = PatchBody, security(("bearer" = []), ("cookie" = [])),
+    responses((status = 200, body = ProductView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
 async fn patch(
     State(state): State<AppState>,
     _admin: AdminUser,
@@ -170,12 +196,16 @@ async fn patch(
     Ok(Json(state.catalog.update(&id, b.version, details).await?.into()))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct DeleteParams {
     version: Option<u64>,
 }
 
+#[utoipa::path(delete, path = "/api/products/{id}", tag = "products", params(("id" = String, Path), DeleteParams),
+    security(("bearer" = []), ("cookie" = [])),
+    responses((status = 204, description = "Deleted"), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn remove(
     State(state): State<AppState>,
     _admin: AdminUser,
@@ -187,13 +217,17 @@ async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct StockBody {
     delta: i64,
     reason: String,
 }
 
+#[utoipa::path(post, path = "/api/products/{id}/stock", tag = "products", params(("id" = String, Path)),
+    request_body = StockBody, security(("bearer" = []), ("cookie" = [])),
+    responses((status = 200, body = ProductView), (status = 404, body = ErrorBody),
+        (status = 409, description = "`insufficient_stock`: the stock would fall below what is reserved", body = ErrorBody)))]
 async fn adjust_stock(
     State(state): State<AppState>,
     _admin: AdminUser,

@@ -1,31 +1,31 @@
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{middleware, Router};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::extract::{cookie, optional_json, request_is_https, CurrentUser, Json, ACCESS_COOKIE, REFRESH_COOKIE};
+use super::openapi::ErrorBody;
 use super::{auth_rate_limit, ApiError, AppState};
 use crate::auth::{ProfilePatch, Session};
 use crate::domain::user::{AccountStatus, Address, Role, User};
 use crate::domain::Timestamp;
 
-pub fn router(state: AppState) -> Router<AppState> {
-    let limited = Router::new()
-        .route("/api/users/signup", post(signup))
-        .route("/api/users/signin", post(signin))
-        .route("/api/users/refresh", post(refresh))
+pub fn router(state: AppState) -> OpenApiRouter<AppState> {
+    let limited = OpenApiRouter::new()
+        .routes(routes!(signup))
+        .routes(routes!(signin))
+        .routes(routes!(refresh))
         .route_layer(middleware::from_fn_with_state(state, auth_rate_limit));
-    Router::new()
-        .merge(limited)
-        .route("/api/users/signout", post(signout))
-        .route("/api/users/me", get(me).patch(update_me))
+    OpenApiRouter::new().merge(limited).routes(routes!(signout)).routes(routes!(me, update_me))
 }
 
 /// A user as the API shows it (never the password hash).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UserView {
     pub id: String,
@@ -35,7 +35,9 @@ pub struct UserView {
     pub address: Option<Address>,
     pub role: Role,
     pub status: AccountStatus,
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: Timestamp,
+    #[schema(value_type = String, format = DateTime)]
     pub updated_at: Timestamp,
 }
 
@@ -55,7 +57,7 @@ impl From<User> for UserView {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SignupBody {
     email: String,
@@ -63,14 +65,15 @@ struct SignupBody {
     name: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SigninBody {
     email: String,
     password: String,
 }
 
-#[derive(Deserialize, Default)]
+/// The refresh token, unless it comes as the `refresh_token` cookie (then the body may be empty).
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RefreshBody {
     refresh_token: Option<String>,
@@ -87,16 +90,31 @@ fn secure_cookies(state: &AppState, headers: &HeaderMap) -> bool {
     state.cookie_secure || request_is_https(headers)
 }
 
+/// A session: the user and its tokens (also set as HTTP-only cookies, `access_token` and `refresh_token`).
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct SessionView {
+    user: UserView,
+    access_token: String,
+    /// Always `Bearer`.
+    token_type: &'static str,
+    /// Seconds the access token lives.
+    expires_in: u64,
+    /// Single use: refreshing returns a new one, and presenting a used one revokes the whole sign-in.
+    refresh_token: String,
+    refresh_expires_in: u64,
+}
+
 /// The session as JSON plus the same tokens as HTTP-only cookies.
 fn session_response(status: StatusCode, session: Session, secure: bool) -> Response {
-    let body = serde_json::json!({
-        "user": UserView::from(session.user),
-        "accessToken": session.access_token,
-        "tokenType": "Bearer",
-        "expiresIn": session.access_ttl_secs,
-        "refreshToken": session.refresh_token,
-        "refreshExpiresIn": session.refresh_ttl_secs,
-    });
+    let body = SessionView {
+        user: UserView::from(session.user),
+        access_token: session.access_token.clone(),
+        token_type: "Bearer",
+        expires_in: session.access_ttl_secs,
+        refresh_token: session.refresh_token.clone(),
+        refresh_expires_in: session.refresh_ttl_secs,
+    };
     let mut response = (status, Json(body)).into_response();
     let cookies = [
         cookie_header(ACCESS_COOKIE, &session.access_token, "/", session.access_ttl_secs, secure),
@@ -108,6 +126,11 @@ fn session_response(status: StatusCode, session: Session, secure: bool) -> Respo
     response
 }
 
+#[utoipa::path(post, path = "/api/users/signup", tag = "users", request_body = SignupBody,
+    responses((status = 201, description = "Signed up and signed in", body = SessionView),
+        (status = 409, description = "`email_taken`", body = ErrorBody),
+        (status = 422, description = "`invalid_email`, `weak_password`, `invalid_text`", body = ErrorBody),
+        (status = 429, description = "`rate_limited` (per client address)", body = ErrorBody)))]
 async fn signup(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -118,6 +141,11 @@ async fn signup(
     Ok(session_response(StatusCode::CREATED, session, secure_cookies(&state, &headers)))
 }
 
+#[utoipa::path(post, path = "/api/users/signin", tag = "users", request_body = SigninBody,
+    responses((status = 200, body = SessionView),
+        (status = 401, description = "`invalid_credentials`", body = ErrorBody),
+        (status = 403, description = "`account_blocked`", body = ErrorBody),
+        (status = 429, body = ErrorBody), (status = 503, description = "`auth_busy`", body = ErrorBody)))]
 async fn signin(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -128,6 +156,10 @@ async fn signin(
 }
 
 /// Refresh token from the JSON body (`refreshToken`) or the `refresh_token` cookie.
+#[utoipa::path(post, path = "/api/users/refresh", tag = "users", request_body(content = Option<RefreshBody>),
+    responses((status = 200, body = SessionView),
+        (status = 401, description = "`unauthenticated`, `invalid_token`, `token_expired`, `refresh_token_reused`", body = ErrorBody),
+        (status = 429, body = ErrorBody)))]
 async fn refresh(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
     let body: RefreshBody = optional_json(&body)?;
     let token = body
@@ -139,6 +171,9 @@ async fn refresh(State(state): State<AppState>, headers: HeaderMap, body: Bytes)
     Ok(session_response(StatusCode::OK, session, secure_cookies(&state, &headers)))
 }
 
+#[utoipa::path(post, path = "/api/users/signout", tag = "users", security(("bearer" = []), ("cookie" = [])),
+    responses((status = 204, description = "Signed out: this sign-in's tokens are revoked, its sockets closed"),
+        (status = 401, body = ErrorBody)))]
 async fn signout(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -155,10 +190,15 @@ async fn signout(
     Ok(response)
 }
 
+#[utoipa::path(get, path = "/api/users/me", tag = "users", security(("bearer" = []), ("cookie" = [])),
+    responses((status = 200, body = UserView), (status = 401, body = ErrorBody)))]
 async fn me(CurrentUser(principal): CurrentUser) -> Json<UserView> {
     Json(principal.user.into())
 }
 
+#[utoipa::path(patch, path = "/api/users/me", tag = "users", request_body = ProfilePatch,
+    security(("bearer" = []), ("cookie" = [])),
+    responses((status = 200, body = UserView), (status = 401, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn update_me(
     State(state): State<AppState>,
     CurrentUser(principal): CurrentUser,

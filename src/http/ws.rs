@@ -19,11 +19,12 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::extract::State;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::extract::{CurrentUser, Query};
 use super::{csrf, AppState};
@@ -45,13 +46,15 @@ const UNAUTHENTICATED_MESSAGE_LIMIT: usize = 4 * 1024;
 const MESSAGE_LIMIT: usize = 64 * 1024;
 const BACKLOG_LIMIT: usize = 500;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/ws/notifications", get(upgrade))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(upgrade))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct Params {
+    /// Replay the notifications with an id above this one first.
     after: Option<u64>,
 }
 
@@ -63,6 +66,19 @@ enum ClientMessage {
     Ping,
 }
 
+#[utoipa::path(get, path = "/ws/notifications", tag = "notifications", params(Params),
+    description = r#"Live notifications for one signed-in user (a WebSocket; answers 101 Switching Protocols).
+
+Authentication: `Authorization: Bearer` or the `access_token` cookie on the upgrade request, or else a first message `{"type":"auth","token":"...","after":N}` within `notifications.ws_auth_timeout_ms` (closed with 4401 otherwise). An upgrade authenticated by the cookie must come from an allowed origin.
+
+Server messages: `{"type":"ready","userId":"..."}`; then the notifications missed since `after` (the query parameter, or `after` in the auth message) and every new notification of the user and every public broadcast, each as `{"type":"notification","notification":Notification}`; `{"type":"pong"}`.
+
+Client messages: `{"type":"auth","token":"...","after":N}`, `{"type":"resume","after":N}` (replays from N), `{"type":"ping"}`.
+
+Close codes: 4401 when the access token expires or its session is signed out or revoked, 4403 when the account is blocked, 1009 for a message over 4 KiB before authentication or over 64 KiB at any time."#,
+    responses((status = 101, description = "Switched to the WebSocket protocol"),
+        (status = 401, description = "Bad credentials on the upgrade request", body = super::openapi::ErrorBody),
+        (status = 403, description = "`cross_site_request` or `account_blocked`", body = super::openapi::ErrorBody)))]
 async fn upgrade(
     State(state): State<AppState>,
     Query(params): Query<Params>,

@@ -15,6 +15,7 @@ mod errors;
 mod helpers;
 mod live_entities;
 mod metrics;
+mod openapi;
 mod resilience;
 mod saga_faults;
 mod sessions;
