@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite:
 #   1. `cargo test`: unit, property, contract (embedded / in-process side) and end-to-end tests on the embedded defaults;
-#      then the OpenAPI document checked by openapi-spec-validator (scripts/openapi.sh);
+#      then the OpenAPI document checked by openapi-spec-validator (scripts/openapi.sh) and the API fuzzed from it by
+#      schemathesis (scripts/schemathesis.sh);
 #   2. the contract suites against the real servers (MongoDB, Kafka and Redis protocol servers started by
 #      scripts/infra.sh; installed on first use, which takes a while and shows its progress);
 #   3. the end-to-end suite again with store.backend = mongodb, bus.backend = kafka and redis.url set;
@@ -16,6 +17,9 @@ cargo test "$@"
 
 echo "== the OpenAPI document, validated by openapi-spec-validator"
 scripts/openapi.sh
+
+echo "== the API fuzzed from its OpenAPI document by schemathesis"
+scripts/schemathesis.sh
 
 before="$(scripts/infra.sh status)"
 stop_started() {

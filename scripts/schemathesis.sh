@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Fuzzes the API from its own OpenAPI document with schemathesis (PyPI, in a virtualenv cached in
+# $COMMERCEX_INFRA_CACHE), once as an administrator and once as a user, against a `commercex` process this script
+# starts on a free loopback port with a fresh data directory (the debug binary `cargo test` built) and stops by pid.
+# It fails on any 5xx answer, any answer outside its documented schema, and any panic in the server's log.
+# `GET /ws/notifications` (a WebSocket) and `POST /api/users/signout` (it would end the session the run uses) are
+# left out. At most MAX_EXAMPLES (default 10) inputs per operation and phase.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CACHE="${COMMERCEX_INFRA_CACHE:-$HOME/.cache/commercex-infra}"
+VENV="$CACHE/schemathesis-venv"
+if [ ! -x "$VENV/bin/schemathesis" ]; then
+  echo "installing schemathesis 4.32.5 into a virtualenv (cached in $CACHE)" >&2
+  mkdir -p "$CACHE"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check schemathesis==4.32.5
+fi
+
+target="${CARGO_TARGET_DIR:-$PWD/target}"
+cargo build --bin commercex
+bin="$target/debug/commercex"
+dir="$(mktemp -d)"
+port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+base="http://127.0.0.1:$port"
+COMMERCEX__HTTP__ADDR="127.0.0.1:$port" COMMERCEX__STORE__DATA_DIR="$dir/data" \
+  COMMERCEX__AUTH__JWT_SECRET=schemathesis-secret-0123456789abcdef0123456789 \
+  COMMERCEX__AUTH__BOOTSTRAP_ADMIN__EMAIL=admin@example.com COMMERCEX__AUTH__BOOTSTRAP_ADMIN__PASSWORD=admin-pass-1 \
+  COMMERCEX__HTTP__AUTH_RATE_LIMIT_PER_MINUTE=100000 COMMERCEX__PAYMENTS__SIMULATED_LATENCY_MS=1 \
+  COMMERCEX__LOG__LEVEL=warn "$bin" >"$dir/log" 2>&1 &
+pid=$!
+trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$dir"' EXIT
+for _ in $(seq 100); do curl -fs "$base/health" >/dev/null && break; sleep 0.1; done
+
+token() { python3 -c 'import json, sys; print(json.load(sys.stdin)["accessToken"])'; }
+admin="$(curl -fs -X POST "$base/api/users/signin" -H 'content-type: application/json' \
+  -d '{"email": "admin@example.com", "password": "admin-pass-1"}' | token)"
+user="$(curl -fs -X POST "$base/api/users/signup" -H 'content-type: application/json' \
+  -d '{"email": "fuzz@example.com", "password": "pass-word-1", "name": "Fuzz"}' | token)"
+
+for who in admin user; do
+  echo "== schemathesis as the $who"
+  "$VENV/bin/schemathesis" run "$base/api/openapi.json" -H "Authorization: Bearer ${!who}" \
+    --max-examples "${MAX_EXAMPLES:-10}" --checks not_a_server_error,response_schema_conformance \
+    --exclude-path /ws/notifications --exclude-path /api/users/signout --request-timeout 10 --no-color
+done
+if grep -q "panicked" "$dir/log"; then
+  echo "the server panicked:" >&2
+  grep -A5 "panicked" "$dir/log" >&2
+  exit 1
+fi
