@@ -80,3 +80,44 @@ async fn the_docs_page_loads_only_its_own_files() {
     }
     assert!(html.contains("/api/openapi.json"));
 }
+
+/// Schemas are named after their types, and two types of one name would share one component (the last one
+/// registered wins, silently): every type deriving `ToSchema` has a name of its own, or one given with
+/// `#[schema(as = ...)]`.
+#[test]
+fn no_two_schemas_share_a_name() {
+    fn sources(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                sources(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    sources(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/src")), &mut files);
+    let mut names: Vec<(String, String)> = Vec::new();
+    for file in files {
+        let source = std::fs::read_to_string(&file).unwrap();
+        let lines: Vec<&str> = source.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            if !(line.trim_start().starts_with("#[derive(") && line.contains("ToSchema")) {
+                continue;
+            }
+            let preamble = |l: &&&str| l.trim_start().starts_with("#[") || l.trim_start().starts_with("//");
+            let mut rest = lines[i + 1..].iter().take_while(preamble);
+            let renamed = rest.find_map(|l| l.split("schema(as = ").nth(1)?.split(')').next());
+            let item = lines[i + 1..].iter().find(|l| !preamble(l)).unwrap();
+            let declared = item.split_whitespace().skip_while(|w| !["struct", "enum"].contains(w)).nth(1).unwrap();
+            let declared = declared.trim_end_matches(['{', '(', ';']).split('<').next().unwrap();
+            names.push((renamed.unwrap_or(declared).to_string(), file.display().to_string()));
+        }
+    }
+    assert!(names.len() > 30, "{names:?}");
+    names.sort();
+    for pair in names.windows(2) {
+        assert_ne!(pair[0].0, pair[1].0, "{} in {} and in {}", pair[0].0, pair[0].1, pair[1].1);
+    }
+}
