@@ -11,6 +11,8 @@
 #                           own; scripts/test.sh cleans the servers it starts so the target directory does not grow)
 #   scripts/infra.sh env    print the variables the backend tests read (eval "$(scripts/infra.sh env)")
 #   scripts/infra.sh status
+#   scripts/infra.sh tool VENV PACKAGE==VERSION COMMAND
+#                           install a Python tool into a cached virtualenv once; print its command's path
 #
 # Installs are cached in $COMMERCEX_INFRA_CACHE (default ~/.cache/commercex-infra); server data and pid files live
 # under the target directory ($CARGO_TARGET_DIR or ./target), in infra/, or in $COMMERCEX_INFRA_RUN. Ports:
@@ -45,13 +47,17 @@ install_nisshi() {
     --no-default-features --features libsql,dynostore --root "$CACHE/nisshi" >&2
 }
 
-install_nx() {
-  [ -x "$NX" ] && return
-  log "installing nx-27017 0.8.1 into a virtualenv (cached in $CACHE)"
+# Installs PyPI package $2 (`name==version`) into the virtualenv $CACHE/$1-venv unless its command $3 is there.
+python_tool() {
+  local venv="$CACHE/$1-venv"
+  [ -x "$venv/bin/$3" ] && return
+  log "installing $2 into a virtualenv (cached in $CACHE)"
   mkdir -p "$CACHE"
-  python3 -m venv "$CACHE/nx-venv" >&2
-  "$CACHE/nx-venv/bin/pip" install --quiet --disable-pip-version-check nx-27017==0.8.1 >&2
+  python3 -m venv "$venv" >&2
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "$2" >&2
 }
+
+install_nx() { python_tool nx nx-27017==0.8.1 nx-27017; }
 
 # Whether the process recorded in pid file $1 is alive.
 running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
@@ -149,6 +155,12 @@ case "${1:-}" in
       rm -rf "${RUN:?}/$s"
     done
     ;;
+  tool)
+    # scripts/infra.sh tool VENV PACKAGE==VERSION COMMAND: installs a Python tool once, prints its command's path.
+    [ $# -eq 4 ] || { echo "usage: $0 tool VENV PACKAGE==VERSION COMMAND" >&2; exit 2; }
+    python_tool "$2" "$3" "$4"
+    echo "$CACHE/$2-venv/bin/$4"
+    ;;
   env)
     echo "export COMMERCEX_TEST_REDIS_URL=redis://127.0.0.1:$REDIS_PORT"
     echo "export COMMERCEX_TEST_KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT"
@@ -160,5 +172,5 @@ case "${1:-}" in
     done
     ;;
   *)
-    echo "usage: $0 up|down|clean|env|status" >&2; exit 2 ;;
+    echo "usage: $0 up|down|clean|env|status|tool" >&2; exit 2 ;;
 esac

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Fuzzes the API from its own OpenAPI document with schemathesis (PyPI, in a virtualenv cached in
-# $COMMERCEX_INFRA_CACHE), once as an administrator and once as a user, against a `commercex` process this script
+# Fuzzes the API from its own OpenAPI document with schemathesis (PyPI, in a virtualenv cached by scripts/infra.sh
+# `tool`), once as an administrator and once as a user, against a `commercex` process this script
 # starts on a free loopback port with a fresh data directory (the debug binary `cargo test` built) and stops by pid.
 # It fails on any 5xx answer, any answer outside its documented schema, and any panic in the server's log.
 # `GET /ws/notifications` (a WebSocket) and `POST /api/users/signout` (it would end the session the run uses) are
@@ -8,14 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-CACHE="${COMMERCEX_INFRA_CACHE:-$HOME/.cache/commercex-infra}"
-VENV="$CACHE/schemathesis-venv"
-if [ ! -x "$VENV/bin/schemathesis" ]; then
-  echo "installing schemathesis 4.32.5 into a virtualenv (cached in $CACHE)" >&2
-  mkdir -p "$CACHE"
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check schemathesis==4.32.5
-fi
+schemathesis="$(scripts/infra.sh tool schemathesis schemathesis==4.32.5 schemathesis)"
 
 target="${CARGO_TARGET_DIR:-$PWD/target}"
 cargo build --bin commercex
@@ -41,7 +34,7 @@ user="$(curl -fs -X POST "$base/api/users/signup" -H 'content-type: application/
 for who in admin user; do
   echo "== schemathesis as the $who"
   # Run from the scratch directory: schemathesis keeps a cache in the working directory.
-  (cd "$dir" && "$VENV/bin/schemathesis" run "$base/api/openapi.json" -H "Authorization: Bearer ${!who}" \
+  (cd "$dir" && "$schemathesis" run "$base/api/openapi.json" -H "Authorization: Bearer ${!who}" \
     --max-examples "${MAX_EXAMPLES:-10}" --checks not_a_server_error,response_schema_conformance \
     --exclude-path /ws/notifications --exclude-path /api/users/signout --request-timeout 10 --no-color)
 done

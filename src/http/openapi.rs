@@ -89,25 +89,28 @@ static DOCUMENT: OnceLock<String> = OnceLock::new();
 
 /// Keeps the document the routers described (the same for every app the process builds), each operation named
 /// after its method and path (`get_api_products_id`): handler names repeat across resources.
-pub fn publish(mut document: utoipa::openapi::OpenApi) {
-    for (path, item) in document.paths.paths.iter_mut() {
-        let name: Vec<&str> =
-            path.split('/').filter(|s| !s.is_empty()).map(|s| s.trim_matches(|c| c == '{' || c == '}')).collect();
-        let name = name.join("_").replace(['-', '.'], "_");
-        let operations = [
-            ("get", &mut item.get),
-            ("post", &mut item.post),
-            ("put", &mut item.put),
-            ("patch", &mut item.patch),
-            ("delete", &mut item.delete),
-        ];
-        for (method, operation) in operations {
-            if let Some(operation) = operation {
-                operation.operation_id = Some(format!("{method}_{name}"));
+pub fn publish(document: utoipa::openapi::OpenApi) {
+    DOCUMENT.get_or_init(|| {
+        let mut document = document;
+        for (path, item) in document.paths.paths.iter_mut() {
+            let name: Vec<&str> =
+                path.split('/').filter(|s| !s.is_empty()).map(|s| s.trim_matches(|c| c == '{' || c == '}')).collect();
+            let name = name.join("_").replace(['-', '.'], "_");
+            let operations = [
+                ("get", &mut item.get),
+                ("post", &mut item.post),
+                ("put", &mut item.put),
+                ("patch", &mut item.patch),
+                ("delete", &mut item.delete),
+            ];
+            for (method, operation) in operations {
+                if let Some(operation) = operation {
+                    operation.operation_id = Some(format!("{method}_{name}"));
+                }
             }
         }
-    }
-    DOCUMENT.get_or_init(|| document.to_pretty_json().expect("the OpenAPI document serializes"));
+        document.to_pretty_json().expect("the OpenAPI document serializes")
+    });
 }
 
 /// The document as JSON, once [`publish`]ed.
