@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Real servers for the backend tests, on loopback ports:
-#   Redis (Debian's redis-server), the Kafka-protocol broker nisshi 0.8.1, the MongoDB-protocol server nx-27017 0.8.1.
+#   Redis (Debian's redis-server), the Kafka-protocol broker nisshi 0.8.1, the MongoDB-protocol server nx-27017 0.8.1,
+#   and an S3-compatible server (moto 5.2.5's moto_server, PyPI) with the bucket `commercex-test`.
 #
-#   scripts/infra.sh up [redis|mongo|kafka ...]
+#   scripts/infra.sh up [redis|mongo|kafka|s3 ...]
 #                           install what is missing (first run: several minutes, progress shown), start, wait
-#   scripts/infra.sh down [redis|mongo|kafka ...]
+#   scripts/infra.sh down [redis|mongo|kafka|s3 ...]
 #                           stop only the processes this script started (by pid)
-#   scripts/infra.sh clean [redis|mongo|kafka ...]
+#   scripts/infra.sh clean [redis|mongo|kafka|s3 ...]
 #                           delete the data of stopped servers (every test writes a database, topics or keys of its
 #                           own; scripts/test.sh cleans the servers it starts so the target directory does not grow)
 #   scripts/infra.sh env    print the variables the backend tests read (eval "$(scripts/infra.sh env)")
@@ -16,7 +17,7 @@
 #
 # Installs are cached in $COMMERCEX_INFRA_CACHE (default ~/.cache/commercex-infra); server data and pid files live
 # under the target directory ($CARGO_TARGET_DIR or ./target), in infra/, or in $COMMERCEX_INFRA_RUN. Ports:
-# $COMMERCEX_INFRA_{REDIS,KAFKA,MONGO}_PORT. The outage tests start private servers this way (their own run
+# $COMMERCEX_INFRA_{REDIS,KAFKA,MONGO,S3}_PORT. The outage tests start private servers this way (their own run
 # directory and ports) and stop and restart them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +27,8 @@ RUN="${COMMERCEX_INFRA_RUN:-${CARGO_TARGET_DIR:-$PWD/target}/infra}"
 REDIS_PORT="${COMMERCEX_INFRA_REDIS_PORT:-16379}"
 KAFKA_PORT="${COMMERCEX_INFRA_KAFKA_PORT:-19092}"
 MONGO_PORT="${COMMERCEX_INFRA_MONGO_PORT:-27018}"
+S3_PORT="${COMMERCEX_INFRA_S3_PORT:-19000}"
+S3_BUCKET=commercex-test
 NISSHI="$CACHE/nisshi/bin/nisshi"
 NX="$CACHE/nx-venv/bin/nx-27017"
 
@@ -58,6 +61,7 @@ python_tool() {
 }
 
 install_nx() { python_tool nx nx-27017==0.8.1 nx-27017; }
+install_moto() { python_tool moto 'moto[server]==5.2.5' moto_server; }
 
 # Whether the process recorded in pid file $1 is alive.
 running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
@@ -107,6 +111,18 @@ start_mongo() {
   log "mongodb (nx-27017) on 127.0.0.1:$MONGO_PORT"
 }
 
+start_s3() {
+  mkdir -p "$RUN/s3"
+  running "$RUN/s3/pid" && return
+  # moto keeps its buckets in memory: a restart begins empty, and the bucket is created again below.
+  nohup "$CACHE/moto-venv/bin/moto_server" -H 127.0.0.1 -p "$S3_PORT" >"$RUN/s3/log" 2>&1 &
+  echo $! >"$RUN/s3/pid"
+  wait_for 30 port_open "$S3_PORT" || { log "moto_server did not answer; see $RUN/s3/log"; exit 1; }
+  # Unsigned bucket creation: moto does not check signatures.
+  curl -fsS -X PUT "http://127.0.0.1:$S3_PORT/$S3_BUCKET" >/dev/null
+  log "s3 (moto) on 127.0.0.1:$S3_PORT, bucket $S3_BUCKET"
+}
+
 stop_pid() {
   if running "$1"; then
     local pid; pid="$(cat "$1")"
@@ -121,20 +137,22 @@ stop_pid() {
 case "${1:-}" in
   up)
     shift
-    services="${*:-redis mongo kafka}"
+    services="${*:-redis mongo kafka s3}"
     for s in $services; do
       case "$s" in
         redis) install_redis; start_redis ;;
         mongo) install_nx; start_mongo ;;
         kafka) install_nisshi; start_kafka ;;
+        s3) install_moto; start_s3 ;;
         *) echo "unknown service $s" >&2; exit 2 ;;
       esac
     done
     ;;
   down)
     shift
-    for s in ${*:-kafka mongo redis}; do
+    for s in ${*:-s3 kafka mongo redis}; do
       case "$s" in
+        s3) stop_pid "$RUN/s3/pid" moto_server ;;
         kafka) stop_pid "$RUN/kafka/pid" nisshi ;;
         mongo) stop_pid "$RUN/mongo/nx.pid" nx-27017 ;;
         redis) stop_pid "$RUN/redis/pid" redis ;;
@@ -144,8 +162,9 @@ case "${1:-}" in
     ;;
   clean)
     shift
-    for s in ${*:-redis mongo kafka}; do
+    for s in ${*:-redis mongo kafka s3}; do
       case "$s" in
+        s3) pid=s3/pid ;;
         redis) pid=redis/pid ;;
         mongo) pid=mongo/nx.pid ;;
         kafka) pid=kafka/pid ;;
@@ -165,9 +184,10 @@ case "${1:-}" in
     echo "export COMMERCEX_TEST_REDIS_URL=redis://127.0.0.1:$REDIS_PORT"
     echo "export COMMERCEX_TEST_KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT"
     echo "export COMMERCEX_TEST_MONGODB_URI=mongodb://127.0.0.1:$MONGO_PORT"
+    echo "export COMMERCEX_TEST_S3_ENDPOINT=http://127.0.0.1:$S3_PORT COMMERCEX_TEST_S3_BUCKET=$S3_BUCKET"
     ;;
   status)
-    for s in redis/pid kafka/pid mongo/nx.pid; do
+    for s in redis/pid kafka/pid mongo/nx.pid s3/pid; do
       if running "$RUN/$s"; then echo "${s%%/*}: running (pid $(cat "$RUN/$s"))"; else echo "${s%%/*}: stopped"; fi
     done
     ;;

@@ -37,6 +37,7 @@ use crate::domain::payment::PaymentState;
 use crate::domain::product::ProductState;
 use crate::faults::{Chaos, FaultPoints, Killable};
 use crate::http::{self, AppServices, AppState, Dependencies};
+use crate::media::MediaStore;
 use crate::notify::{Emailer, NotificationHub, Notifier, RecordingMailer};
 use crate::orders::{OrderSaga, Orders};
 use crate::payments::{PaymentEffects, PaymentProvider, SimulatedProvider};
@@ -271,6 +272,9 @@ impl Application {
             }
         }
 
+        let media = MediaStore::from_config(&config.media, &config.store.data_dir).context("media.*")?;
+        tracing::info!(backend = media.backend(), "media store ready");
+
         let state = AppState::new(AppServices {
             auth,
             catalog,
@@ -295,6 +299,8 @@ impl Application {
             http: Arc::new(config.http.clone()),
             cluster,
             metrics: config.telemetry.metrics,
+            media,
+            max_image_bytes: config.media.max_image_bytes,
         });
         Ok(Self { listener, state, store_closed, bus, stop_background, background })
     }

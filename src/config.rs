@@ -27,6 +27,7 @@ pub struct Config {
     pub chaos: ChaosConfig,
     pub log: LogConfig,
     pub telemetry: TelemetryConfig,
+    pub media: MediaConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -321,6 +322,66 @@ pub struct TelemetryConfig {
     pub otlp_endpoint: String,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaConfig {
+    pub backend: MediaBackend,
+    /// Largest accepted product image, in bytes.
+    pub max_image_bytes: usize,
+    pub s3: S3Config,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MediaBackend {
+    /// Files under `<store.data_dir>/media`.
+    Local,
+    /// An S3-compatible bucket (`media.s3`).
+    S3,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Config {
+    pub bucket: String,
+    pub region: String,
+    /// Empty: AWS itself. Otherwise the base URL of an S3-compatible server, addressed path-style.
+    pub endpoint: String,
+    /// Empty: taken from `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` (or the instance's role).
+    pub access_key_id: String,
+    pub secret_access_key: String,
+}
+
+impl std::fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Config")
+            .field("bucket", &self.bucket)
+            .field("region", &self.region)
+            .field("endpoint", &self.endpoint)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"<redacted>")
+            .finish()
+    }
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        Self { backend: MediaBackend::Local, max_image_bytes: 5 * 1024 * 1024, s3: S3Config::default() }
+    }
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        Self {
+            bucket: String::new(),
+            region: "us-east-1".into(),
+            endpoint: String::new(),
+            access_key_id: String::new(),
+            secret_access_key: String::new(),
+        }
+    }
+}
+
 impl Default for TelemetryConfig {
     fn default() -> Self {
         Self { metrics: true, otlp_endpoint: String::new() }
@@ -482,6 +543,9 @@ impl Config {
         }
         shown.store.mongodb.uri = redact_uri(&shown.store.mongodb.uri);
         shown.redis.url = redact_uri(&shown.redis.url);
+        if !shown.media.s3.secret_access_key.is_empty() {
+            shown.media.s3.secret_access_key = "<masked>".into();
+        }
         toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot show the configuration: {e}\n"))
     }
 
@@ -533,6 +597,7 @@ impl Config {
             ("payments.max_attempts", u64::from(self.payments.max_attempts)),
             ("payments.recheck_after_ms", self.payments.recheck_after_ms),
             ("notifications.ws_auth_timeout_ms", self.notifications.ws_auth_timeout_ms),
+            ("media.max_image_bytes", self.media.max_image_bytes as u64),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -623,6 +688,19 @@ impl Config {
             }
             if kafka.group_id.is_empty() {
                 return Err(key_error("bus.kafka.group_id", "must not be empty"));
+            }
+        }
+        if self.media.backend == MediaBackend::S3 {
+            let s3 = &self.media.s3;
+            if s3.bucket.is_empty() {
+                return Err(key_error("media.s3.bucket", "must be set when media.backend = \"s3\""));
+            }
+            let web = s3.endpoint.starts_with("http://") || s3.endpoint.starts_with("https://");
+            if !(s3.endpoint.is_empty() || web) {
+                return Err(key_error("media.s3.endpoint", "must be an http(s) URL or empty (AWS)"));
+            }
+            if s3.access_key_id.is_empty() != s3.secret_access_key.is_empty() {
+                return Err(key_error("media.s3.secret_access_key", "set both keys or neither"));
             }
         }
         if self.cluster.enabled {
@@ -921,9 +999,11 @@ mod tests {
             ("COMMERCEX__STORE__MONGODB__URI", "mongodb://app:mongo-pass@db:27017"),
             ("COMMERCEX__REDIS__URL", "redis://:redis-pass@cache:6379"),
             ("COMMERCEX__CACHE__PRODUCT_TTL_SECS", "7"),
+            ("COMMERCEX__MEDIA__S3__ACCESS_KEY_ID", "AKIDEXAMPLE"),
+            ("COMMERCEX__MEDIA__S3__SECRET_ACCESS_KEY", "s3-secret-key"),
         ]);
         let shown = Config::from_sources(None, vars).unwrap().masked_toml();
-        for secret in ["a-secret-of-at-least", "admin-password-1", "mongo-pass", "redis-pass"] {
+        for secret in ["a-secret-of-at-least", "admin-password-1", "mongo-pass", "redis-pass", "s3-secret-key"] {
             assert!(!shown.contains(secret), "{secret} shown in:\n{shown}");
         }
         assert!(shown.contains("<masked: 42 characters>") && shown.contains("mongodb://***@db:27017"), "{shown}");

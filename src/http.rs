@@ -9,6 +9,7 @@ pub mod csrf;
 pub mod error;
 pub mod extract;
 mod health;
+mod media;
 mod metrics;
 mod notifications;
 pub mod openapi;
@@ -17,6 +18,7 @@ mod payments;
 mod products;
 pub mod server;
 mod users;
+mod web;
 mod ws;
 
 use std::net::SocketAddr;
@@ -88,6 +90,10 @@ pub struct AppServices {
     pub cluster: Option<Arc<crate::cluster::ClusterNode>>,
     /// Serve `GET /metrics` (`telemetry.metrics`).
     pub metrics: bool,
+    /// Product images (`media.*`).
+    pub media: crate::media::MediaStore,
+    /// Largest accepted image upload (`media.max_image_bytes`); every other body is bounded by `http.body_limit_bytes`.
+    pub max_image_bytes: usize,
 }
 
 /// The services outside this process (or inside it, on the embedded defaults) that requests depend on.
@@ -122,7 +128,10 @@ pub fn app(state: AppState) -> Router {
         ))
         .layer(SetResponseHeaderLayer::if_not_present(header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
         .option_layer(cors)
-        .layer(middleware::from_fn_with_state(http.body_limit_bytes, refuse_declared_oversize))
+        .layer(middleware::from_fn_with_state(
+            BodyLimits { default: http.body_limit_bytes, image: state.max_image_bytes },
+            refuse_declared_oversize,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), csrf::refuse_cross_site_writes))
         .layer(DefaultBodyLimit::max(http.body_limit_bytes))
         .layer(middleware::from_fn_with_state(Duration::from_millis(http.request_timeout_ms), deadline));
@@ -140,6 +149,8 @@ pub fn app(state: AppState) -> Router {
         .merge(health::router())
         .merge(metrics::router())
         .merge(openapi::router())
+        .merge(media::router())
+        .merge(web::router())
         .split_for_parts();
     openapi::publish(document);
     Router::new()
@@ -169,9 +180,29 @@ fn cors_layer(origins: &[String]) -> CorsLayer {
     }
 }
 
+/// `http.body_limit_bytes` for every body but an image upload's (`media.max_image_bytes`).
+#[derive(Clone, Copy)]
+struct BodyLimits {
+    default: usize,
+    image: usize,
+}
+
+impl BodyLimits {
+    fn of(self, req: &Request) -> usize {
+        let path = req.uri().path();
+        let upload = req.method() == Method::POST && path.starts_with("/api/products/") && path.ends_with("/image");
+        if upload {
+            self.image
+        } else {
+            self.default
+        }
+    }
+}
+
 /// Answers 413 to a request whose `Content-Length` is over the limit before reading any of its body, whatever the
 /// route. Bodies without a declared length are cut off by the body limit as they are read.
-async fn refuse_declared_oversize(State(limit): State<usize>, req: Request, next: Next) -> Response {
+async fn refuse_declared_oversize(State(limits): State<BodyLimits>, req: Request, next: Next) -> Response {
+    let limit = limits.of(&req);
     let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
     if declared.is_some_and(|length| length > limit as u64) {
         return ApiError::payload_too_large().into_response();

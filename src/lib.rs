@@ -39,6 +39,7 @@ pub mod domain;
 pub mod faults;
 pub mod http;
 pub mod load;
+pub mod media;
 pub mod notify;
 pub mod orders;
 pub mod payments;

@@ -420,11 +420,15 @@ fn resolve(details: &ProductDetails, base: Option<&Product>) -> Result<Resolved,
     };
     if let Some(url) = &image_url {
         text::check("imageUrl", url, Lines::Single)?;
-        let ok = (url.starts_with("https://") || url.starts_with("http://"))
+        // An image elsewhere, or one uploaded here (`POST /api/products/{id}/image`, served under `/media/`).
+        let ok = (url.starts_with("https://") || url.starts_with("http://") || url.starts_with("/media/"))
             && url.len() <= 2000
             && !url.contains(char::is_whitespace);
         if !ok {
-            return Err(invalid("imageUrl".into(), "must be an http(s) URL of at most 2000 characters"));
+            return Err(invalid(
+                "imageUrl".into(),
+                "must be an http(s) URL or a /media/ path of at most 2000 characters",
+            ));
         }
     }
     Ok(Resolved { title, description, price, currency, category, image_url })

@@ -81,8 +81,8 @@ pub fn real_backends() -> Option<&'static str> {
     real.then_some(if kafka { "kafka" } else { "in_process" })
 }
 
-/// `COMMERCEX_TEST_BACKENDS=real` (set by `scripts/test.sh`): the same suite on MongoDB and Redis (and Kafka with
-/// `COMMERCEX_TEST_BUS=kafka`). Each test's
+/// `COMMERCEX_TEST_BACKENDS=real` (set by `scripts/test.sh`): the same suite on MongoDB, Redis and an S3 media store
+/// (and Kafka with `COMMERCEX_TEST_BUS=kafka`). Each test's
 /// data directory names its own database, topics and keys, so a restarted app finds its data again and parallel
 /// tests never meet.
 fn use_real_backends(config: &mut Config, dir: &std::path::Path) {
@@ -107,6 +107,11 @@ fn use_real_backends(config: &mut Config, dir: &std::path::Path) {
     }
     config.redis.url = required("COMMERCEX_TEST_REDIS_URL");
     config.redis.key_prefix = format!("e2e:{name}");
+    config.media.backend = commercex::config::MediaBackend::S3;
+    config.media.s3.endpoint = required("COMMERCEX_TEST_S3_ENDPOINT");
+    config.media.s3.bucket = required("COMMERCEX_TEST_S3_BUCKET");
+    config.media.s3.access_key_id = "commercex-test".into();
+    config.media.s3.secret_access_key = "commercex-test-secret".into();
 }
 
 pub async fn spawn_app() -> TestApp {

@@ -14,6 +14,7 @@ mod emails;
 mod errors;
 mod helpers;
 mod live_entities;
+mod media;
 mod metrics;
 mod openapi;
 mod resilience;

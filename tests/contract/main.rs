@@ -9,10 +9,14 @@
 //! in a temporary directory and on MongoDB at `COMMERCEX_TEST_MONGODB_URI`, each test in a fresh database dropped
 //! afterwards; `mongo.rs` adds what only a remote store has: writes interrupted between documents, a server that
 //! goes away.
+//!
+//! The media store contract (`media.rs`) runs on a local directory and on an S3-compatible server at
+//! `COMMERCEX_TEST_S3_ENDPOINT`.
 
 mod bus;
 mod cache;
 mod fixtures;
+mod media;
 mod mongo;
 mod ratelimit;
 mod redis_setup;

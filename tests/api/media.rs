@@ -1,0 +1,147 @@
+//! Product images over HTTP, and the web app's pages: what an admin uploading an image and a browser loading the
+//! storefront see.
+
+use reqwest::header;
+use serde_json::json;
+
+use crate::helpers::{spawn_app, spawn_app_with, TestApp};
+
+/// A PNG's signature followed by `len` more bytes.
+fn png(len: usize) -> Vec<u8> {
+    let mut bytes = b"\x89PNG\r\n\x1a\n".to_vec();
+    bytes.extend((0..len).map(|i| (i % 251) as u8));
+    bytes
+}
+
+async fn upload(app: &TestApp, token: &str, id: &str, query: &str, body: Vec<u8>) -> reqwest::Response {
+    app.client
+        .post(format!("{}/api/products/{id}/image{query}", app.base))
+        .bearer_auth(token)
+        .header(header::CONTENT_TYPE, "image/png")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_uploaded_image_becomes_the_products_image_and_is_served_cacheable() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let product = app.create_product(&admin, "Lamp", 4990, 3).await;
+    let id = product["id"].as_str().unwrap();
+
+    // Larger than http.body_limit_bytes (64 KiB): images have their own limit.
+    let image = png(200 * 1024);
+    let res = upload(&app, &admin, id, "", image.clone()).await;
+    assert_eq!(res.status(), 200);
+    let updated: serde_json::Value = res.json().await.unwrap();
+    let url = updated["imageUrl"].as_str().unwrap().to_string();
+    assert!(url.starts_with(&format!("/media/products/{id}/")) && url.ends_with(".png"), "{url}");
+    assert_eq!(updated["version"], 2);
+    assert_eq!(app.get(&format!("/api/products/{id}"), None).await.body["imageUrl"], url.as_str());
+
+    let served = app.client.get(format!("{}{url}", app.base)).send().await.unwrap();
+    assert_eq!(served.status(), 200);
+    assert_eq!(served.headers()[header::CONTENT_TYPE], "image/png");
+    assert_eq!(served.headers()[header::CACHE_CONTROL], "public, max-age=31536000, immutable");
+    let etag = served.headers()[header::ETAG].clone();
+    assert_eq!(served.bytes().await.unwrap(), image);
+    let again = app.client.get(format!("{}{url}", app.base)).header(header::IF_NONE_MATCH, etag).send().await.unwrap();
+    assert_eq!(again.status(), 304);
+
+    // A new image gets a new address; the product points at it.
+    let res = upload(&app, &admin, id, "?version=2", png(10)).await;
+    assert_eq!(res.status(), 200);
+    let newer: serde_json::Value = res.json().await.unwrap();
+    assert_ne!(newer["imageUrl"], url.as_str());
+    assert_eq!(newer["version"], 3);
+}
+
+#[tokio::test]
+async fn uploads_that_are_not_images_or_not_allowed_change_nothing() {
+    let app = spawn_app_with(|c| c.media.max_image_bytes = 100_000).await;
+    let admin = app.admin().await;
+    let user = app.signup("shopper@example.com").await;
+    let product = app.create_product(&admin, "Lamp", 4990, 3).await;
+    let id = product["id"].as_str().unwrap();
+
+    // What is sent (who, query, body) and the answer expected (status, code).
+    type Case<'a> = (&'a str, &'a str, &'a str, Vec<u8>, u16, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "svg",
+            admin.as_str(),
+            "",
+            b"<svg xmlns='http://www.w3.org/2000/svg'/>".to_vec(),
+            415,
+            "unsupported_media_type",
+        ),
+        ("gif", admin.as_str(), "", b"GIF89a\x01\x00\x01\x00".to_vec(), 415, "unsupported_media_type"),
+        ("empty", admin.as_str(), "", Vec::new(), 415, "unsupported_media_type"),
+        ("over the limit", admin.as_str(), "", png(100_001), 413, "payload_too_large"),
+        ("a shopper", user.token.as_str(), "", png(10), 403, "forbidden"),
+        ("a stale version", admin.as_str(), "?version=7", png(10), 409, "version_conflict"),
+    ];
+    for (what, token, query, body, status, code) in cases {
+        let res = upload(&app, token, id, query, body).await;
+        assert_eq!(res.status(), status, "{what}");
+        let body: serde_json::Value = res.json().await.unwrap();
+        assert_eq!(body["error"]["code"], code, "{what}: {body}");
+    }
+    let missing = upload(&app, &admin, "no-such-product", "", png(10)).await;
+    assert_eq!(missing.status(), 404);
+    let unchanged = app.get(&format!("/api/products/{id}"), None).await.body;
+    assert_eq!((unchanged["imageUrl"].clone(), unchanged["version"].clone()), (json!(null), json!(1)));
+
+    // An image URL may name an uploaded image, not any path of this server.
+    let r = app.patch(&format!("/api/products/{id}"), Some(&admin), json!({"version": 1, "imageUrl": "/admin"})).await;
+    assert_eq!((r.status, r.code()), (422, "validation_failed"));
+
+    for path in [
+        format!("/media/products/{id}/{}.png", "0".repeat(32)),
+        format!("/media/products/{id}/..%2F..%2Fjwt-secret"),
+        "/media/products/..%2F..%2F/jwt-secret".to_string(),
+    ] {
+        assert_eq!(app.get(&path, None).await.status, 404, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn the_storefront_and_admin_console_are_served_with_their_files() {
+    let app = spawn_app().await;
+    for (path, kind, marker) in [
+        ("/", "text/html", "/app/store.js"),
+        ("/admin", "text/html", "/app/admin.js"),
+        ("/app/store.js", "text/javascript", "LiveNotifications"),
+        ("/app/admin.js", "text/javascript", "/api/admin/orders"),
+        ("/app/api.js", "text/javascript", "/api/users/refresh"),
+        ("/app/ui.js", "text/javascript", "export function h("),
+        ("/app/app.css", "text/css", ".grid"),
+        ("/app/favicon.svg", "image/svg+xml", "<svg"),
+    ] {
+        let res = app.client.get(format!("{}{path}", app.base)).send().await.unwrap();
+        assert_eq!(res.status(), 200, "{path}");
+        let headers = res.headers().clone();
+        assert!(headers[header::CONTENT_TYPE].to_str().unwrap().starts_with(kind), "{path}");
+        let policy = headers[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+        assert!(policy.contains("script-src 'self'") && !policy.contains("unsafe"), "{path}: {policy}");
+        assert_eq!(headers[header::CACHE_CONTROL], "no-cache", "{path}");
+        assert!(res.text().await.unwrap().contains(marker), "{path}");
+        let etag = headers[header::ETAG].clone();
+        let again =
+            app.client.get(format!("{}{path}", app.base)).header(header::IF_NONE_MATCH, etag).send().await.unwrap();
+        assert_eq!(again.status(), 304, "{path}");
+    }
+    // Every file a page references is served, and nothing comes from another origin.
+    for page in ["/", "/admin"] {
+        let html = app.client.get(format!("{}{page}", app.base)).send().await.unwrap().text().await.unwrap();
+        for reference in html.split(['"', '\'']).filter(|s| s.starts_with("/app/")) {
+            assert_eq!(app.get(reference, None).await.status, 200, "{page} references {reference}");
+        }
+        assert!(!html.contains("http://") && !html.contains("https://"), "{page} loads nothing from elsewhere");
+    }
+    for path in ["/app/missing.js", "/app/store.html", "/app/..%2FCargo.toml"] {
+        assert_eq!(app.get(path, None).await.status, 404, "{path}");
+    }
+}
