@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A local three-node cluster on this machine: the real servers from scripts/infra.sh, then three `commercex` nodes
-# (release build) on http://127.0.0.1:8001, :8002 and :8003, in cluster mode on one MongoDB, Kafka and Redis.
+# (release build) on http://127.0.0.1:8001, :8002 and :8003, in cluster mode on one MongoDB, Kafka and Redis, with
+# product images in the S3 server's bucket.
 #
 #   scripts/cluster.sh up       build, start the servers and the nodes, wait until each is ready
 #   scripts/cluster.sh down     stop the nodes this script started (SIGTERM: each hands its shards over), then the
@@ -26,7 +27,7 @@ up() {
   scripts/infra.sh up
   # Remember which servers this script started, so `down` stops only those.
   mkdir -p "$RUN"
-  for service in redis mongo kafka; do
+  for service in redis mongo kafka s3; do
     if grep -q "^$service: stopped" <<<"$before"; then echo "$service"; fi
   done >"$RUN/started-servers"
   eval "$(scripts/infra.sh env)"
@@ -51,6 +52,11 @@ up() {
       COMMERCEX__REDIS__URL="$COMMERCEX_TEST_REDIS_URL" \
       COMMERCEX__REDIS__KEY_PREFIX=commercex-cluster \
       COMMERCEX__CLUSTER__ENABLED=true \
+      COMMERCEX__MEDIA__BACKEND=s3 \
+      COMMERCEX__MEDIA__S3__ENDPOINT="$COMMERCEX_TEST_S3_ENDPOINT" \
+      COMMERCEX__MEDIA__S3__BUCKET="$COMMERCEX_TEST_S3_BUCKET" \
+      COMMERCEX__MEDIA__S3__ACCESS_KEY_ID=commercex \
+      COMMERCEX__MEDIA__S3__SECRET_ACCESS_KEY=commercex-secret \
       COMMERCEX__CLUSTER__NODE_ID="node$n" \
       COMMERCEX__AUTH__JWT_SECRET="$(cat "$RUN/jwt-secret")" \
       COMMERCEX__AUTH__BOOTSTRAP_ADMIN__EMAIL=admin@example.com \

@@ -987,6 +987,7 @@ mod tests {
         assert_eq!((config.store.backend, config.bus.backend), (StoreBackend::Mongodb, BusBackend::Kafka));
         assert!(!config.redis.url.is_empty());
         assert!(config.cluster.enabled);
+        assert_eq!(config.media.backend, MediaBackend::S3, "the nodes share one bucket of product images");
         assert_eq!(text.matches("<<: *commercex").count(), 3, "three nodes");
     }
 

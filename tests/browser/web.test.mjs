@@ -9,6 +9,8 @@ import { chromium } from 'playwright-core';
 
 const BASE = process.env.BASE_URL ?? 'http://127.0.0.1:18200';
 const ADMIN = { email: process.env.ADMIN_EMAIL ?? 'admin@example.com', password: process.env.ADMIN_PASSWORD ?? 'change-me-1' };
+// An existing shopper (the demo's, which scripts/browser.sh seeds).
+const SHOPPER = { email: process.env.SHOPPER_EMAIL ?? 'shopper@example.com', password: process.env.SHOPPER_PASSWORD ?? 'demo-shopper-1' };
 const SHOTS = process.env.SCREENSHOT_DIR ?? 'screenshots';
 const ACCESS_TTL_MS = Number(process.env.ACCESS_TTL_SECS ?? 0) * 1000;
 const RUN = Date.now().toString(36);
@@ -87,6 +89,15 @@ async function adminSignIn(page, account = ADMIN) {
   await page.getByLabel('Email').fill(account.email);
   await page.getByLabel('Password').fill(account.password);
   await page.getByRole('button', { name: 'Sign in' }).click();
+}
+
+/** Signs `page`'s context in as the admin unless it already is. */
+async function adminSignInOnce(page) {
+  const me = await page.request.get('/api/users/me');
+  if (me.ok() && (await me.json()).role === 'admin') return;
+  await page.request.post('/api/users/signout');
+  await adminSignIn(page);
+  await page.getByRole('heading', { name: 'Products' }).waitFor();
 }
 
 async function addToCartFromSearch(page, productName) {
@@ -275,6 +286,38 @@ describe('storefront and admin console in Chromium', () => {
     assert.ok(overflow <= 0, `the page is ${overflow}px wider than the screen`);
     await shot(phone, 'storefront-phone');
     await phone.context().close();
+  });
+
+  test('every control has a name, and a shopper signs in and adds to the cart with the keyboard alone', async () => {
+    const page = await newPage();
+    await ready(page, '/#/signin');
+    // Focus starts on the page's content; Tab reaches the fields in order and Enter submits.
+    await page.keyboard.press('Tab');
+    await page.keyboard.type(SHOPPER.email);
+    await page.keyboard.press('Tab');
+    await page.keyboard.type(SHOPPER.password);
+    await page.keyboard.press('Enter');
+    await page.getByRole('button', { name: 'Sign out' }).waitFor();
+    await ready(page, `/#/product/${encodeURIComponent(productId)}`);
+    const add = page.getByRole('button', { name: /^Add .* to cart$/ });
+    await add.focus();
+    await page.keyboard.press('Enter');
+    await page.locator('#cart-count', { hasText: /^[1-9]/ }).waitFor();
+
+    const unnamed = async () => page.evaluate(() => [...document.querySelectorAll('input, select, textarea, button, a[href]')]
+      .filter((el) => {
+        const labels = el.labels ? [...el.labels].map((l) => l.textContent).join('') : '';
+        return !(labels || el.getAttribute('aria-label') || el.textContent || el.getAttribute('alt') || '').trim();
+      })
+      .map((el) => el.outerHTML.slice(0, 120)));
+    for (const path of ['/', `/#/product/${encodeURIComponent(productId)}`, '/#/cart', '/#/orders', '/#/profile',
+      '/admin#/products', '/admin#/orders', '/admin#/coupons', '/admin#/users']) {
+      if (path.startsWith('/admin')) await adminSignInOnce(page);
+      await ready(page, path);
+      await page.locator('main h1').first().waitFor();
+      assert.deepEqual(await unnamed(), [], `${path}: controls without a name`);
+    }
+    await page.context().close();
   });
 
   test('no page logged a script error', () => {
