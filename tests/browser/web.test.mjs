@@ -68,7 +68,9 @@ async function shot(page, name) {
   await page.screenshot({ path: `${SHOTS}/${name}.png`, fullPage: true });
 }
 
+/** Loads `path` afresh (a URL differing only in its fragment would otherwise not reload) and waits for the app. */
 async function ready(page, path) {
+  await page.goto('about:blank');
   await page.goto(path);
   await page.waitForSelector('body[data-ready="true"]');
 }
@@ -299,7 +301,7 @@ describe('storefront and admin console in Chromium', () => {
     await page.keyboard.press('Enter');
     await page.getByRole('button', { name: 'Sign out' }).waitFor();
     await ready(page, `/#/product/${encodeURIComponent(productId)}`);
-    const add = page.getByRole('button', { name: /^Add .* to cart$/ });
+    const add = page.getByRole('button', { name: `Add ${PRODUCT} to cart` });
     await add.focus();
     await page.keyboard.press('Enter');
     await page.locator('#cart-count', { hasText: /^[1-9]/ }).waitFor();
