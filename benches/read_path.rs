@@ -3,7 +3,8 @@
 //!   alternately, several rounds on the same servers, so a decline across runs would show;
 //! - listings over a catalog of PRODUCTS products (created through the API, 64 at a time): the first page, and a
 //!   category filtered by a price range and sorted by price or newest first, and a text search; each at the
-//!   benchmark's connections and at half as many.
+//!   benchmark's connections and at half as many;
+//! - the web app's storefront page and script, and a 100 KiB product image (upload latency, then reads).
 //!
 //! Run: `cargo bench --bench read_path` (optional env: ROUNDS, SECS, CONNECTIONS, PRODUCTS).
 
@@ -99,6 +100,36 @@ async fn main() {
         );
     }
     println!("  server RSS {rss:.0} MiB before, {:.0} MiB after", server.status_mib("VmRSS:"));
+
+    // A 100 KiB PNG (its signature, then filler: only the first bytes are checked), uploaded 20 times.
+    let mut image = b"\x89PNG\r\n\x1a\n".to_vec();
+    image.resize(100 * 1024, 7);
+    let mut uploads = Vec::new();
+    let mut image_url = String::new();
+    for i in 0..20u8 {
+        image[100] = i; // a new image each time, so each is stored
+        let started = Instant::now();
+        let res = client
+            .post(format!("{url}/image"))
+            .bearer_auth(&admin)
+            .header("content-type", "image/png")
+            .body(image.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        uploads.push(started.elapsed().as_secs_f64() * 1000.0);
+        image_url = res.json::<Value>().await.unwrap()["imageUrl"].as_str().unwrap().to_string();
+    }
+    uploads.sort_by(f64::total_cmp);
+    println!("web app and images, wrk -t2 -c{connections} -d{secs}s:");
+    println!("  upload of a 100 KiB image (20 in a row): p50 {:.1} ms, max {:.1} ms", uploads[10], uploads[19]);
+    for (what, path) in
+        [("storefront page /", "/"), ("its script /app/store.js", "/app/store.js"), ("the image", &image_url)]
+    {
+        let r = wrk(&format!("{}{path}", server.base), connections, secs);
+        println!("  GET {what}: {:.0} req/s, p50 {}, p99 {}", r.rate, r.p50, r.p99);
+    }
 
     let started = Instant::now();
     let mut created = 1;
