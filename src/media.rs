@@ -8,12 +8,13 @@
 
 use std::path::Path as FsPath;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::{ObjectStore, PutPayload};
+use object_store::{BackoffConfig, ClientOptions, ObjectStore, PutPayload, RetryConfig};
 use sha2::{Digest, Sha256};
 
 use crate::config::{MediaBackend, MediaConfig};
@@ -103,7 +104,16 @@ impl MediaStore {
             MediaBackend::Local => Self::local(&data_dir.join("media")),
             MediaBackend::S3 => {
                 let s3 = &media.s3;
-                let mut builder = AmazonS3Builder::from_env().with_bucket_name(&s3.bucket).with_region(&s3.region);
+                // Bounded, so a bucket that is unreachable fails a request with 503 within the request deadline
+                // (`http.request_timeout_ms`) instead of retrying for minutes.
+                let retry =
+                    RetryConfig { backoff: BackoffConfig::default(), max_retries: 2, retry_timeout: S3_RETRY_TIMEOUT };
+                let client = ClientOptions::new().with_connect_timeout(S3_CONNECT_TIMEOUT).with_timeout(S3_TIMEOUT);
+                let mut builder = AmazonS3Builder::from_env()
+                    .with_bucket_name(&s3.bucket)
+                    .with_region(&s3.region)
+                    .with_retry(retry)
+                    .with_client_options(client);
                 if !s3.endpoint.is_empty() {
                     builder = builder.with_endpoint(&s3.endpoint).with_allow_http(s3.endpoint.starts_with("http://"));
                 }
@@ -124,6 +134,14 @@ impl MediaStore {
 
     pub fn backend(&self) -> &'static str {
         self.backend
+    }
+
+    /// Whether the store answers: a lookup of a name nothing is stored under must come back "not found".
+    pub async fn ping(&self) -> Result<(), MediaError> {
+        match self.store.head(&Path::from("ready-probe")).await {
+            Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Stores `bytes` as an image of product `product_id`, if they are one. Storing the same bytes again is
@@ -159,6 +177,11 @@ impl MediaStore {
         }
     }
 }
+
+const S3_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// One request to the bucket, an image's bytes included.
+const S3_TIMEOUT: Duration = Duration::from_secs(5);
+const S3_RETRY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Letters, digits, `-` and `_`: what a product id is made of, and nothing a path could be escaped with.
 fn is_name_segment(s: &str) -> bool {

@@ -219,12 +219,25 @@ async function orders(params) {
   });
   mount(view, h('h1', {}, 'Orders'), filter,
     table(['Order', 'User', 'Placed', 'Status', 'Total', ''], found.items.map((o) => h('tr', {},
-      h('th', { scope: 'row' }, h('code', {}, o.id)),
+      h('th', { scope: 'row' }, orderDetails(o)),
       h('td', {}, h('a', { href: `#/orders?userId=${encodeURIComponent(o.userId)}` }, h('code', {}, o.userId))),
       h('td', {}, when(o.createdAt)), h('td', {}, badge(o.status)),
       h('td', { class: 'num' }, money(o.total, o.currency)),
       h('td', {}, o.status === 'paid' ? act(o, 'ship') : o.status === 'shipped' ? act(o, 'deliver') : null)))),
     pager(found, paged('orders', params)));
+}
+
+/** The order's id, opening onto its lines, shipping address, payment and status history. */
+function orderDetails(o) {
+  const a = o.shippingAddress;
+  return h('details', {},
+    h('summary', {}, h('code', {}, o.id)),
+    h('ul', {}, o.lines.map((l) => h('li', {}, `${l.quantity} × ${l.title} at ${money(l.unitPrice, o.currency)}`))),
+    o.discount ? h('p', {}, `Coupon ${o.couponCode}: −${money(o.discount, o.currency)}`) : null,
+    a ? h('p', {}, 'Ship to: ', [a.line1, a.line2, a.city, a.postalCode, a.country].filter(Boolean).join(', ')) : null,
+    h('p', {}, `Payment ${o.paymentMethod ?? ''} (${o.paymentId ?? 'none'})`),
+    h('ol', { class: 'history' }, o.history.map((e) =>
+      h('li', {}, badge(e.status), ` ${when(e.at)}`, e.reason ? ` — ${words(e.reason)}` : ''))));
 }
 
 // ---- users -------------------------------------------------------------------------------------------------------

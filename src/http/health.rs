@@ -22,8 +22,9 @@ async fn health() -> Json<Value> {
 }
 
 /// Each dependency's state. 503 when requests cannot be served: the store is down, revocations cannot be checked
-/// (authentication fails closed), or the entity supervisors are not running. A bus or cache that is down leaves the
-/// service working (the outbox holds events; reads go to the store): 200 with `"status": "degraded"`.
+/// (authentication fails closed), or the entity supervisors are not running. A bus, cache or media store that is down
+/// leaves the service working (the outbox holds events; reads go to the store; only image uploads and image reads
+/// fail): 200 with `"status": "degraded"`.
 #[utoipa::path(get, path = "/ready", tag = "health",
     responses((status = 200, description = "`status` is `ready` or `degraded`, with each dependency's state", body = serde_json::Value),
         (status = 503, description = "`status: unavailable`: the store, revocations or the supervisors are down", body = serde_json::Value)))]
@@ -31,16 +32,18 @@ async fn ready(State(state): State<AppState>) -> Response {
     let deps = &state.dependencies;
     let within = |what: &'static str| move |_| Err(format!("{what} did not answer within {} ms", PROBE.as_millis()));
     let probe_key = ["ready-probe".to_string()];
-    let (store, revocations, bus, cache) = tokio::join!(
+    let (store, revocations, bus, cache, media) = tokio::join!(
         tokio::time::timeout(PROBE, deps.store.ping()),
         tokio::time::timeout(PROBE, deps.revocations.any_revoked(&probe_key)),
         tokio::time::timeout(PROBE, deps.bus.ping()),
         tokio::time::timeout(PROBE, deps.cache.ping()),
+        tokio::time::timeout(PROBE, state.media.ping()),
     );
     let store = store.map_or_else(within("store"), |r| r.map_err(|e| e.to_string()));
     let revocations = revocations.map_or_else(within("revocations"), |r| r.map(drop).map_err(|e| e.to_string()));
     let bus = bus.map_or_else(within("bus"), |r| r.map_err(|e| e.to_string()));
     let cache = cache.unwrap_or_else(within("cache"));
+    let media = media.map_or_else(within("media store"), |r| r.map_err(|e| e.to_string()));
     let supervisors = [
         state.catalog.router().is_running(),
         state.carts.router().is_running(),
@@ -51,7 +54,7 @@ async fn ready(State(state): State<AppState>) -> Response {
     .iter()
     .all(|running| *running);
     let serving = store.is_ok() && revocations.is_ok() && supervisors;
-    let status = match (serving, bus.is_ok() && cache.is_ok()) {
+    let status = match (serving, bus.is_ok() && cache.is_ok() && media.is_ok()) {
         (false, _) => "unavailable",
         (true, false) => "degraded",
         (true, true) => "ready",
@@ -62,6 +65,7 @@ async fn ready(State(state): State<AppState>) -> Response {
         "revocations": probe(None, &revocations),
         "bus": probe(Some(deps.bus.backend()), &bus),
         "cache": probe(Some(deps.cache.backend()), &cache),
+        "media": probe(Some(state.media.backend()), &media),
         "supervisors": if supervisors { "up" } else { "down" },
     });
     let code = if serving { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };

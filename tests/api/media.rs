@@ -145,3 +145,37 @@ async fn the_storefront_and_admin_console_are_served_with_their_files() {
         assert_eq!(app.get(path, None).await.status, 404, "{path}");
     }
 }
+
+#[tokio::test]
+async fn an_unreachable_bucket_degrades_the_node_and_fails_only_images() {
+    // Nothing listens on port 9 of the loopback: every call to the bucket is refused.
+    let app = spawn_app_with(|c| {
+        c.media.backend = commercex::config::MediaBackend::S3;
+        c.media.s3.endpoint = "http://127.0.0.1:9".into();
+        c.media.s3.bucket = "product-images".into();
+        c.media.s3.access_key_id = "key".into();
+        c.media.s3.secret_access_key = "secret".into();
+    })
+    .await;
+    let ready = app.get("/ready", None).await;
+    assert_eq!(ready.status, 200, "{:?}", ready.body);
+    assert_eq!(ready.body["status"], "degraded");
+    assert_eq!(
+        (ready.body["media"]["backend"].as_str(), ready.body["media"]["status"].as_str()),
+        (Some("s3"), Some("down"))
+    );
+
+    let admin = app.admin().await;
+    let product = app.create_product(&admin, "Lamp", 4990, 3).await;
+    let id = product["id"].as_str().unwrap();
+    let started = std::time::Instant::now();
+    let res = upload(&app, &admin, id, "", png(10)).await;
+    assert_eq!(res.status(), 503);
+    assert!(res.headers().contains_key(header::RETRY_AFTER));
+    assert!(started.elapsed() < std::time::Duration::from_secs(9), "answered within the request deadline");
+    let image = app.get(&format!("/media/products/{id}/{}.png", "0".repeat(32)), None).await;
+    assert_eq!((image.status, image.code()), (503, "service_unavailable"));
+    // The rest of the shop works: the product, unchanged, and the catalog.
+    assert_eq!(app.get(&format!("/api/products/{id}"), None).await.body["version"], 1);
+    assert_eq!(app.get("/api/products", None).await.status, 200);
+}

@@ -274,6 +274,10 @@ describe('storefront and admin console in Chromium', () => {
 
   test('the admin ships the paid order', async () => {
     await ready(admin, '/admin#/orders');
+    const details = admin.locator('details', { has: admin.locator('summary', { hasText: shopper.orderId }) });
+    await details.locator('summary').click();
+    await details.getByText(`2 × ${PRODUCT} at $49.90`).waitFor();
+    await details.getByText('Ship to: 1 Main St, London, N1 9GU, GB').waitFor();
     await admin.getByRole('button', { name: `ship ${shopper.orderId}` }).click();
     await admin.getByRole('button', { name: `deliver ${shopper.orderId}` }).waitFor();
     await shot(admin, 'admin-orders');
