@@ -64,6 +64,11 @@ async fn upload_image(
     body: Body,
 ) -> Result<Json<ProductView>, ApiError> {
     let current = state.catalog.get(&id).await?;
+    if let Some(expected) = p.version.filter(|v| *v != current.version) {
+        // Refused before the image is stored, so a stale upload leaves nothing behind.
+        let actual = current.version;
+        return Err(ProductError::VersionConflict { expected, actual }.into());
+    }
     let bytes = axum::body::to_bytes(body, state.max_image_bytes).await.map_err(|_| ApiError::payload_too_large())?;
     let image = state.media.put_product_image(&id, bytes).await?;
     let details = ProductDetails { image_url: Some(Some(image.url())), ..ProductDetails::default() };

@@ -66,6 +66,7 @@ or an allowed origin. Listings take `page` (from 1) and `limit` (1 to 100, defau
         (name = "coupons", description = "Coupons (admin)"),
         (name = "notifications", description = "Notifications, stored and pushed"),
         (name = "admin", description = "Administration"),
+        (name = "web", description = "The storefront and admin console pages, and their files"),
     )
 )]
 pub struct ApiDoc;
