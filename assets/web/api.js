@@ -96,20 +96,22 @@ export function toMinor(text, currency) {
 }
 
 /**
- * The live notification socket of the signed-in user. Calls `onNotification(n)` for each notification, resumes
- * after the last one seen when it reconnects, and renews the session when the server ends it for an expired token.
+ * The live notification socket of the signed-in user. Calls `onNotification(n)` for each notification pushed while
+ * the page is open (nothing older: the page reads what it shows from the API, and `onState('live')` on every
+ * (re)connection is the cue to read it again), resumes after the last one seen when it reconnects, and renews the
+ * session when the server ends it for an expired token.
  */
 export class LiveNotifications {
   constructor(onNotification, onState = () => {}) {
     this.onNotification = onNotification;
     this.onState = onState;
-    this.after = 0;
+    this.after = null;
     this.delay = 500;
     this.stopped = false;
   }
 
-  start(after = 0) {
-    this.after = Math.max(this.after, after);
+  start() {
+    this.after = null;
     this.stopped = false;
     this.connect();
   }
@@ -123,7 +125,8 @@ export class LiveNotifications {
 
   connect() {
     const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
-    const socket = new WebSocket(`${scheme}//${location.host}/ws/notifications?after=${this.after}`);
+    const resume = this.after == null ? '' : `?after=${this.after}`;
+    const socket = new WebSocket(`${scheme}//${location.host}/ws/notifications${resume}`);
     this.socket = socket;
     socket.onmessage = (event) => {
       const message = JSON.parse(event.data);
@@ -131,7 +134,7 @@ export class LiveNotifications {
         this.delay = 500;
         this.onState('live');
       } else if (message.type === 'notification') {
-        this.after = Math.max(this.after, message.notification.id);
+        this.after = Math.max(this.after ?? 0, message.notification.id);
         this.onNotification(message.notification);
       }
     };

@@ -9,8 +9,17 @@ const PAGE_SIZE = 12;
 
 const live = new LiveNotifications(onNotification, (s) => {
   document.body.dataset.live = s;
-  if (s === 'signed_out') signedOut();
+  // The session ended elsewhere (signed out in another tab, revoked): sign in again, then come back here.
+  if (s === 'signed_out') signedOut(`#/signin?next=${encodeURIComponent(location.hash || '#/')}`);
+  // (Re)connected: whatever changed while the socket was away is read again.
+  if (s === 'live') refreshShown();
 });
+
+function refreshShown() {
+  refreshCounts();
+  const route = parseRoute();
+  if (route.name === 'order') showOrder(route.id).catch(() => {});
+}
 
 function onNotification(n) {
   toast(n.title);
@@ -56,6 +65,10 @@ async function render() {
   try {
     await pages[route.name]();
   } catch (e) {
+    if (e.status === 401) {
+      // The session ended elsewhere (signed out, expired, revoked): sign in again.
+      return signedOut(`#/signin?next=${encodeURIComponent(location.hash)}`);
+    }
     mount(view, h('h1', {}, 'Something went wrong'), h('p', { class: 'form-error', role: 'alert' }, e.message));
   }
   view.focus({ preventScroll: true });
@@ -105,11 +118,11 @@ async function signedIn(user) {
   await refreshCounts();
 }
 
-function signedOut() {
+function signedOut(next = '#/') {
   live.stop();
   Object.assign(state, { user: null, unread: 0, cartCount: 0 });
   renderNav();
-  go('#/');
+  go(next);
 }
 
 async function signOut() {

@@ -190,6 +190,9 @@ describe('storefront and admin console in Chromium', () => {
     await signUp(shopper, 'Sofia');
     await ready(shopper, '/');
     await shopper.locator('body[data-live="live"]').waitFor();
+    // Opening a page replays nothing old (the admin's new products were broadcast before this page was opened).
+    await shopper.waitForTimeout(300);
+    assert.ok(await shopper.locator('#toast').isHidden(), 'no old notification popped up');
     await shot(shopper, 'storefront-catalog');
     await addToCartFromSearch(shopper, PRODUCT);
     await shot(shopper, 'storefront-product');
@@ -240,6 +243,25 @@ describe('storefront and admin console in Chromium', () => {
     await shopper.getByRole('link', { name: 'Orders' }).click();
     await shopper.getByRole('heading', { name: 'Your orders' }).waitFor();
     assert.ok(await shopper.getByRole('link', { name: shopper.orderId }).isVisible());
+  });
+
+  test('a session ended elsewhere takes the shopper to the sign-in page, and back after signing in', async () => {
+    const page = await newPage();
+    await signUp(page, 'Rita');
+    await ready(page, '/#/cart');
+    await page.getByRole('heading', { name: 'Your cart' }).waitFor();
+    // Signed out from another tab: the socket is closed by the server, and the page notices by itself.
+    assert.equal((await page.request.post('/api/users/signout')).status(), 204);
+    await page.getByRole('heading', { name: 'Sign in' }).waitFor();
+    await page.getByLabel('Email').fill(`rita-${RUN}@example.com`);
+    await page.getByLabel('Password').fill('a-long-password-1');
+    await page.getByRole('button', { name: 'Sign in' }).click();
+    await page.getByRole('heading', { name: 'Your cart' }).waitFor();
+    // A page whose request finds the session gone goes the same way.
+    assert.equal((await page.request.post('/api/users/signout')).status(), 204);
+    await page.evaluate(() => { location.hash = '#/orders'; });
+    await page.getByRole('heading', { name: 'Sign in' }).waitFor();
+    await page.context().close();
   });
 
   test('a shopper is refused by the admin console, which says so', async () => {
