@@ -10,20 +10,12 @@ cd "$(dirname "$0")/.."
 
 schemathesis="$(scripts/infra.sh tool schemathesis schemathesis==4.32.5 schemathesis)"
 
-target="${CARGO_TARGET_DIR:-$PWD/target}"
-cargo build --bin commercex
-bin="$target/debug/commercex"
-dir="$(mktemp -d)"
-port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-base="http://127.0.0.1:$port"
-COMMERCEX__HTTP__ADDR="127.0.0.1:$port" COMMERCEX__STORE__DATA_DIR="$dir/data" \
-  COMMERCEX__AUTH__JWT_SECRET=schemathesis-secret-0123456789abcdef0123456789 \
+source scripts/debug-server.sh
+export COMMERCEX__AUTH__JWT_SECRET=schemathesis-secret-0123456789abcdef0123456789 \
   COMMERCEX__AUTH__BOOTSTRAP_ADMIN__EMAIL=admin@example.com COMMERCEX__AUTH__BOOTSTRAP_ADMIN__PASSWORD=admin-pass-1 \
   COMMERCEX__HTTP__AUTH_RATE_LIMIT_PER_MINUTE=100000 COMMERCEX__PAYMENTS__SIMULATED_LATENCY_MS=1 \
-  COMMERCEX__LOG__LEVEL=warn "$bin" >"$dir/log" 2>&1 &
-pid=$!
-trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$dir"' EXIT
-for _ in $(seq 100); do curl -fs "$base/health" >/dev/null && break; sleep 0.1; done
+  COMMERCEX__LOG__LEVEL=warn
+start_debug_server
 
 token() { python3 -c 'import json, sys; print(json.load(sys.stdin)["accessToken"])'; }
 admin="$(curl -fs -X POST "$base/api/users/signin" -H 'content-type: application/json' \
@@ -38,8 +30,4 @@ for who in admin user; do
     --max-examples "${MAX_EXAMPLES:-10}" --checks not_a_server_error,response_schema_conformance \
     --exclude-path /ws/notifications --exclude-path /api/users/signout --request-timeout 10 --no-color)
 done
-if grep -q "panicked" "$dir/log"; then
-  echo "the server panicked:" >&2
-  grep -A5 "panicked" "$dir/log" >&2
-  exit 1
-fi
+check_no_panic

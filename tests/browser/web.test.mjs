@@ -162,10 +162,11 @@ describe('storefront and admin console in Chromium', () => {
     await ready(visitor, '/');
     const card = visitor.locator('.card', { hasText: PRODUCT });
     await card.waitFor();
-    const image = card.getByRole('img', { name: PRODUCT });
-    await image.waitFor();
-    assert.ok(await image.evaluate((img) => img.complete && img.naturalWidth === 320), 'the uploaded image is shown');
     productId = decodeURIComponent((await card.locator('a.card-link').getAttribute('href')).split('/').pop());
+    const image = card.getByRole('img', { name: PRODUCT });
+    // Loaded (or failed) and decoded: a broken image ends with no width.
+    await visitor.waitForFunction((img) => img.complete, await image.elementHandle());
+    assert.equal(await image.evaluate((img) => img.naturalWidth), 320, 'the uploaded image is shown');
     const served = await visitor.request.get(await image.getAttribute('src'));
     assert.equal(served.status(), 200);
     assert.equal(served.headers()['content-type'], 'image/png');
