@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end tests of the web app (storefront at /, admin console at /admin) in a real browser: Debian's Chromium,
 # headless, driven by playwright-core (npm, pinned in tests/browser/package-lock.json). Installs what is missing
-# (apt-get install chromium; npm ci in tests/browser), starts a `commercex` process (the debug binary, through
+# (apt-get install chromium, and nodejs and npm; npm ci in tests/browser), starts a `commercex` process (the debug binary, through
 # scripts/debug-server.sh) on a free loopback port with a fresh data directory holding the demo catalog (`seed-demo`)
 # and a 4-second access-token lifetime (so silent token renewal is exercised throughout), runs
 # tests/browser/*.test.mjs, and stops the process by pid. Fails on any test failure and on a panic in the server's
@@ -10,11 +10,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! [ -x /usr/bin/chromium ]; then
-  echo "browser: installing chromium (apt)" >&2
+missing=()
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+command -v npm >/dev/null || missing+=(nodejs npm)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "browser: installing ${missing[*]} (apt)" >&2
   if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
   $SUDO apt-get update -qq >&2 || true
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >&2
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >&2
 fi
 lock="$(sha256sum tests/browser/package-lock.json | cut -d' ' -f1)"
 if [ "$(cat tests/browser/node_modules/.installed-lock 2>/dev/null)" != "$lock" ]; then

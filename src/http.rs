@@ -25,8 +25,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
-use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
@@ -188,15 +188,21 @@ struct BodyLimits {
 }
 
 impl BodyLimits {
+    /// The limit of the route the request was routed to.
     fn of(self, req: &Request) -> usize {
-        let path = req.uri().path();
-        let upload = req.method() == Method::POST && path.starts_with("/api/products/") && path.ends_with("/image");
-        if upload {
+        let route = req.extensions().get::<MatchedPath>().map(MatchedPath::as_str);
+        if req.method() == Method::POST && route == Some(media::UPLOAD_ROUTE) {
             self.image
         } else {
             self.default
         }
     }
+}
+
+/// Whether `If-None-Match` names `etag` (a list, a weak form or `*` included): the client's copy is current.
+fn etag_matches(headers: &HeaderMap, etag: &str) -> bool {
+    let Some(wanted) = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) else { return false };
+    wanted.split(',').map(str::trim).any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == etag)
 }
 
 /// Answers 413 to a request whose `Content-Length` is over the limit before reading any of its body, whatever the

@@ -151,8 +151,7 @@ impl MediaStore {
         if !is_name_segment(product_id) {
             return Err(MediaError::InvalidName);
         }
-        let digest = Sha256::digest(&bytes);
-        let hash: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        let hash = crate::auth::tokens::hex(&Sha256::digest(&bytes)[..16]);
         let name = format!("products/{product_id}/{hash}.{}", format.extension());
         self.store.put(&Path::from(name.as_str()), PutPayload::from(bytes)).await?;
         Ok(StoredImage { name, format })

@@ -1,7 +1,7 @@
 // The admin console: products (with stock and images), orders, users, coupons, payments, emails, the cluster.
 // Every action is an API call an administrator may make; the API decides who is one, and the console says so.
 import { api, currentUser, fractionDigits, money, toMinor } from './api.js';
-import { badge, field, h, mount, onSubmit, pager, toast, when, words } from './ui.js';
+import { badge, field, h, mount, onSubmit, pager, table, toast, when, words } from './ui.js';
 
 const view = document.getElementById('view');
 const SECTIONS = [
@@ -79,12 +79,6 @@ async function render() {
     }
   }
   view.focus({ preventScroll: true });
-}
-
-function table(headers, rows) {
-  return h('table', { class: 'table' },
-    h('thead', {}, h('tr', {}, headers.map((t) => h('th', { scope: 'col' }, t)))),
-    h('tbody', {}, rows));
 }
 
 function paged(section, params) {

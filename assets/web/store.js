@@ -1,7 +1,7 @@
 // The storefront: catalog, product pages, cart, checkout, orders that update live, notifications, account.
 // Routes are URL fragments (#/product/ID), so every page has an address and the back button works.
 import { api, currentUser, LiveNotifications, money, toMinor } from './api.js';
-import { badge, field, h, mount, onSubmit, pager, toast, when, words } from './ui.js';
+import { badge, field, h, mount, onSubmit, pager, table, toast, when, words } from './ui.js';
 
 const view = document.getElementById('view');
 const state = { user: null, unread: 0, cartCount: 0 };
@@ -290,11 +290,9 @@ async function showCart() {
   });
   mount(view,
     h('h1', {}, 'Your cart'),
-    h('table', { class: 'table' },
-      h('thead', {}, h('tr', {}, ['Product', 'Price', 'Quantity', 'Total', ''].map((t) => h('th', { scope: 'col' }, t)))),
-      h('tbody', {}, rows),
-      h('tfoot', {}, h('tr', {}, h('th', { scope: 'row', colspan: 3 }, 'Subtotal'),
-        h('td', { class: 'num', id: 'subtotal' }, money(cart.subtotal, cart.currency)), h('td')))),
+    table(['Product', 'Price', 'Quantity', 'Total', ''], rows,
+      h('tr', {}, h('th', { scope: 'row', colspan: 3 }, 'Subtotal'),
+        h('td', { class: 'num', id: 'subtotal' }, money(cart.subtotal, cart.currency)), h('td'))),
     checkout);
 }
 
@@ -308,11 +306,9 @@ async function showOrders(params) {
   const found = await api('GET', `/api/orders?page=${page}&limit=10`);
   mount(view, h('h1', {}, 'Your orders'),
     found.items.length
-      ? h('table', { class: 'table' },
-        h('thead', {}, h('tr', {}, ['Order', 'Placed', 'Status', 'Total'].map((t) => h('th', { scope: 'col' }, t)))),
-        h('tbody', {}, found.items.map((o) => h('tr', {},
-          h('th', { scope: 'row' }, h('a', { href: `#/orders/${encodeURIComponent(o.id)}` }, o.id)),
-          h('td', {}, when(o.createdAt)), h('td', {}, badge(o.status)), h('td', { class: 'num' }, money(o.total, o.currency))))))
+      ? table(['Order', 'Placed', 'Status', 'Total'], found.items.map((o) => h('tr', {},
+        h('th', { scope: 'row' }, h('a', { href: `#/orders/${encodeURIComponent(o.id)}` }, o.id)),
+        h('td', {}, when(o.createdAt)), h('td', {}, badge(o.status)), h('td', { class: 'num' }, money(o.total, o.currency)))))
       : h('p', {}, 'No orders yet.'),
     pager(found, (n) => go(`#/orders?page=${n}`)));
 }
@@ -342,16 +338,13 @@ async function showOrder(id) {
     h('p', { class: 'order-status', 'aria-live': 'polite' }, 'Status: ', h('span', { id: 'order-status' }, badge(order.status)),
       reason ? h('span', { class: 'reason', id: 'order-reason' }, ` — ${reason}`) : null),
     progress,
-    h('table', { class: 'table' },
-      h('thead', {}, h('tr', {}, ['Product', 'Price', 'Quantity', 'Total'].map((t) => h('th', { scope: 'col' }, t)))),
-      h('tbody', {}, order.lines.map((l) => h('tr', {}, h('th', { scope: 'row' }, l.title),
-        h('td', {}, money(l.unitPrice, order.currency)), h('td', {}, l.quantity),
-        h('td', { class: 'num' }, money(l.lineTotal, order.currency))))),
-      h('tfoot', {},
-        order.discount ? h('tr', {}, h('th', { scope: 'row', colspan: 3 }, `Discount (${order.couponCode})`),
-          h('td', { class: 'num' }, `−${money(order.discount, order.currency)}`)) : null,
-        h('tr', {}, h('th', { scope: 'row', colspan: 3 }, 'Total'),
-          h('td', { class: 'num' }, money(order.total, order.currency))))),
+    table(['Product', 'Price', 'Quantity', 'Total'], order.lines.map((l) => h('tr', {}, h('th', { scope: 'row' }, l.title),
+      h('td', {}, money(l.unitPrice, order.currency)), h('td', {}, l.quantity),
+      h('td', { class: 'num' }, money(l.lineTotal, order.currency)))), [
+      order.discount ? h('tr', {}, h('th', { scope: 'row', colspan: 3 }, `Discount (${order.couponCode})`),
+        h('td', { class: 'num' }, `−${money(order.discount, order.currency)}`)) : null,
+      h('tr', {}, h('th', { scope: 'row', colspan: 3 }, 'Total'),
+        h('td', { class: 'num' }, money(order.total, order.currency)))]),
     h('h2', {}, 'History'),
     h('ol', { class: 'history' }, order.history.map((e) =>
       h('li', {}, badge(e.status), ' ', h('time', { datetime: e.at }, when(e.at)), e.reason ? ` — ${words(e.reason)}` : ''))),

@@ -108,6 +108,14 @@ export function badge(status) {
   return h('span', { class: `badge status-${status}` }, words(status));
 }
 
+/** A table with a header row of `headers`, the body `rows` and an optional footer `foot` (rows). */
+export function table(headers, rows, foot = null) {
+  return h('table', { class: 'table' },
+    h('thead', {}, h('tr', {}, headers.map((t) => h('th', { scope: 'col' }, t)))),
+    h('tbody', {}, rows),
+    foot ? h('tfoot', {}, foot) : null);
+}
+
 /** Previous / next links for a page of a listing. */
 export function pager(page, onPage) {
   if (!page || page.totalPages <= 1) return null;

@@ -13,7 +13,7 @@ use utoipa_axum::routes;
 use super::extract::{AdminUser, Json, Path, Query};
 use super::openapi::ErrorBody;
 use super::products::ProductView;
-use super::{ApiError, AppState};
+use super::{etag_matches, ApiError, AppState};
 use crate::actors::EntityError;
 use crate::domain::product::{ProductDetails, ProductError};
 use crate::media::MediaError;
@@ -46,6 +46,9 @@ struct UploadParams {
 /// Times an upload without `version` is set again when an edit lands between reading the product and setting it.
 const UNVERSIONED_ATTEMPTS: usize = 3;
 
+/// The upload's route, whose bodies are bounded by `media.max_image_bytes` instead of `http.body_limit_bytes`.
+pub(super) const UPLOAD_ROUTE: &str = "/api/products/{id}/image";
+
 /// Upload the product's image: the raw bytes of a JPEG, PNG or WebP (recognised by content, whatever the
 /// `Content-Type`), at most `media.max_image_bytes`. The product's `imageUrl` becomes the image's `/media/` path.
 #[utoipa::path(post, path = "/api/products/{id}/image", tag = "products",
@@ -72,22 +75,19 @@ async fn upload_image(
     let bytes = axum::body::to_bytes(body, state.max_image_bytes).await.map_err(|_| ApiError::payload_too_large())?;
     let image = state.media.put_product_image(&id, bytes).await?;
     let details = ProductDetails { image_url: Some(Some(image.url())), ..ProductDetails::default() };
-    let mut version = p.version.unwrap_or(current.version);
-    for attempt in 1.. {
+    let (mut version, mut attempt) = (p.version.unwrap_or(current.version), 1);
+    let product = loop {
         match state.catalog.update(&id, version, details.clone()).await {
             Err(EntityError::Rejected(ProductError::VersionConflict { actual, .. }))
                 if p.version.is_none() && attempt < UNVERSIONED_ATTEMPTS =>
             {
-                version = actual;
+                (version, attempt) = (actual, attempt + 1);
             }
-            updated => {
-                let product = updated?;
-                tracing::info!(product_id = %id, image = %image.name, "product image set");
-                return Ok(Json(product.into()));
-            }
+            updated => break updated?,
         }
-    }
-    unreachable!("the loop returns on its last attempt")
+    };
+    tracing::info!(product_id = %id, image = %image.name, "product image set");
+    Ok(Json(product.into()))
 }
 
 /// A product image. Its name is its content's hash: cached for a year, revalidated by `ETag`.
@@ -107,13 +107,7 @@ async fn product_image(
         (header::ETAG, HeaderValue::from_str(&etag).map_err(|_| not_found())?),
     ];
     let (bytes, format) = state.media.product_image(&id, &file).await?.ok_or_else(not_found)?;
-    let fresh = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).is_some_and(|v| {
-        v.split(',').any(|tag| {
-            let tag = tag.trim();
-            tag == etag || tag == "*" || tag.strip_prefix("W/") == Some(etag.as_str())
-        })
-    });
-    if fresh {
+    if etag_matches(&headers, &etag) {
         return Ok((StatusCode::NOT_MODIFIED, cache).into_response());
     }
     Ok((cache, [(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()))], bytes).into_response())

@@ -2,8 +2,8 @@
 //!
 //! The document is built from the handlers' `#[utoipa::path]` attributes and the types' `ToSchema` derives, as the
 //! resource routers register them (`utoipa_axum::routes!` adds a route and its description together, so what is
-//! served and what is described cannot drift). It is served at `GET /api/openapi.json`. `GET /docs` is Swagger UI,
-//! whose files are vendored in `assets/docs/` and compiled into the binary: nothing is fetched at build or run time.
+//! served and what is described cannot drift). It is served at `GET /api/openapi.json`; `GET /docs` shows it in
+//! Swagger UI (`src/http/web.rs`).
 
 use std::sync::OnceLock;
 
@@ -12,8 +12,7 @@ use axum::response::{IntoResponse, Response};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use super::extract::Path;
-use super::{ApiError, AppState};
+use super::AppState;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -120,7 +119,7 @@ pub fn document() -> &'static str {
 }
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(openapi_json)).routes(routes!(docs)).routes(routes!(docs_asset))
+    OpenApiRouter::new().routes(routes!(openapi_json))
 }
 
 /// This document.
@@ -128,31 +127,4 @@ pub fn router() -> OpenApiRouter<AppState> {
     responses((status = 200, description = "The OpenAPI 3.1 document", body = serde_json::Value)))]
 async fn openapi_json() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], document()).into_response()
-}
-
-/// Interactive docs for this document (Swagger UI).
-#[utoipa::path(get, path = "/docs", tag = "health",
-    responses((status = 200, description = "An HTML page", content_type = "text/html", body = String)))]
-async fn docs() -> Response {
-    asset("text/html; charset=utf-8", include_bytes!("../../assets/docs/index.html"))
-}
-
-/// The docs page's script and style sheet.
-#[utoipa::path(get, path = "/docs/{file}", tag = "health",
-    params(("file" = String, Path, description = "`swagger-ui-bundle.js` or `swagger-ui.css`")),
-    responses((status = 200, description = "The file, cached for a day", body = String),
-        (status = 404, body = ErrorBody)))]
-async fn docs_asset(Path(file): Path<String>) -> Response {
-    match file.as_str() {
-        "swagger-ui-bundle.js" => {
-            asset("text/javascript; charset=utf-8", include_bytes!("../../assets/docs/swagger-ui-bundle.js"))
-        }
-        "swagger-ui.css" => asset("text/css; charset=utf-8", include_bytes!("../../assets/docs/swagger-ui.css")),
-        _ => ApiError::not_found("not_found", "no such file").into_response(),
-    }
-}
-
-fn asset(content_type: &'static str, body: &'static [u8]) -> Response {
-    let cache = "public, max-age=86400";
-    ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, cache)], body).into_response()
 }

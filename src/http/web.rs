@@ -1,5 +1,6 @@
-//! The web app: a storefront at `/` and an admin console at `/admin`, plain HTML, CSS and ES modules from
-//! `assets/web/`, compiled into the binary. They are clients of the same REST API and WebSocket as any other.
+//! The pages the binary serves and their files, compiled in from `assets/`: the storefront at `/` and the admin
+//! console at `/admin` (plain HTML, CSS and ES modules from `assets/web/`, clients of the same REST API and WebSocket
+//! as any other), and the API's interactive docs at `/docs` (Swagger UI, vendored in `assets/docs/`).
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
@@ -12,87 +13,137 @@ use utoipa_axum::routes;
 
 use super::extract::Path;
 use super::openapi::ErrorBody;
-use super::{ApiError, AppState};
+use super::{etag_matches, ApiError, AppState};
+use crate::auth::tokens::hex;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(storefront)).routes(routes!(admin)).routes(routes!(app_file))
+    OpenApiRouter::new()
+        .routes(routes!(storefront))
+        .routes(routes!(admin))
+        .routes(routes!(app_file))
+        .routes(routes!(docs))
+        .routes(routes!(docs_file))
 }
 
-/// Pages may load only this origin's scripts, styles and API; images may also come from http(s) URLs set as a
-/// product's `imageUrl`.
-const PAGE_POLICY: &str =
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' https: http: data:; \
-    connect-src 'self'; manifest-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
+/// How a group of files is served: its caching and the `Content-Security-Policy` of its pages.
+struct Serving {
+    cache: &'static str,
+    policy: &'static str,
+}
+
+/// The web app: revalidated on every use (by `ETag`), so a new binary's files are picked up at once. Pages may load
+/// only this origin's scripts, styles and API; images may also come from http(s) URLs set as a product's `imageUrl`.
+const APP: Serving = Serving {
+    cache: "no-cache",
+    policy: "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' https: http: data:; \
+        connect-src 'self'; manifest-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
+};
+
+/// Swagger UI: kept a day. It sets inline styles and shows data: images.
+const DOCS: Serving = Serving {
+    cache: "public, max-age=86400",
+    policy: "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; \
+        connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
+};
 
 struct File {
     content_type: &'static str,
+    serving: &'static Serving,
     bytes: &'static [u8],
     etag: String,
 }
 
 macro_rules! files {
-    ($($name:literal => $content_type:literal),* $(,)?) => {
-        [$(($name, $content_type, &include_bytes!(concat!("../../assets/web/", $name))[..])),*]
+    ($($path:literal => $content_type:expr, $serving:expr;)*) => {
+        [$(($path, $content_type, &$serving, &include_bytes!(concat!("../../assets/", $path))[..])),*]
     };
 }
 
+const HTML: &str = "text/html; charset=utf-8";
+const JS: &str = "text/javascript; charset=utf-8";
+const CSS: &str = "text/css; charset=utf-8";
+
+/// Every file, by its path under `assets/`, with its content's hash as `ETag`.
 static FILES: LazyLock<HashMap<&'static str, File>> = LazyLock::new(|| {
     files![
-        "store.html" => "text/html; charset=utf-8",
-        "admin.html" => "text/html; charset=utf-8",
-        "app.css" => "text/css; charset=utf-8",
-        "api.js" => "text/javascript; charset=utf-8",
-        "ui.js" => "text/javascript; charset=utf-8",
-        "store.js" => "text/javascript; charset=utf-8",
-        "admin.js" => "text/javascript; charset=utf-8",
-        "favicon.svg" => "image/svg+xml",
+        "web/store.html" => HTML, APP;
+        "web/admin.html" => HTML, APP;
+        "web/app.css" => CSS, APP;
+        "web/api.js" => JS, APP;
+        "web/ui.js" => JS, APP;
+        "web/store.js" => JS, APP;
+        "web/admin.js" => JS, APP;
+        "web/favicon.svg" => "image/svg+xml", APP;
+        "docs/index.html" => HTML, DOCS;
+        "docs/init.js" => JS, DOCS;
+        "docs/swagger-ui-bundle.js" => JS, DOCS;
+        "docs/swagger-ui.css" => CSS, DOCS;
     ]
     .into_iter()
-    .map(|(name, content_type, bytes)| {
-        let digest = Sha256::digest(bytes);
-        let etag = format!("\"{}\"", digest[..12].iter().map(|b| format!("{b:02x}")).collect::<String>());
-        (name, File { content_type, bytes, etag })
+    .map(|(path, content_type, serving, bytes)| {
+        let etag = format!("\"{}\"", hex(&Sha256::digest(bytes)[..12]));
+        (path, File { content_type, serving, bytes, etag })
     })
     .collect()
 });
 
-/// A file of the app, revalidated on every use by its `ETag` (its content's hash).
-fn serve(name: &str, headers: &HeaderMap) -> Response {
-    let Some(file) = FILES.get(name) else {
+/// The file at `path` under `assets/`, or 404; `304` when the client's copy is current.
+fn serve(path: &str, headers: &HeaderMap) -> Response {
+    let Some(file) = FILES.get(path) else {
         return ApiError::not_found("not_found", "no such file").into_response();
     };
     let common = [
-        (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+        (header::CACHE_CONTROL, HeaderValue::from_static(file.serving.cache)),
         (header::ETAG, HeaderValue::from_str(&file.etag).expect("a hex ETag is a valid header")),
-        (header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(PAGE_POLICY)),
+        (header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(file.serving.policy)),
     ];
-    let current = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(file.etag.as_str());
-    if current {
+    if etag_matches(headers, &file.etag) {
         return (StatusCode::NOT_MODIFIED, common).into_response();
     }
     (common, [(header::CONTENT_TYPE, HeaderValue::from_static(file.content_type))], file.bytes).into_response()
+}
+
+/// A file of a group under `/{group}/{file}`; the group's pages have routes of their own.
+fn serve_in(group: &str, file: &str, headers: &HeaderMap) -> Response {
+    if file.ends_with(".html") {
+        return ApiError::not_found("not_found", "no such file").into_response();
+    }
+    serve(&format!("{group}/{file}"), headers)
 }
 
 /// The storefront: catalog, cart, checkout, orders and notifications.
 #[utoipa::path(get, path = "/", tag = "web",
     responses((status = 200, description = "The storefront page", content_type = "text/html")))]
 async fn storefront(headers: HeaderMap) -> Response {
-    serve("store.html", &headers)
+    serve("web/store.html", &headers)
 }
 
 /// The admin console: products, stock, images, orders, users, coupons, payments, emails, cluster.
 #[utoipa::path(get, path = "/admin", tag = "web",
     responses((status = 200, description = "The admin console page", content_type = "text/html")))]
 async fn admin(headers: HeaderMap) -> Response {
-    serve("admin.html", &headers)
+    serve("web/admin.html", &headers)
 }
 
 /// The app's scripts, style sheet and icon.
 #[utoipa::path(get, path = "/app/{file}", tag = "web", params(("file" = String, Path)),
     responses((status = 200, description = "The file"), (status = 404, body = ErrorBody)))]
 async fn app_file(Path(file): Path<String>, headers: HeaderMap) -> Response {
-    match file.as_str() {
-        "store.html" | "admin.html" => ApiError::not_found("not_found", "no such file").into_response(),
-        name => serve(name, &headers),
-    }
+    serve_in("web", &file, &headers)
+}
+
+/// Interactive docs for the OpenAPI document (Swagger UI).
+#[utoipa::path(get, path = "/docs", tag = "web",
+    responses((status = 200, description = "An HTML page", content_type = "text/html", body = String)))]
+async fn docs(headers: HeaderMap) -> Response {
+    serve("docs/index.html", &headers)
+}
+
+/// The docs page's scripts and style sheet.
+#[utoipa::path(get, path = "/docs/{file}", tag = "web",
+    params(("file" = String, Path, description = "`swagger-ui-bundle.js`, `swagger-ui.css` or `init.js`")),
+    responses((status = 200, description = "The file, cached for a day", body = String),
+        (status = 404, body = ErrorBody)))]
+async fn docs_file(Path(file): Path<String>, headers: HeaderMap) -> Response {
+    serve_in("docs", &file, &headers)
 }

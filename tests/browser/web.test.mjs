@@ -349,6 +349,16 @@ describe('storefront and admin console in Chromium', () => {
     await page.context().close();
   });
 
+  test('the API docs page shows every operation', async () => {
+    const page = await newPage();
+    await page.goto('/docs');
+    await page.locator('.opblock').first().waitFor();
+    const documented = Object.values((await (await page.request.get('/api/openapi.json')).json()).paths)
+      .reduce((n, item) => n + Object.keys(item).length, 0);
+    assert.equal(await page.locator('.opblock').count(), documented);
+    await page.context().close();
+  });
+
   test('no page logged a script error', () => {
     assert.deepEqual(errors, []);
   });
