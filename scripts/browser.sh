@@ -13,12 +13,7 @@ cd "$(dirname "$0")/.."
 missing=()
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 command -v npm >/dev/null || missing+=(nodejs npm)
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "browser: installing ${missing[*]} (apt)" >&2
-  if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
-  $SUDO apt-get update -qq >&2 || true
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >&2
-fi
+[ ${#missing[@]} -eq 0 ] || scripts/infra.sh apt "${missing[@]}"
 lock="$(sha256sum tests/browser/package-lock.json | cut -d' ' -f1)"
 if [ "$(cat tests/browser/node_modules/.installed-lock 2>/dev/null)" != "$lock" ]; then
   (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)

@@ -14,6 +14,8 @@
 #   scripts/infra.sh status
 #   scripts/infra.sh tool VENV PACKAGE==VERSION COMMAND
 #                           install a Python tool into a cached virtualenv once; print its command's path
+#   scripts/infra.sh apt PACKAGE ...
+#                           install Debian packages (with sudo unless root)
 #
 # Installs are cached in $COMMERCEX_INFRA_CACHE (default ~/.cache/commercex-infra); server data and pid files live
 # under the target directory ($CARGO_TARGET_DIR or ./target), in infra/, or in $COMMERCEX_INFRA_RUN. Ports:
@@ -34,12 +36,16 @@ NX="$CACHE/nx-venv/bin/nx-27017"
 
 log() { printf 'infra: %s\n' "$*" >&2; }
 
-install_redis() {
-  command -v redis-server >/dev/null && return
-  log "installing redis-server (apt)"
+# Installs Debian packages $@ with apt.
+apt_install() {
+  log "installing $* (apt)"
   if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
   $SUDO apt-get update -qq >&2 || true
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >&2
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >&2
+}
+
+install_redis() {
+  command -v redis-server >/dev/null || apt_install redis-server
 }
 
 install_nisshi() {
@@ -54,6 +60,8 @@ install_nisshi() {
 python_tool() {
   local venv="$CACHE/$1-venv"
   [ -x "$venv/bin/$3" ] && return
+  # Debian's python3 makes virtualenvs only with python3-venv.
+  python3 -c 'import ensurepip' 2>/dev/null || apt_install python3-venv
   log "installing $2 into a virtualenv (cached in $CACHE)"
   mkdir -p "$CACHE"
   python3 -m venv "$venv" >&2
@@ -180,6 +188,11 @@ case "${1:-}" in
     python_tool "$2" "$3" "$4"
     echo "$CACHE/$2-venv/bin/$4"
     ;;
+  apt)
+    shift
+    [ $# -gt 0 ] || { echo "usage: $0 apt PACKAGE ..." >&2; exit 2; }
+    apt_install "$@"
+    ;;
   env)
     echo "export COMMERCEX_TEST_REDIS_URL=redis://127.0.0.1:$REDIS_PORT"
     echo "export COMMERCEX_TEST_KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT"
@@ -192,5 +205,5 @@ case "${1:-}" in
     done
     ;;
   *)
-    echo "usage: $0 up|down|clean|env|status|tool" >&2; exit 2 ;;
+    echo "usage: $0 up|down|clean|env|status|tool|apt" >&2; exit 2 ;;
 esac
