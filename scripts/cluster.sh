@@ -9,7 +9,8 @@
 #   scripts/cluster.sh status   each node's view of the cluster (needs COMMERCEX_ADMIN_PASSWORD)
 #
 # The bootstrap admin is admin@example.com with $COMMERCEX_ADMIN_PASSWORD (default change-me-1). Node data, logs
-# and pid files live in $CARGO_TARGET_DIR/cluster (or ./target/cluster).
+# and pid files live in $CARGO_TARGET_DIR/cluster (or ./target/cluster), with the JWT secret and the cluster secret
+# (cluster.secret, which the nodes sign what they send each other with) generated there on first use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,6 +33,9 @@ up() {
   done >"$RUN/started-servers"
   eval "$(scripts/infra.sh env)"
   [ -f "$RUN/jwt-secret" ] || head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$RUN/jwt-secret"
+  if [ ! -f "$RUN/cluster-secret" ]; then
+    (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$RUN/cluster-secret")
+  fi
   local n=0
   for port in "${PORTS[@]}"; do
     n=$((n + 1))
@@ -41,6 +45,7 @@ up() {
     (
       cd "$dir"
       COMMERCEX__HTTP__ADDR="127.0.0.1:$port" \
+      COMMERCEX__TELEMETRY__METRICS_ADDR="127.0.0.1:$((port + 1463))" \
       COMMERCEX__STORE__DATA_DIR="$dir" \
       COMMERCEX__STORE__BACKEND=mongodb \
       COMMERCEX__STORE__MONGODB__URI="$COMMERCEX_TEST_MONGODB_URI" \
@@ -58,6 +63,7 @@ up() {
       COMMERCEX__MEDIA__S3__ACCESS_KEY_ID=commercex \
       COMMERCEX__MEDIA__S3__SECRET_ACCESS_KEY=commercex-secret \
       COMMERCEX__CLUSTER__NODE_ID="node$n" \
+      COMMERCEX__CLUSTER__SECRET="$(cat "$RUN/cluster-secret")" \
       COMMERCEX__AUTH__JWT_SECRET="$(cat "$RUN/jwt-secret")" \
       COMMERCEX__AUTH__BOOTSTRAP_ADMIN__EMAIL=admin@example.com \
       COMMERCEX__AUTH__BOOTSTRAP_ADMIN__PASSWORD="$ADMIN_PASSWORD" \

@@ -13,7 +13,8 @@ bin="$target/debug/commercex"
 dir="$(mktemp -d)"
 port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 base="http://127.0.0.1:$port"
-export COMMERCEX__STORE__DATA_DIR="$dir/data" COMMERCEX__HTTP__ADDR="127.0.0.1:$port"
+# Metrics are served with the API: no second port to collide with another server on this machine.
+export COMMERCEX__STORE__DATA_DIR="$dir/data" COMMERCEX__HTTP__ADDR="127.0.0.1:$port" COMMERCEX__TELEMETRY__METRICS_ADDR=""
 pid=
 
 stop_debug_server() {

@@ -20,8 +20,9 @@ use crate::auth::password::PasswordHasher;
 use crate::auth::tokens::{random_token, TokenKeys};
 use crate::auth::AuthService;
 use crate::bridge::chaos::ChaosBus;
-use crate::bridge::kafka::{KafkaBus, KafkaSettings};
+use crate::bridge::kafka::{KafkaBus, KafkaSecurity, KafkaSettings};
 use crate::bridge::outbox::OutboxRelay;
+use crate::bridge::signing::Signer;
 use crate::bridge::{EventBus, InProcessBus, Sinks};
 use crate::cache::{InProcessCache, ProductCache, RedisCache};
 use crate::carts::Carts;
@@ -39,9 +40,9 @@ use crate::faults::{Chaos, FaultPoints, Killable};
 use crate::http::{self, AppServices, AppState, Dependencies};
 use crate::media::MediaStore;
 use crate::notify::{Emailer, NotificationHub, Notifier, RecordingMailer};
-use crate::orders::{OrderSaga, Orders};
+use crate::orders::{CheckoutPolicy, OrderSaga, Orders};
 use crate::payments::{PaymentEffects, PaymentProvider, SimulatedProvider};
-use crate::ratelimit::{InProcessRateLimiter, RateLimit, RedisRateLimiter};
+use crate::ratelimit::{Budgets, RateLimits};
 use crate::redis_client::RedisClient;
 use crate::store::chaos::ChaosEventStore;
 use crate::store::embedded::{CloseWatch, EmbeddedStore};
@@ -57,6 +58,8 @@ const RESUME_EVERY: Duration = Duration::from_secs(5);
 
 pub struct Application {
     listener: TcpListener,
+    /// `telemetry.metrics_addr`, when metrics have a listener of their own.
+    metrics_listener: Option<TcpListener>,
     state: AppState,
     /// Lets shutdown wait until the embedded store's file is closed.
     store_closed: Option<CloseWatch>,
@@ -105,15 +108,32 @@ impl Application {
             Some(redis) => Arc::new(RedisRevocations::new(redis.clone())),
             None => store.clone(),
         };
-        let per_minute = config.http.auth_rate_limit_per_minute;
-        let auth_limiter: Arc<dyn RateLimit> = match &redis {
-            Some(redis) => Arc::new(RedisRateLimiter::new(redis.clone(), "auth", per_minute)),
-            None => Arc::new(InProcessRateLimiter::new(per_minute)),
-        };
+        let limits = RateLimits::new(
+            redis.as_ref(),
+            Budgets {
+                auth_per_client: config.http.auth_rate_limit_per_minute,
+                refresh_per_client: config.http.refresh_rate_limit_per_minute,
+                signin_per_account: config.auth.signin_attempts_per_account_per_minute,
+                checkout_per_user: config.checkout.checkouts_per_user_per_minute,
+                coupon_per_user: config.checkout.coupon_attempts_per_user_per_minute,
+            },
+        );
         let kafka_settings = {
             let kafka = &config.bus.kafka;
             let partitions = i32::try_from(kafka.partitions).context("bus.kafka.partitions")?;
-            KafkaSettings::new(&kafka.brokers, &kafka.topic_prefix, partitions, &kafka.group_id)
+            let mut settings = KafkaSettings::new(&kafka.brokers, &kafka.topic_prefix, partitions, &kafka.group_id);
+            settings.security = KafkaSecurity {
+                protocol: kafka.security_protocol.name().to_string(),
+                sasl_mechanism: kafka.sasl_mechanism.clone(),
+                sasl_username: kafka.sasl_username.clone(),
+                sasl_password: kafka.sasl_password.clone(),
+                ssl_ca_location: kafka.ssl_ca_location.clone(),
+                ssl_certificate_location: kafka.ssl_certificate_location.clone(),
+                ssl_key_location: kafka.ssl_key_location.clone(),
+            };
+            // Signs the cluster's requests and answers, and every event on the Kafka bus.
+            settings.signer = Signer::new(&config.cluster.secret);
+            settings
         };
         let chaos = Chaos::new(&config.chaos);
         let cluster = match config.cluster.enabled {
@@ -181,7 +201,13 @@ impl Application {
             catalog.clone(),
             store.clone(),
             ctx.clock,
-            Duration::from_secs(config.checkout.reservation_ttl_secs),
+            CheckoutPolicy {
+                reservation_ttl: Duration::from_secs(config.checkout.reservation_ttl_secs),
+                checkouts: limits.checkout.clone(),
+                coupon_codes: limits.coupon.clone(),
+                max_pending_orders: config.checkout.max_pending_orders_per_user,
+                live: ctx.live_limit.clone(),
+            },
         );
 
         let hub = NotificationHub::new(1024);
@@ -199,6 +225,12 @@ impl Application {
                     .await
                     .with_context(|| format!("cannot use Kafka at bus.kafka.brokers = {}", kafka.brokers))?;
                 tracing::info!(brokers = %kafka.brokers, prefix = %kafka.topic_prefix, "Kafka bridge ready");
+                if kafka_settings.signer.is_none() {
+                    tracing::warn!(
+                        "cluster.secret is empty: events on Kafka are neither signed nor checked, so anything that \
+                         can write to the event topics can make this process notify users and invalidate its cache"
+                    );
+                }
                 Arc::new(bus)
             }
         };
@@ -286,8 +318,12 @@ impl Application {
             notifications: store.clone(),
             hub,
             ws_auth_timeout: Duration::from_millis(config.notifications.ws_auth_timeout_ms),
+            sockets: http::SocketLimits::new(
+                config.notifications.max_sockets_per_user,
+                config.notifications.max_sockets_per_client,
+            ),
             ctx,
-            auth_limiter,
+            limits,
             dependencies: Arc::new(Dependencies {
                 store_backend: config.store.backend.name(),
                 store: store.clone(),
@@ -298,15 +334,28 @@ impl Application {
             cookie_secure: config.auth.cookie_secure,
             http: Arc::new(config.http.clone()),
             cluster,
-            metrics: config.telemetry.metrics,
+            metrics: config.telemetry.metrics && config.telemetry.metrics_addr.is_empty(),
             media,
             max_image_bytes: config.media.max_image_bytes,
         });
-        Ok(Self { listener, state, store_closed, bus, stop_background, background })
+        let metrics_listener = match (config.telemetry.metrics, config.telemetry.metrics_addr.as_str()) {
+            (false, _) | (true, "") => None,
+            (true, addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on telemetry.metrics_addr {addr}"))?,
+            ),
+        };
+        Ok(Self { listener, metrics_listener, state, store_closed, bus, stop_background, background })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// Where `/metrics` is served when it has a listener of its own (`telemetry.metrics_addr`).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     pub fn state(&self) -> &AppState {
@@ -324,7 +373,26 @@ impl Application {
         tracing::info!(%addr, "commercex listening");
         let state = self.state.clone();
         let limits = http::server::Limits::from(state.http.as_ref()).fit_open_file_limit();
+        let (stop_metrics, metrics_stopped) = watch::channel(false);
+        let metrics = self.metrics_listener.map(|listener| {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "metrics listening");
+            }
+            let mut stopped = metrics_stopped;
+            let until = async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            };
+            tokio::spawn(async move {
+                if let Err(error) = axum::serve(listener, http::metrics_app()).with_graceful_shutdown(until).await {
+                    tracing::warn!(%error, "the metrics listener stopped");
+                }
+            })
+        });
         http::server::serve(self.listener, http::app(self.state), limits, shutdown).await;
+        let _ = stop_metrics.send(true);
+        if let Some(metrics) = metrics {
+            let _ = metrics.await;
+        }
         tracing::info!("http intake stopped; draining entity actors");
         // A cluster node hands its shards over first: leaving the group drains them, and the others take them.
         if let Some(cluster) = &state.cluster {

@@ -9,6 +9,7 @@ pub mod in_process;
 pub mod kafka;
 pub mod outbox;
 pub mod recent;
+pub mod signing;
 
 use std::sync::Arc;
 

@@ -21,6 +21,11 @@
 //!   right after the last request taken, so a request sent during a handover is served by the new host, and none
 //!   runs twice. A request whose deadline passed while no node hosted its shard is dropped (its caller has answered
 //!   503 by then).
+//! - Trust: the nodes sign each request and answer with `cluster.secret` (HMAC-SHA256 over every field, see
+//!   [`node`]); a host runs only requests a node signed, with a deadline no further ahead than a node sets one and
+//!   a reply topic that is the sender's own, and a caller takes only answers a node signed for it. Anything else is
+//!   dropped and counted (`commercex_cluster_refused_total`). The same secret signs the domain events on the Kafka
+//!   bus ([`crate::bridge::signing`]).
 
 pub mod node;
 pub mod shard;

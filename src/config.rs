@@ -38,15 +38,23 @@ pub struct HttpConfig {
     pub request_timeout_ms: u64,
     /// Origins allowed by CORS; empty disables CORS, `["*"]` allows any origin.
     pub cors_allowed_origins: Vec<String>,
-    /// Requests per minute per client address on signup/signin/refresh.
+    /// Requests per minute per client address on signup/signin.
     pub auth_rate_limit_per_minute: u32,
+    /// Requests per minute per client address on refresh (every open tab of a shop refreshes on its own).
+    pub refresh_rate_limit_per_minute: u32,
+    /// Proxies whose `X-Forwarded-For`/`Forwarded` is believed, to tell the client behind them (CIDRs).
+    pub trusted_proxies: Vec<crate::netaddr::Cidr>,
     /// A request head (request line and headers) must arrive whole within this time, from the connection's start or
     /// from the first byte of a later request on it.
     pub header_read_timeout_ms: u64,
     /// A connection with no request in flight is closed after this long (open WebSockets are never idle).
     pub keep_alive_timeout_ms: u64,
+    /// A response that cannot be written for this long (the client does not read it) closes its connection.
+    pub send_timeout_ms: u64,
     /// Open connections (WebSockets included); past it new connections get a 503 and are closed.
     pub max_connections: usize,
+    /// Open connections from one client address (an IPv6 /64); trusted proxies are not counted.
+    pub max_connections_per_client: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -65,6 +73,8 @@ pub struct AuthConfig {
     pub hash_workers: usize,
     /// Hashing jobs allowed to wait for a thread; past that, sign-up/sign-in answer 503 with `Retry-After`.
     pub hash_queue: usize,
+    /// Sign-in attempts per minute per account, from any address.
+    pub signin_attempts_per_account_per_minute: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bootstrap_admin: Option<BootstrapAdmin>,
 }
@@ -136,7 +146,7 @@ pub enum BusBackend {
     Kafka,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaConfig {
     /// Bootstrap servers, comma-separated `host:port`.
@@ -147,9 +157,122 @@ pub struct KafkaConfig {
     pub partitions: u32,
     /// Consumer group shared by every process for what must happen once; each process also gets its own group.
     pub group_id: String,
+    /// How every Kafka client (producer, consumers, admin) reaches the brokers.
+    pub security_protocol: KafkaSecurityProtocol,
+    /// With `sasl_*`: `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`.
+    pub sasl_mechanism: String,
+    pub sasl_username: String,
+    /// Never shown (`Debug`, `check-config`).
+    pub sasl_password: String,
+    /// With `ssl` / `sasl_ssl`: PEM file of the CA that signed the brokers' certificates; empty: the system's.
+    pub ssl_ca_location: String,
+    /// With `ssl` / `sasl_ssl`: PEM files of this client's certificate and key (both or neither), for brokers that
+    /// authenticate clients by certificate.
+    pub ssl_certificate_location: String,
+    pub ssl_key_location: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// librdkafka's `security.protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KafkaSecurityProtocol {
+    Plaintext,
+    /// TLS.
+    Ssl,
+    /// SASL without TLS (a PLAIN password travels in clear).
+    SaslPlaintext,
+    /// SASL over TLS.
+    SaslSsl,
+}
+
+impl KafkaSecurityProtocol {
+    /// The value of librdkafka's `security.protocol`.
+    pub fn name(self) -> &'static str {
+        match self {
+            KafkaSecurityProtocol::Plaintext => "plaintext",
+            KafkaSecurityProtocol::Ssl => "ssl",
+            KafkaSecurityProtocol::SaslPlaintext => "sasl_plaintext",
+            KafkaSecurityProtocol::SaslSsl => "sasl_ssl",
+        }
+    }
+
+    fn sasl(self) -> bool {
+        matches!(self, KafkaSecurityProtocol::SaslPlaintext | KafkaSecurityProtocol::SaslSsl)
+    }
+
+    fn tls(self) -> bool {
+        matches!(self, KafkaSecurityProtocol::Ssl | KafkaSecurityProtocol::SaslSsl)
+    }
+}
+
+/// The SASL mechanisms `bus.kafka.sasl_mechanism` may name.
+const SASL_MECHANISMS: [&str; 3] = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"];
+
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("topic_prefix", &self.topic_prefix)
+            .field("partitions", &self.partitions)
+            .field("group_id", &self.group_id)
+            .field("security_protocol", &self.security_protocol)
+            .field("sasl_mechanism", &self.sasl_mechanism)
+            .field("sasl_username", &self.sasl_username)
+            .field("sasl_password", &"<redacted>")
+            .field("ssl_ca_location", &self.ssl_ca_location)
+            .field("ssl_certificate_location", &self.ssl_certificate_location)
+            .field("ssl_key_location", &self.ssl_key_location)
+            .finish()
+    }
+}
+
+impl KafkaConfig {
+    /// The combinations of `security_protocol`, `sasl_*` and `ssl_*` that can work: SASL needs a mechanism, a user
+    /// and a password, and SASL or TLS settings are refused where they would be ignored.
+    fn validate_security(&self) -> Result<(), ConfigError> {
+        let protocol = self.security_protocol;
+        let sasl = [
+            ("bus.kafka.sasl_mechanism", &self.sasl_mechanism),
+            ("bus.kafka.sasl_username", &self.sasl_username),
+            ("bus.kafka.sasl_password", &self.sasl_password),
+        ];
+        if protocol.sasl() {
+            if !SASL_MECHANISMS.contains(&self.sasl_mechanism.as_str()) {
+                return Err(key_error(
+                    "bus.kafka.sasl_mechanism",
+                    format!(
+                        "must be PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 with security_protocol = \"{}\"",
+                        protocol.name()
+                    ),
+                ));
+            }
+            if let Some((key, _)) = sasl.iter().find(|(_, value)| value.is_empty()) {
+                return Err(key_error(*key, format!("must be set with security_protocol = \"{}\"", protocol.name())));
+            }
+        } else if let Some((key, _)) = sasl.iter().find(|(_, value)| !value.is_empty()) {
+            return Err(key_error(*key, "is used only with security_protocol = \"sasl_plaintext\" or \"sasl_ssl\""));
+        }
+        let tls = [
+            ("bus.kafka.ssl_ca_location", &self.ssl_ca_location),
+            ("bus.kafka.ssl_certificate_location", &self.ssl_certificate_location),
+            ("bus.kafka.ssl_key_location", &self.ssl_key_location),
+        ];
+        if !protocol.tls() {
+            if let Some((key, _)) = tls.iter().find(|(_, value)| !value.is_empty()) {
+                return Err(key_error(*key, "is used only with security_protocol = \"ssl\" or \"sasl_ssl\""));
+            }
+        }
+        if self.ssl_certificate_location.is_empty() != self.ssl_key_location.is_empty() {
+            return Err(key_error(
+                "bus.kafka.ssl_key_location",
+                "set both ssl_certificate_location and ssl_key_location (a client certificate), or neither",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
     /// Entities sharded over the nodes by Kafka partition; needs MongoDB and Kafka.
@@ -158,13 +281,32 @@ pub struct ClusterConfig {
     pub node_id: String,
     /// How long a forwarded command may take before the caller gets a 503.
     pub request_timeout_ms: u64,
+    /// Shared by every node, at least 32 characters; required when `enabled`. Signs (HMAC-SHA256) the requests and
+    /// answers the nodes send each other, and every event on the Kafka bus (also without a cluster). Empty: events
+    /// are neither signed nor checked. Never shown (`Debug`, `check-config`).
+    pub secret: String,
 }
 
 impl Default for ClusterConfig {
     fn default() -> Self {
-        Self { enabled: false, node_id: String::new(), request_timeout_ms: 5_000 }
+        Self { enabled: false, node_id: String::new(), request_timeout_ms: 5_000, secret: String::new() }
     }
 }
+
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("enabled", &self.enabled)
+            .field("node_id", &self.node_id)
+            .field("request_timeout_ms", &self.request_timeout_ms)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+/// The longest `cluster.request_timeout_ms`: a call's deadline (and twice it, the furthest ahead a node accepts one)
+/// stays a sane instant.
+const MAX_CLUSTER_REQUEST_TIMEOUT_MS: u64 = 3_600_000;
 
 impl Config {
     /// `cluster.node_id`, or the host name and HTTP port when it is empty.
@@ -278,6 +420,12 @@ pub struct CheckoutConfig {
     /// How long stock stays reserved for an order that has not been paid; then the products release it. At most a
     /// week: products forget old outcomes by that bound.
     pub reservation_ttl_secs: u64,
+    /// Checkouts a user may start per minute.
+    pub checkouts_per_user_per_minute: u32,
+    /// Orders a user may have in progress (placed, not yet paid or failed) at once.
+    pub max_pending_orders_per_user: u32,
+    /// Coupon codes a user may try at checkout per minute.
+    pub coupon_attempts_per_user_per_minute: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -301,6 +449,10 @@ pub struct PaymentsConfig {
 pub struct NotificationsConfig {
     /// A WebSocket client that did not authenticate by header or cookie must send its token within this time.
     pub ws_auth_timeout_ms: u64,
+    /// Open notification sockets per user; the oldest is closed for a new one past it.
+    pub max_sockets_per_user: usize,
+    /// Open notification sockets per client address (an IPv6 /64), before authentication too.
+    pub max_sockets_per_client: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -317,6 +469,9 @@ pub struct LogConfig {
 pub struct TelemetryConfig {
     /// Serve Prometheus metrics at `GET /metrics`.
     pub metrics: bool,
+    /// Where `/metrics` is served: a listener of its own (loopback by default, so the public API does not show
+    /// it); empty: on `http.addr` with the API.
+    pub metrics_addr: String,
     /// Base URL of an OTLP/HTTP collector (`http://127.0.0.1:4318`); spans go to `{it}/v1/traces`. Empty: no
     /// traces are exported.
     pub otlp_endpoint: String,
@@ -384,7 +539,7 @@ impl Default for S3Config {
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
-        Self { metrics: true, otlp_endpoint: String::new() }
+        Self { metrics: true, metrics_addr: "127.0.0.1:9464".into(), otlp_endpoint: String::new() }
     }
 }
 
@@ -396,9 +551,13 @@ impl Default for HttpConfig {
             request_timeout_ms: 10_000,
             cors_allowed_origins: Vec::new(),
             auth_rate_limit_per_minute: 30,
+            refresh_rate_limit_per_minute: 120,
+            trusted_proxies: Vec::new(),
             header_read_timeout_ms: 10_000,
             keep_alive_timeout_ms: 60_000,
+            send_timeout_ms: 30_000,
             max_connections: 10_000,
+            max_connections_per_client: 256,
         }
     }
 }
@@ -414,6 +573,7 @@ impl Default for AuthConfig {
             argon2_iterations: 2,
             hash_workers: 0,
             hash_queue: 32,
+            signin_attempts_per_account_per_minute: 10,
             bootstrap_admin: None,
         }
     }
@@ -450,6 +610,13 @@ impl Default for KafkaConfig {
             topic_prefix: "commercex".into(),
             partitions: 12,
             group_id: "commercex".into(),
+            security_protocol: KafkaSecurityProtocol::Plaintext,
+            sasl_mechanism: String::new(),
+            sasl_username: String::new(),
+            sasl_password: String::new(),
+            ssl_ca_location: String::new(),
+            ssl_certificate_location: String::new(),
+            ssl_key_location: String::new(),
         }
     }
 }
@@ -480,7 +647,12 @@ impl Default for CacheConfig {
 
 impl Default for CheckoutConfig {
     fn default() -> Self {
-        Self { reservation_ttl_secs: 900 }
+        Self {
+            reservation_ttl_secs: 900,
+            checkouts_per_user_per_minute: 10,
+            max_pending_orders_per_user: 3,
+            coupon_attempts_per_user_per_minute: 10,
+        }
     }
 }
 
@@ -492,7 +664,7 @@ impl Default for PaymentsConfig {
 
 impl Default for NotificationsConfig {
     fn default() -> Self {
-        Self { ws_auth_timeout_ms: 5_000 }
+        Self { ws_auth_timeout_ms: 5_000, max_sockets_per_user: 5, max_sockets_per_client: 50 }
     }
 }
 
@@ -532,7 +704,8 @@ impl Config {
     }
 
     /// The configuration as TOML, every key with its effective value, secrets masked: the JWT secret, the
-    /// bootstrap admin's password, and credentials in the MongoDB and Redis URIs.
+    /// bootstrap admin's password, credentials in the MongoDB and Redis URIs, the S3 secret key, the Kafka SASL
+    /// password and the cluster secret.
     pub fn masked_toml(&self) -> String {
         let mut shown = self.clone();
         if !shown.auth.jwt_secret.is_empty() {
@@ -545,6 +718,12 @@ impl Config {
         shown.redis.url = redact_uri(&shown.redis.url);
         if !shown.media.s3.secret_access_key.is_empty() {
             shown.media.s3.secret_access_key = "<masked>".into();
+        }
+        if !shown.bus.kafka.sasl_password.is_empty() {
+            shown.bus.kafka.sasl_password = "<masked>".into();
+        }
+        if !shown.cluster.secret.is_empty() {
+            shown.cluster.secret = format!("<masked: {} characters>", shown.cluster.secret.len());
         }
         toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot show the configuration: {e}\n"))
     }
@@ -579,7 +758,22 @@ impl Config {
             ("http.auth_rate_limit_per_minute", u64::from(self.http.auth_rate_limit_per_minute)),
             ("http.header_read_timeout_ms", self.http.header_read_timeout_ms),
             ("http.keep_alive_timeout_ms", self.http.keep_alive_timeout_ms),
+            ("http.send_timeout_ms", self.http.send_timeout_ms),
             ("http.max_connections", self.http.max_connections as u64),
+            ("http.max_connections_per_client", self.http.max_connections_per_client as u64),
+            ("http.refresh_rate_limit_per_minute", u64::from(self.http.refresh_rate_limit_per_minute)),
+            (
+                "auth.signin_attempts_per_account_per_minute",
+                u64::from(self.auth.signin_attempts_per_account_per_minute),
+            ),
+            ("checkout.checkouts_per_user_per_minute", u64::from(self.checkout.checkouts_per_user_per_minute)),
+            ("checkout.max_pending_orders_per_user", u64::from(self.checkout.max_pending_orders_per_user)),
+            (
+                "checkout.coupon_attempts_per_user_per_minute",
+                u64::from(self.checkout.coupon_attempts_per_user_per_minute),
+            ),
+            ("notifications.max_sockets_per_user", self.notifications.max_sockets_per_user as u64),
+            ("notifications.max_sockets_per_client", self.notifications.max_sockets_per_client as u64),
             ("auth.access_token_ttl_secs", self.auth.access_token_ttl_secs),
             ("auth.refresh_token_ttl_secs", self.auth.refresh_token_ttl_secs),
             ("auth.argon2_memory_kib", u64::from(self.auth.argon2_memory_kib)),
@@ -689,6 +883,7 @@ impl Config {
             if kafka.group_id.is_empty() {
                 return Err(key_error("bus.kafka.group_id", "must not be empty"));
             }
+            kafka.validate_security()?;
         }
         if self.media.backend == MediaBackend::S3 {
             let s3 = &self.media.s3;
@@ -723,6 +918,26 @@ impl Config {
             if self.cluster.request_timeout_ms == 0 {
                 return Err(key_error("cluster.request_timeout_ms", "must be greater than zero"));
             }
+            if self.cluster.request_timeout_ms > MAX_CLUSTER_REQUEST_TIMEOUT_MS {
+                return Err(key_error(
+                    "cluster.request_timeout_ms",
+                    format!("must be at most {MAX_CLUSTER_REQUEST_TIMEOUT_MS} (an hour)"),
+                ));
+            }
+            if self.cluster.secret.is_empty() {
+                return Err(key_error(
+                    "cluster.secret",
+                    "must be set when cluster.enabled = true: at least 32 characters, the same on every node (the \
+                     nodes sign the requests they send each other with it)",
+                ));
+            }
+        }
+        let min_secret = crate::bridge::signing::MIN_SECRET_LEN;
+        if !self.cluster.secret.is_empty() && self.cluster.secret.len() < min_secret {
+            return Err(key_error(
+                "cluster.secret",
+                format!("must be at least {min_secret} characters (or empty: events are then not signed)"),
+            ));
         }
         let chaos = &self.chaos;
         for (key, share) in [
@@ -893,14 +1108,73 @@ mod tests {
         let err = Config::from_sources(None, env(&[on, mongo, secret])).unwrap_err().to_string();
         assert!(err.contains("cluster.enabled") && err.contains("kafka"), "{err}");
         let kafka = ("COMMERCEX__BUS__BACKEND", "kafka");
-        let config = Config::from_sources(None, env(&[on, mongo, secret, kafka])).unwrap();
+        let err = Config::from_sources(None, env(&[on, mongo, secret, kafka])).unwrap_err().to_string();
+        assert!(err.contains("cluster.secret") && err.contains("must be set"), "{err}");
+        let cluster_secret = ("COMMERCEX__CLUSTER__SECRET", "a-cluster-secret-of-at-least-32-characters");
+        let config = Config::from_sources(None, env(&[on, mongo, secret, kafka, cluster_secret])).unwrap();
         assert!(config.cluster.enabled);
         assert!(config.node_id().ends_with("-8000"), "{}", config.node_id());
         let share = Config::from_sources(None, env(&[("COMMERCEX__CHAOS__STORE_FAIL_SHARE", "1.5")]));
         assert!(share.unwrap_err().to_string().contains("chaos.store_fail_share"));
         let bad = ("COMMERCEX__CLUSTER__NODE_ID", "node one");
-        let err = Config::from_sources(None, env(&[on, mongo, secret, kafka, bad])).unwrap_err().to_string();
+        let err =
+            Config::from_sources(None, env(&[on, mongo, secret, kafka, cluster_secret, bad])).unwrap_err().to_string();
         assert!(err.contains("cluster.node_id"), "{err}");
+        let short = ("COMMERCEX__CLUSTER__SECRET", "thirty-one-characters-is-short");
+        let err = Config::from_sources(None, env(&[on, mongo, secret, kafka, short])).unwrap_err().to_string();
+        assert!(err.contains("cluster.secret") && err.contains("at least 32"), "{err}");
+        // A single process on the Kafka bus may set it too (its events are then signed); short is refused there too.
+        assert!(Config::from_sources(None, env(&[kafka, cluster_secret])).is_ok());
+        let err = Config::from_sources(None, env(&[kafka, short])).unwrap_err().to_string();
+        assert!(err.contains("cluster.secret"), "{err}");
+        let forever = ("COMMERCEX__CLUSTER__REQUEST_TIMEOUT_MS", "3600001");
+        let err = Config::from_sources(None, env(&[on, mongo, secret, kafka, cluster_secret, forever]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cluster.request_timeout_ms") && err.contains("at most"), "{err}");
+    }
+
+    #[test]
+    fn kafka_security_settings_must_make_sense_together() {
+        let kafka = ("COMMERCEX__BUS__BACKEND", "kafka");
+        let with = |pairs: &[(&str, &str)]| {
+            let mut all = vec![kafka];
+            all.extend_from_slice(pairs);
+            Config::from_sources(None, env(&all))
+        };
+        let refused = |pairs: &[(&str, &str)], key: &str| {
+            let err = with(pairs).unwrap_err().to_string();
+            assert!(err.contains(key), "{pairs:?}: {err}");
+        };
+        let sasl = ("COMMERCEX__BUS__KAFKA__SECURITY_PROTOCOL", "sasl_plaintext");
+        let mechanism = ("COMMERCEX__BUS__KAFKA__SASL_MECHANISM", "SCRAM-SHA-512");
+        let user = ("COMMERCEX__BUS__KAFKA__SASL_USERNAME", "shop");
+        let password = ("COMMERCEX__BUS__KAFKA__SASL_PASSWORD", "kafka-pass-word");
+        let config = with(&[sasl, mechanism, user, password]).unwrap();
+        assert_eq!(config.bus.kafka.security_protocol, KafkaSecurityProtocol::SaslPlaintext);
+        assert_eq!(config.bus.kafka.security_protocol.name(), "sasl_plaintext");
+        assert!(!format!("{config:?}").contains("kafka-pass-word"));
+        refused(&[sasl, user, password], "bus.kafka.sasl_mechanism");
+        refused(
+            &[sasl, ("COMMERCEX__BUS__KAFKA__SASL_MECHANISM", "GSSAPI"), user, password],
+            "bus.kafka.sasl_mechanism",
+        );
+        refused(&[sasl, mechanism, password], "bus.kafka.sasl_username");
+        refused(&[sasl, mechanism, user], "bus.kafka.sasl_password");
+        refused(&[user], "bus.kafka.sasl_username");
+        refused(&[("COMMERCEX__BUS__KAFKA__SECURITY_PROTOCOL", "tls")], "bus.kafka.security_protocol");
+        let ca = ("COMMERCEX__BUS__KAFKA__SSL_CA_LOCATION", "/etc/kafka/ca.pem");
+        refused(&[ca], "bus.kafka.ssl_ca_location");
+        refused(&[sasl, mechanism, user, password, ca], "bus.kafka.ssl_ca_location");
+        let ssl = ("COMMERCEX__BUS__KAFKA__SECURITY_PROTOCOL", "ssl");
+        assert!(with(&[ssl, ca]).is_ok());
+        let cert = ("COMMERCEX__BUS__KAFKA__SSL_CERTIFICATE_LOCATION", "/etc/kafka/client.pem");
+        refused(&[ssl, ca, cert], "bus.kafka.ssl_key_location");
+        let key = ("COMMERCEX__BUS__KAFKA__SSL_KEY_LOCATION", "/etc/kafka/client.key");
+        assert!(with(&[ssl, cert, key]).is_ok());
+        let sasl_ssl = ("COMMERCEX__BUS__KAFKA__SECURITY_PROTOCOL", "sasl_ssl");
+        assert!(with(&[sasl_ssl, ("COMMERCEX__BUS__KAFKA__SASL_MECHANISM", "PLAIN"), user, password, ca]).is_ok());
+        assert_eq!(with(&[]).unwrap().bus.kafka.security_protocol, KafkaSecurityProtocol::Plaintext);
     }
 
     #[test]
@@ -969,7 +1243,9 @@ mod tests {
                 // `${VAR:?...}` and `${VAR:-default}` are filled in by compose: stand in a valid value.
                 let value = if value.starts_with("${") {
                     match name {
-                        "COMMERCEX__AUTH__JWT_SECRET" => "a-secret-of-at-least-thirty-two-characters",
+                        "COMMERCEX__AUTH__JWT_SECRET" | "COMMERCEX__CLUSTER__SECRET" => {
+                            "a-secret-of-at-least-thirty-two-characters"
+                        }
                         "COMMERCEX__AUTH__BOOTSTRAP_ADMIN__EMAIL" => "admin@example.com",
                         _ => "pass-word-1",
                     }
@@ -1002,10 +1278,28 @@ mod tests {
             ("COMMERCEX__CACHE__PRODUCT_TTL_SECS", "7"),
             ("COMMERCEX__MEDIA__S3__ACCESS_KEY_ID", "AKIDEXAMPLE"),
             ("COMMERCEX__MEDIA__S3__SECRET_ACCESS_KEY", "s3-secret-key"),
+            ("COMMERCEX__BUS__KAFKA__SECURITY_PROTOCOL", "sasl_plaintext"),
+            ("COMMERCEX__BUS__KAFKA__SASL_MECHANISM", "PLAIN"),
+            ("COMMERCEX__BUS__KAFKA__SASL_USERNAME", "shop"),
+            ("COMMERCEX__BUS__KAFKA__SASL_PASSWORD", "kafka-pass-word"),
+            ("COMMERCEX__CLUSTER__SECRET", "the-cluster-secret-of-the-deployment"),
         ]);
-        let shown = Config::from_sources(None, vars).unwrap().masked_toml();
-        for secret in ["a-secret-of-at-least", "admin-password-1", "mongo-pass", "redis-pass", "s3-secret-key"] {
+        let config = Config::from_sources(None, vars).unwrap();
+        let shown = config.masked_toml();
+        for secret in [
+            "a-secret-of-at-least",
+            "admin-password-1",
+            "mongo-pass",
+            "redis-pass",
+            "s3-secret-key",
+            "kafka-pass-word",
+            "the-cluster-secret",
+        ] {
             assert!(!shown.contains(secret), "{secret} shown in:\n{shown}");
+        }
+        let debug = format!("{:?} {:?}", config.bus, config.cluster);
+        for secret in ["kafka-pass-word", "the-cluster-secret"] {
+            assert!(!debug.contains(secret), "{secret} shown in:\n{debug}");
         }
         assert!(shown.contains("<masked: 42 characters>") && shown.contains("mongodb://***@db:27017"), "{shown}");
         // Valid TOML with every section, each key at its effective value.

@@ -12,6 +12,7 @@ mod health;
 mod media;
 mod metrics;
 mod notifications;
+mod open_counts;
 pub mod openapi;
 mod orders;
 mod payments;
@@ -40,12 +41,14 @@ use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
 
 pub use error::ApiError;
+pub use ws::SocketLimits;
 
 use crate::auth::AuthService;
 use crate::carts::Carts;
 use crate::catalog::Catalog;
 use crate::config::HttpConfig;
-use crate::ratelimit::RateLimit;
+use crate::netaddr::{client_ip, client_key};
+use crate::ratelimit::{RateLimit, RateLimits};
 use crate::store::EventStore;
 
 /// Everything a handler can reach, shared: cloning it (axum does for every request and every layer that reads it)
@@ -79,16 +82,19 @@ pub struct AppServices {
     pub notifications: Arc<dyn crate::store::NotificationStore>,
     pub hub: crate::notify::NotificationHub,
     pub ws_auth_timeout: Duration,
+    /// Notification sockets open per user and per client address, and their caps.
+    pub sockets: SocketLimits,
     /// The entity runtime's shared context (clock, fault points).
     pub ctx: Arc<crate::actors::EntityContext>,
-    pub auth_limiter: Arc<dyn RateLimit>,
+    /// Every rate limit: sign-in and sign-up, refresh, per account, checkout, coupon codes.
+    pub limits: RateLimits,
     /// What `/ready` checks besides the entity supervisors.
     pub dependencies: Arc<Dependencies>,
     pub cookie_secure: bool,
     pub http: Arc<HttpConfig>,
     /// Cluster mode: this node's membership (`GET /api/admin/cluster`).
     pub cluster: Option<Arc<crate::cluster::ClusterNode>>,
-    /// Serve `GET /metrics` (`telemetry.metrics`).
+    /// Serve `GET /metrics` with the API (`telemetry.metrics` on, `telemetry.metrics_addr` empty).
     pub metrics: bool,
     /// Product images (`media.*`).
     pub media: crate::media::MediaStore,
@@ -103,6 +109,11 @@ pub struct Dependencies {
     pub revocations: Arc<dyn crate::store::RevocationStore>,
     pub bus: Arc<dyn crate::bridge::EventBus>,
     pub cache: Arc<dyn crate::cache::ProductCache>,
+}
+
+/// What the listener of `telemetry.metrics_addr` serves.
+pub fn metrics_app() -> Router {
+    metrics::own_listener()
 }
 
 pub fn app(state: AppState) -> Router {
@@ -134,7 +145,8 @@ pub fn app(state: AppState) -> Router {
         ))
         .layer(middleware::from_fn_with_state(state.clone(), csrf::refuse_cross_site_writes))
         .layer(DefaultBodyLimit::max(http.body_limit_bytes))
-        .layer(middleware::from_fn_with_state(Duration::from_millis(http.request_timeout_ms), deadline));
+        .layer(middleware::from_fn_with_state(Duration::from_millis(http.request_timeout_ms), deadline))
+        .layer(middleware::from_fn_with_state(http.clone(), client_address));
 
     let (api, document) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(products::router())
@@ -224,18 +236,44 @@ async fn deadline(State(limit): State<Duration>, req: Request, next: Next) -> Re
     }
 }
 
-/// Per-client limit on the authentication endpoints, keyed by the peer address.
+/// The address a request came from, as [`client_ip`] tells it through `http.trusted_proxies`: what per-client
+/// limits count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientIp(pub std::net::IpAddr);
+
+/// Records the request's [`ClientIp`].
+async fn client_address(State(http): State<Arc<HttpConfig>>, mut req: Request, next: Next) -> Response {
+    if let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<SocketAddr>>().copied() {
+        let client = client_ip(peer.ip(), req.headers(), &http.trusted_proxies);
+        req.extensions_mut().insert(ClientIp(client));
+    }
+    next.run(req).await
+}
+
+/// Per-client limits on the authentication endpoints, keyed by the client's address (an IPv6 /64): refresh has a
+/// budget of its own, so sign-in attempts cannot end every session's refreshes.
 async fn auth_rate_limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
-    if let Some(ip) = peer {
-        if let Err(wait) = state.auth_limiter.check(ip).await {
-            ::metrics::counter!(crate::telemetry::metrics::RATE_LIMITED, "scope" => "auth").increment(1);
-            let mut err = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many attempts; slow down");
-            err.retry_after_secs = Some(wait.as_secs().max(1));
-            return err.into_response();
+    if let Some(ClientIp(ip)) = req.extensions().get::<ClientIp>().copied() {
+        let refresh = req.extensions().get::<MatchedPath>().is_some_and(|p| p.as_str() == "/api/users/refresh");
+        let (limit, scope) = if refresh { (&state.limits.refresh, "refresh") } else { (&state.limits.auth, "auth") };
+        if let Err(wait) = limit.check(&client_key(ip)).await {
+            return rate_limited(scope, wait).into_response();
         }
     }
     next.run(req).await
+}
+
+/// 429 `rate_limited` with `Retry-After`, counted under `scope`.
+pub fn rate_limited(scope: &'static str, wait: Duration) -> ApiError {
+    ::metrics::counter!(crate::telemetry::metrics::RATE_LIMITED, "scope" => scope).increment(1);
+    let mut err = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many attempts; slow down");
+    err.retry_after_secs = Some(wait.as_secs().max(1));
+    err
+}
+
+/// Takes one request from `key`'s budget in `limit`, or answers 429.
+pub async fn check_limit(limit: &dyn RateLimit, scope: &'static str, key: &str) -> Result<(), ApiError> {
+    limit.check(key).await.map_err(|wait| rate_limited(scope, wait))
 }
 
 /// Common pagination parameters: `page` from 1, `limit` 1..=100 (default 20).

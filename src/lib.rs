@@ -13,7 +13,8 @@
 //! | [`notify`]  | notifications (stored, pushed over WebSocket) and templated transactional emails, fed by the outbox |
 //! | [`payments`] | the payment provider interface, the simulated provider, payment effects |
 //! | [`cache`]   | read-aside product cache, in process or in Redis |
-//! | [`ratelimit`] | per-client rate limits for the auth endpoints, in process or in Redis |
+//! | [`ratelimit`] | rate limits per client address, user or account (auth, refresh, checkout, coupon codes), in process or in Redis |
+//! | [`netaddr`] | CIDR networks, the client behind trusted proxies, the key a client is counted under |
 //! | [`redis_client`] | the one Redis connection the cache, revocations and rate limits share; fast failure while Redis is down |
 //! | [`cluster`] | cluster mode: shards = Kafka partitions of the commands topic, ownership = the consumer group's assignment, calls forwarded to the hosting node |
 //! | [`http`]    | the axum REST facade, the accept loop with its connection limits, cross-site checks, the notification WebSocket and the error shape |
@@ -40,6 +41,7 @@ pub mod faults;
 pub mod http;
 pub mod load;
 pub mod media;
+pub mod netaddr;
 pub mod notify;
 pub mod orders;
 pub mod payments;

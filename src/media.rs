@@ -157,24 +157,55 @@ impl MediaStore {
         Ok(StoredImage { name, format })
     }
 
-    /// The image stored as `products/{product_id}/{file}`, or `None` if there is none.
-    pub async fn product_image(
-        &self,
-        product_id: &str,
-        file: &str,
-    ) -> Result<Option<(Bytes, ImageFormat)>, MediaError> {
-        let format = file
-            .split_once('.')
-            .filter(|(hash, _)| hash.len() == 32 && hash.bytes().all(|b| b.is_ascii_hexdigit()))
-            .and_then(|(_, ext)| ImageFormat::from_extension(ext));
-        let (Some(format), true) = (format, is_name_segment(product_id)) else { return Ok(None) };
-        let path = Path::from(format!("products/{product_id}/{file}"));
+    /// The image stored as `products/{product_id}/{file}`, or `None` if there is none: opened, not read, so that
+    /// serving it streams its bytes from the store as the client takes them.
+    pub async fn product_image(&self, product_id: &str, file: &str) -> Result<Option<Image>, MediaError> {
+        let Some((path, format)) = image_path(product_id, file) else { return Ok(None) };
         match self.store.get(&path).await {
-            Ok(found) => Ok(Some((found.bytes().await?, format))),
+            Ok(found) => {
+                let size = found.meta.size;
+                Ok(Some(Image { format, size, stream: found.into_stream() }))
+            }
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(e.into()),
         }
     }
+
+    /// Whether `products/{product_id}/{file}` is stored, asked without reading it.
+    pub async fn has_product_image(&self, product_id: &str, file: &str) -> Result<bool, MediaError> {
+        let Some((path, _)) = image_path(product_id, file) else { return Ok(false) };
+        match self.store.head(&path).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// A stored image, opened: its bytes come as the stream is read.
+pub struct Image {
+    pub format: ImageFormat,
+    pub size: u64,
+    pub stream: futures_util::stream::BoxStream<'static, object_store::Result<Bytes>>,
+}
+
+impl Image {
+    /// Reads the whole image.
+    pub async fn bytes(self) -> Result<Bytes, MediaError> {
+        use futures_util::TryStreamExt;
+        let chunks: Vec<Bytes> = self.stream.try_collect().await?;
+        Ok(chunks.concat().into())
+    }
+}
+
+/// The path of `products/{product_id}/{file}` and its format, if `file` is a content-hashed image name and the id
+/// holds nothing a path could be escaped with.
+fn image_path(product_id: &str, file: &str) -> Option<(Path, ImageFormat)> {
+    let format = file
+        .split_once('.')
+        .filter(|(hash, _)| hash.len() == 32 && hash.bytes().all(|b| b.is_ascii_hexdigit()))
+        .and_then(|(_, ext)| ImageFormat::from_extension(ext))?;
+    is_name_segment(product_id).then(|| (Path::from(format!("products/{product_id}/{file}")), format))
 }
 
 const S3_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);

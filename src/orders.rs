@@ -17,6 +17,7 @@ use crate::domain::order::{self, NewOrder, Order, OrderCommand, OrderEffect, Ord
 use crate::domain::payment::{PaymentCommand, PaymentError, PaymentState, PaymentStatus};
 use crate::domain::product::{ProductCommand, ProductState};
 use crate::domain::user::{self, Address, User};
+use crate::ratelimit::RateLimit;
 use crate::store::{OrderQuery, Page, ReadModel, SalesStore, StoreError};
 
 impl Entity for OrderState {
@@ -229,6 +230,12 @@ pub enum CheckoutError {
     OrderNotFound,
     #[error(transparent)]
     Order(#[from] OrderError),
+    #[error("this coupon cannot be applied to this order")]
+    CouponNotApplicable,
+    #[error("too many checkouts; slow down")]
+    RateLimited { scope: &'static str, retry_after: Duration },
+    #[error("you have {limit} orders in progress already; wait for one to be paid or to fail")]
+    TooManyPendingOrders { limit: u32 },
     #[error("{0}")]
     Unavailable(String),
 }
@@ -297,7 +304,24 @@ pub struct Orders {
     store: std::sync::Arc<dyn SalesStore>,
     clock: Clock,
     reservation_ttl: chrono::Duration,
+    limits: CheckoutPolicy,
 }
+
+/// How checkout treats users: how long an unpaid order holds stock, and what one user may ask of it (so many
+/// checkouts and coupon codes a minute, so many orders in progress), on a node with so many live entities.
+#[derive(Clone)]
+pub struct CheckoutPolicy {
+    pub reservation_ttl: Duration,
+    pub checkouts: std::sync::Arc<dyn RateLimit>,
+    pub coupon_codes: std::sync::Arc<dyn RateLimit>,
+    pub max_pending_orders: u32,
+    /// The node's cap on live entities: a checkout pins an order, a payment and its products until it settles.
+    pub live: std::sync::Arc<crate::actors::live::LiveLimit>,
+}
+
+/// Orders in progress are among a user's newest this many: an order leaves progress within its reservation's
+/// lifetime, in which the checkout rate allows far fewer.
+const PENDING_LOOKBACK: u32 = 100;
 
 /// The same user and idempotency key always name the same order.
 pub fn order_id_for(user_id: &str, idempotency_key: &str) -> String {
@@ -324,10 +348,11 @@ impl Orders {
         catalog: Catalog,
         store: std::sync::Arc<dyn SalesStore>,
         clock: Clock,
-        reservation_ttl: Duration,
+        limits: CheckoutPolicy,
     ) -> Self {
-        let reservation_ttl = chrono::Duration::from_std(reservation_ttl).unwrap_or(chrono::Duration::minutes(15));
-        Self { orders, coupons, carts, catalog, store, clock, reservation_ttl }
+        let reservation_ttl =
+            chrono::Duration::from_std(limits.reservation_ttl).unwrap_or(chrono::Duration::minutes(15));
+        Self { orders, coupons, carts, catalog, store, clock, reservation_ttl, limits }
     }
 
     pub fn router(&self) -> &EntityRouter<OrderState> {
@@ -354,6 +379,7 @@ impl Orders {
             return same_request(existing, &fingerprint, &cart);
         }
         check_payment_method(&request.payment_method)?;
+        self.admit(&user.id, request.coupon_code.is_some()).await?;
         let shipping_address = match &request.shipping_address {
             Some(a) => Some(user::check_address(a)?),
             None => user.address.clone(),
@@ -396,10 +422,14 @@ impl Orders {
         let now = self.clock.now();
         let (coupon_code, discount) = match &request.coupon_code {
             Some(raw) => {
+                // One answer for a code that does not exist and one that exists but does not apply, so codes cannot
+                // be found by trying them.
                 let code = coupon::normalize_code(raw)?;
                 let state = self.coupons.get(&code).await?;
-                let coupon = state.coupon.ok_or(CouponError::NotFound)?;
-                let discount = coupon.discount_for(&order_id, &user.id, subtotal, &currency, now)?;
+                let coupon = state.coupon.ok_or(CheckoutError::CouponNotApplicable)?;
+                let discount = coupon
+                    .discount_for(&order_id, &user.id, subtotal, &currency, now)
+                    .map_err(|_| CheckoutError::CouponNotApplicable)?;
                 (Some(code), discount)
             }
             None => (None, 0),
@@ -423,6 +453,29 @@ impl Orders {
         }
         tracing::info!(order_id = %order.id, user_id = %user.id, total = order.total, "order placed");
         Ok(order)
+    }
+
+    /// Takes a checkout (and a coupon try) from the user's budgets, and refuses a user with as many orders in
+    /// progress as allowed. A repeated checkout (same idempotency key) is answered before this, so it costs nothing.
+    async fn admit(&self, user_id: &str, with_coupon: bool) -> Result<(), CheckoutError> {
+        if self.limits.live.is_full() {
+            return Err(CheckoutError::Unavailable(
+                "every entity this node may keep live (actors.max_live_entities) has work in flight; retry shortly"
+                    .into(),
+            ));
+        }
+        let limited = |scope| move |retry_after| CheckoutError::RateLimited { scope, retry_after };
+        self.limits.checkouts.check(user_id).await.map_err(limited("checkout"))?;
+        if with_coupon {
+            self.limits.coupon_codes.check(user_id).await.map_err(limited("coupon"))?;
+        }
+        let newest = OrderQuery { user_id: Some(user_id.to_string()), status: None, page: 1, limit: PENDING_LOOKBACK };
+        let page = self.store.list_orders(&newest).await?;
+        let pending = page.items.iter().filter(|o| o.status.in_progress()).count();
+        if pending >= self.limits.max_pending_orders as usize {
+            return Err(CheckoutError::TooManyPendingOrders { limit: self.limits.max_pending_orders });
+        }
+        Ok(())
     }
 
     /// An order of this user (someone else's order is "not found").

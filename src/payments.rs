@@ -129,6 +129,8 @@ pub struct SimulatedProvider {
     latency: Duration,
     retention: Duration,
     ledger: Mutex<Ledger>,
+    /// While true, charges wait before deciding: tests hold a payment in flight for as long as they need.
+    held: tokio::sync::watch::Sender<bool>,
 }
 
 impl SimulatedProvider {
@@ -139,7 +141,17 @@ impl SimulatedProvider {
 
     /// Keys are kept for `retention` after they are first booked.
     pub fn with_retention(latency: Duration, retention: Duration) -> Self {
-        Self { latency, retention, ledger: Mutex::new(Ledger::default()) }
+        Self { latency, retention, ledger: Mutex::new(Ledger::default()), held: tokio::sync::watch::Sender::new(false) }
+    }
+
+    /// Charges from now on wait, after their latency, until [`Self::release`].
+    pub fn hold(&self) {
+        self.held.send_replace(true);
+    }
+
+    /// Lets held charges go on.
+    pub fn release(&self) {
+        self.held.send_replace(false);
     }
 
     fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
@@ -196,6 +208,8 @@ impl SimulatedProvider {
 impl PaymentProvider for SimulatedProvider {
     async fn charge(&self, request: &ChargeRequest) -> Result<ChargeOutcome, ProviderError> {
         tokio::time::sleep(self.latency).await;
+        // The sender lives as long as the provider, so waiting ends only by a release.
+        let _ = self.held.subscribe().wait_for(|held| !held).await;
         if request.method == "pm_card_timeout" {
             return std::future::pending().await;
         }

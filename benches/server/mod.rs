@@ -24,6 +24,7 @@ impl Server {
             .env("COMMERCEX__STORE__DATA_DIR", dir.path())
             .env("COMMERCEX__AUTH__JWT_SECRET", "benchmark-secret-0123456789abcdef0123456789")
             .env("COMMERCEX__LOG__LEVEL", "warn")
+            .env("COMMERCEX__TELEMETRY__METRICS_ADDR", "")
             .stdout(Stdio::null());
         for (key, value) in env {
             command.env(key, value);

@@ -188,11 +188,24 @@ pub struct LiveLimit {
     kinds: RwLock<Vec<Arc<dyn Passivator>>>,
     /// Entities asked to passivate that have not stopped (or declined) yet: already on their way out.
     passivating: Arc<AtomicUsize>,
+    /// The last look found more entities with work in flight than the cap: even with every idle one let go, the
+    /// node stays over it.
+    full: std::sync::atomic::AtomicBool,
+    /// When the node last looked, in milliseconds since `started`: while full, at most every 100 ms.
+    looked_at: std::sync::atomic::AtomicU64,
+    started: std::time::Instant,
 }
 
 impl LiveLimit {
     pub fn new(cap: usize) -> Arc<Self> {
-        Arc::new(Self { cap: cap.max(1), kinds: RwLock::default(), passivating: Arc::default() })
+        Arc::new(Self {
+            cap: cap.max(1),
+            kinds: RwLock::default(),
+            passivating: Arc::default(),
+            full: std::sync::atomic::AtomicBool::new(false),
+            looked_at: std::sync::atomic::AtomicU64::new(0),
+            started: std::time::Instant::now(),
+        })
     }
 
     /// The live map of one more kind, counted against the cap.
@@ -207,15 +220,34 @@ impl LiveLimit {
         self.kinds.read().unwrap_or_else(|p| p.into_inner()).iter().map(|k| k.live()).sum()
     }
 
+    /// Whether the entities with work in flight alone fill the cap: new work that would pin more of them (a
+    /// checkout) is refused with 503 until some finish, rather than growing past the cap. Starts keep the answer
+    /// current; while it is yes, asking looks again at most every 100 ms (entities finish their work without
+    /// starting anything).
+    pub fn is_full(&self) -> bool {
+        if !self.full.load(Ordering::Relaxed) {
+            return false;
+        }
+        let now = self.started.elapsed().as_millis() as u64;
+        let last = self.looked_at.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= 100
+            && self.looked_at.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            self.make_room();
+        }
+        self.full.load(Ordering::Relaxed)
+    }
+
     /// Called before starting an actor: at the cap, asks the least recently used idle entities to passivate, a
     /// batch at a time. Entities already asked do not count, so the scan is paid once per batch rather than once
-    /// per start. The cap is soft: when every entity has work in flight, nothing is asked and the start goes ahead.
-    /// Returns how many were asked.
+    /// per start. When every entity has work in flight, nothing is asked, the start goes ahead (work already
+    /// running must be able to finish) and the node counts as full ([`Self::is_full`]). Returns how many were asked.
     pub fn make_room(&self) -> usize {
         let kinds = self.kinds.read().unwrap_or_else(|p| p.into_inner()).clone();
         let live: usize = kinds.iter().map(|k| k.live()).sum();
         let staying = live.saturating_sub(self.passivating.load(Ordering::Relaxed));
         if staying < self.cap {
+            self.full.store(false, Ordering::Relaxed);
             return 0;
         }
         let batch = staying + 1 - self.cap + self.cap / 32;
@@ -229,6 +261,8 @@ impl LiveLimit {
         for (_, kind, id) in &candidates {
             kinds[*kind].passivate(id);
         }
+        // Fewer idle entities than it takes to get under the cap: the rest all have work in flight.
+        self.full.store(staying.saturating_sub(candidates.len()) >= self.cap, Ordering::Relaxed);
         if !candidates.is_empty() {
             tracing::debug!(live, cap = self.cap, asked = candidates.len(), "passivating least recently used entities");
         }

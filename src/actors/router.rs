@@ -16,6 +16,10 @@ use super::placement::{Host, Placement, RemoteError, Request};
 use super::supervisor::{EnsureError, EntitySupervisor, SupervisorMsg};
 use super::{Effects, Entity, EntityContext, RestartPolicy};
 
+/// The longest any call waits, whatever it asks (a forwarded `Settled { timeout_ms: u64::MAX }` included): far
+/// beyond any configured timeout, and far from overflowing a clock.
+const LONGEST_CALL: Duration = Duration::from_secs(24 * 3600);
+
 pub struct EntityRouter<A: Entity> {
     supervisor: ActorRef<SupervisorMsg<A>>,
     live: LiveMap<A>,
@@ -158,7 +162,7 @@ impl<A: Entity> EntityRouter<A> {
         id: &str,
         make: impl Fn(RpcReplyPort<Delivery<R>>) -> EntityMsg<A>,
     ) -> Result<R, EntityError<A::Error>> {
-        let deadline = Instant::now() + self.call_timeout;
+        let deadline = Instant::now() + self.call_timeout.min(LONGEST_CALL);
         let mut backoff = Duration::from_millis(1);
         loop {
             let actor = match self.live.get(id).filter(|s| s.actor.get_status() == ActorStatus::Running) {
@@ -231,6 +235,8 @@ impl<A: Entity> Host for EntityRouter<A> {
         A::KIND
     }
 
+    /// The caller bounds the request (the cluster clamps a wait for settling to `cluster.request_timeout_ms`);
+    /// whatever it asks, no call here waits longer than [`LONGEST_CALL`].
     async fn serve(&self, id: &str, request: Request) -> Result<serde_json::Value, RemoteError> {
         if !self.hosts(id) {
             return Err(RemoteError::Unavailable { reason: format!("{} {id} moved to another node", A::KIND) });

@@ -17,6 +17,14 @@
 //!   group starts at the earliest offset. The offset of an event is committed only after every sink handled it.
 //!
 //! Both drop a redelivered event whose id they handled recently.
+//!
+//! With a secret ([`KafkaSettings::signer`], from `cluster.secret`) every event is published with a
+//! [`signing::HEADER`] signing its topic, key and payload, and both consumers drop (and count) a record whose
+//! signature is missing or wrong before any sink sees it: a record produced by anything but a node of the deployment
+//! cannot become a notification, an email or a cache invalidation. Without one, events are neither signed nor checked.
+//!
+//! Every Kafka client this process creates (producers, consumers, the admin client, the cluster's) is configured by
+//! [`KafkaSettings::base_config`], which also carries how it reaches the brokers ([`KafkaSecurity`]: TLS, SASL).
 
 mod consumer;
 
@@ -37,6 +45,7 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
 use self::consumer::{Consumer, Membership, Positions};
+use super::signing::{self, Signer};
 use super::{kind_and_id, BusError, EventBus, EventSink, Sinks};
 use crate::domain::cart::Cart;
 use crate::domain::coupon::CouponState;
@@ -74,6 +83,62 @@ pub struct KafkaSettings {
     pub session_timeout: Duration,
     /// Bound on each start-up step: creating topics, reading their ends, joining the shared group.
     pub startup_timeout: Duration,
+    /// How every client authenticates to the brokers and encrypts what it sends.
+    pub security: KafkaSecurity,
+    /// Signs every event published and refuses events without a valid signature; the cluster signs its calls and
+    /// answers with it too. `None`: events are neither signed nor checked.
+    pub signer: Option<Signer>,
+}
+
+/// How the clients reach the brokers: librdkafka's `security.protocol`, `sasl.*` and `ssl.*` (`bus.kafka.*` in the
+/// configuration, which checks their combinations). An empty value is not passed on (librdkafka's default).
+#[derive(Clone, Default)]
+pub struct KafkaSecurity {
+    /// `plaintext`, `ssl`, `sasl_plaintext` or `sasl_ssl`.
+    pub protocol: String,
+    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`.
+    pub sasl_mechanism: String,
+    pub sasl_username: String,
+    pub sasl_password: String,
+    /// PEM file of the CA that signed the brokers' certificates.
+    pub ssl_ca_location: String,
+    /// PEM files of this client's certificate and key, for brokers that authenticate clients by certificate.
+    pub ssl_certificate_location: String,
+    pub ssl_key_location: String,
+}
+
+impl KafkaSecurity {
+    fn apply(&self, config: &mut ClientConfig) {
+        let settings = [
+            ("security.protocol", &self.protocol),
+            ("sasl.mechanism", &self.sasl_mechanism),
+            ("sasl.username", &self.sasl_username),
+            ("sasl.password", &self.sasl_password),
+            ("ssl.ca.location", &self.ssl_ca_location),
+            ("ssl.certificate.location", &self.ssl_certificate_location),
+            ("ssl.key.location", &self.ssl_key_location),
+        ];
+        for (key, value) in settings {
+            if !value.is_empty() {
+                config.set(key, value.as_str());
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for KafkaSecurity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let password = if self.sasl_password.is_empty() { "" } else { "<redacted>" };
+        f.debug_struct("KafkaSecurity")
+            .field("protocol", &self.protocol)
+            .field("sasl_mechanism", &self.sasl_mechanism)
+            .field("sasl_username", &self.sasl_username)
+            .field("sasl_password", &password)
+            .field("ssl_ca_location", &self.ssl_ca_location)
+            .field("ssl_certificate_location", &self.ssl_certificate_location)
+            .field("ssl_key_location", &self.ssl_key_location)
+            .finish()
+    }
 }
 
 impl KafkaSettings {
@@ -91,6 +156,8 @@ impl KafkaSettings {
             publish_timeout: Duration::from_secs(5),
             session_timeout: Duration::from_secs(10),
             startup_timeout: Duration::from_secs(30),
+            security: KafkaSecurity::default(),
+            signer: None,
         }
     }
 
@@ -99,7 +166,7 @@ impl KafkaSettings {
         format!("{}.{kind}", self.topic_prefix)
     }
 
-    fn check(&self) -> Result<(), BusError> {
+    pub(crate) fn check(&self) -> Result<(), BusError> {
         let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
         if self.brokers.trim().is_empty() {
             return Err(BusError::Config("no Kafka brokers given".into()));
@@ -116,9 +183,23 @@ impl KafkaSettings {
         if self.group_id.trim().is_empty() {
             return Err(BusError::Config("the consumer group id is empty".into()));
         }
+        // librdkafka checks each setting as it takes it: a protocol or mechanism this build cannot do (TLS and SCRAM
+        // need librdkafka built with OpenSSL) is refused here, by name, before anything connects.
+        if let Err(error) = self.base_config().create_native_config() {
+            let error = match error {
+                // Its message would hold the value.
+                KafkaError::ClientConfig(_, reason, key, _) if key.contains("password") => format!("{key}: {reason}"),
+                error => error.to_string(),
+            };
+            return Err(BusError::Config(format!(
+                "the Kafka client settings (bus.kafka.security_protocol, sasl_*, ssl_*): {error}"
+            )));
+        }
         Ok(())
     }
 
+    /// The settings of every Kafka client this process creates (producers, consumers, the admin client, the
+    /// cluster's): where the brokers are and how to reach them ([`KafkaSecurity`]).
     pub(crate) fn base_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
         config
@@ -127,6 +208,7 @@ impl KafkaSettings {
             // Reconnect quickly once a broker is back (librdkafka backs off up to 10 s by default).
             .set("reconnect.backoff.ms", "100")
             .set("reconnect.backoff.max.ms", "1000");
+        self.security.apply(&mut config);
         config
     }
 
@@ -199,6 +281,7 @@ impl KafkaBus {
             Membership::EveryProcess(Positions::new(ends)),
             every_process_sinks.clone(),
             Some(feed.clone()),
+            settings.signer.clone(),
         );
         let task = every_process.spawn(stop_rx);
         tracing::info!(brokers = %settings.brokers, prefix = %settings.topic_prefix, "kafka bus connected");
@@ -261,6 +344,7 @@ impl KafkaBus {
             Membership::Shared { topics: self.topics.values().cloned().collect(), joined },
             Arc::new(RwLock::new(sinks)),
             None,
+            self.settings.signer.clone(),
         );
         let task = shared.spawn(self.stop.subscribe());
         self.tasks.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(task);
@@ -281,9 +365,13 @@ impl EventBus for KafkaBus {
             return Err(BusError::Config(format!("no topic for events of kind `{kind}` ({})", event.id)));
         };
         let payload = serde_json::to_vec(event).map_err(|e| unavailable("cannot encode the event", e))?;
-        let headers = OwnedHeaders::new()
+        let mut headers = OwnedHeaders::new()
             .insert(Header { key: "event-id", value: Some(event.id.as_str()) })
             .insert(Header { key: "event-type", value: Some(event.event_type.as_str()) });
+        if let Some(signer) = &self.settings.signer {
+            let signature = signer.sign_event(topic, key.as_bytes(), &payload);
+            headers = headers.insert(Header { key: signing::HEADER, value: Some(signature.as_str()) });
+        }
         let record = FutureRecord::to(topic).key(key).payload(&payload).headers(headers);
         let producer = self.producer();
         // librdkafka fails the message after `message.timeout.ms`; the outer bound only guards against it not doing so.
@@ -526,5 +614,35 @@ mod tests {
         assert!(bad(|s| s.group_id = String::new()).contains("group"));
         assert!(settings("localhost:9092").check().is_ok());
         assert_eq!(settings("localhost:9092").topic("order"), "unit.order");
+        let protocol = bad(|s| s.security.protocol = "carrier-pigeon".into());
+        assert!(protocol.contains("security_protocol") && protocol.contains("carrier-pigeon"), "{protocol}");
+    }
+
+    /// One function configures every client, so the producer, the consumers and the admin client all reach the
+    /// brokers the same way; nothing is set that was not asked for, and the password is never shown.
+    #[test]
+    fn every_client_gets_the_security_settings() {
+        let plain = settings("localhost:9092");
+        for key in ["security.protocol", "sasl.mechanism", "sasl.username", "sasl.password", "ssl.ca.location"] {
+            assert_eq!(plain.base_config().get(key), None, "{key}");
+        }
+        let mut secured = settings("localhost:9092");
+        secured.security = KafkaSecurity {
+            protocol: "sasl_plaintext".into(),
+            sasl_mechanism: "PLAIN".into(),
+            sasl_username: "shop".into(),
+            sasl_password: "kafka-pass-word".into(),
+            ..KafkaSecurity::default()
+        };
+        assert!(secured.check().is_ok(), "SASL/PLAIN needs nothing but librdkafka");
+        for config in [secured.base_config(), secured.producer_config()] {
+            assert_eq!(config.get("security.protocol"), Some("sasl_plaintext"));
+            assert_eq!(config.get("sasl.mechanism"), Some("PLAIN"));
+            assert_eq!(config.get("sasl.username"), Some("shop"));
+            assert_eq!(config.get("sasl.password"), Some("kafka-pass-word"));
+            assert_eq!(config.get("ssl.ca.location"), None);
+        }
+        let shown = format!("{secured:?}");
+        assert!(!shown.contains("kafka-pass-word") && shown.contains("<redacted>"), "{shown}");
     }
 }

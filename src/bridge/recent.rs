@@ -4,7 +4,7 @@ use std::borrow::Borrow;
 use std::collections::{HashSet, VecDeque};
 use std::hash::Hash;
 
-/// The last `capacity` ids inserted.
+/// The last `capacity` ids inserted. Memory grows with the ids held, not with the capacity.
 pub struct RecentIds<T> {
     order: VecDeque<T>,
     ids: HashSet<T>,
@@ -13,7 +13,7 @@ pub struct RecentIds<T> {
 
 impl<T: Eq + Hash + Clone> RecentIds<T> {
     pub fn new(capacity: usize) -> Self {
-        Self { order: VecDeque::with_capacity(capacity), ids: HashSet::with_capacity(capacity), capacity }
+        Self { order: VecDeque::new(), ids: HashSet::new(), capacity }
     }
 
     pub fn contains<Q>(&self, id: &Q) -> bool

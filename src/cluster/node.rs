@@ -1,8 +1,21 @@
 //! One node of the cluster: its membership in the commands group (which shards it hosts), the requests it serves
 //! for other nodes, and the calls it forwards to them. Both consumers poll on threads of their own, so that the
 //! group's rebalance callbacks, which run inside `poll`, may wait for this node's entities to drain.
+//!
+//! The commands topic is trusted with nothing. Every call ([`Envelope`]) carries its sender's node id and a
+//! signature (HMAC-SHA256 with `cluster.secret`, [`crate::bridge::signing`]) over every other field, the request
+//! exactly as it travels included. The host checks it, in constant time, before it reads the request, and refuses
+//! (drops, counts in `commercex_cluster_refused_total`, warns at most every 10 s) a call that is unsigned or signed
+//! otherwise, whose deadline has passed or lies further ahead than a node ever sets one (twice
+//! `cluster.request_timeout_ms`), or whose reply topic is not `{prefix}.replies.{from}` for a valid node id. A
+//! call it served is remembered until its deadline has passed, so replaying a captured call is dropped as a repeat
+//! for as long as its deadline would let it in (and a replay under a new call id fails the signature). Answers are
+//! signed the same way and checked by the caller. The host bounds what a call may ask: a wait for an entity to
+//! settle at most `cluster.request_timeout_ms`, each call at most until its deadline, and at most
+//! [`FORWARDED_TASKS`] calls at once; past that the command reader waits for a slot (the caller sees a slow answer
+//! or a 503, never an unbounded pile of tasks).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -15,13 +28,14 @@ use rdkafka::message::{Header, Headers as _, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::Shards;
 use crate::actors::placement::{Host, Placement, RemoteError, Request};
 use crate::bridge::kafka::{create_topics, unavailable, KafkaSettings};
-use crate::bridge::recent::RecentIds;
+use crate::bridge::signing::{self, Channel, Domain, Refusal, Signer};
 use crate::bridge::BusError;
 use crate::faults::Chaos;
 
@@ -31,29 +45,199 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 const POLL: Duration = Duration::from_millis(100);
 /// The longest a fetch of requests or answers waits at the broker for data to arrive.
 const FETCH_WAIT: Duration = Duration::from_millis(10);
-/// Request ids remembered to drop a request delivered twice.
-const SERVED_IDS: usize = 16_384;
+/// Forwarded calls served at once on this node; past it the command reader waits for one to finish.
+pub const FORWARDED_TASKS: usize = 256;
+/// A call's deadline may lie at most this many times `cluster.request_timeout_ms` ahead (a node sets it one
+/// timeout ahead; the rest is room for clocks that disagree).
+const DEADLINE_AHEAD: u32 = 2;
 
-/// A forwarded call, as it travels on the commands topic.
+/// A forwarded call, as it travels on the commands topic (JSON).
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Envelope {
     /// Unique per call: the answer names it, and a repeat is dropped.
     call: String,
+    /// The sending node's id; its reply topic is `{prefix}.replies.{from}`.
+    #[serde(default)]
+    from: String,
     kind: String,
     entity: String,
-    request: Request,
+    /// The [`Request`], exactly as signed.
+    request: Box<RawValue>,
     /// The caller's reply topic.
     reply_to: String,
     /// Milliseconds since the epoch after which the caller has given up.
     deadline_ms: i64,
+    /// [`Domain::Envelope`] signature of every field above, in this order (see [`Envelope::signature`]).
+    #[serde(default)]
+    sig: String,
 }
 
+impl Envelope {
+    fn signature(&self, signer: &Signer) -> String {
+        let deadline = self.deadline_ms.to_be_bytes();
+        signer.sign(Domain::Envelope, &self.signed_fields(&deadline))
+    }
+
+    fn signed_fields<'a>(&'a self, deadline: &'a [u8; 8]) -> [&'a [u8]; 7] {
+        [
+            self.call.as_bytes(),
+            self.from.as_bytes(),
+            self.kind.as_bytes(),
+            self.entity.as_bytes(),
+            self.request.get().as_bytes(),
+            self.reply_to.as_bytes(),
+            deadline.as_slice(),
+        ]
+    }
+
+    /// Whether the host may run this call, checked before its request is read: its signature first (constant
+    /// time), then its deadline (not past, not more than `max_ahead_ms` ahead of `now_ms`), then its reply topic
+    /// (exactly `{prefix}.replies.{from}`, `from` a valid node id).
+    fn check(&self, signer: &Signer, prefix: &str, now_ms: i64, max_ahead_ms: i64) -> Result<(), Refusal> {
+        if self.sig.is_empty() {
+            return Err(Refusal::Unsigned);
+        }
+        let deadline = self.deadline_ms.to_be_bytes();
+        if !signer.verify(Domain::Envelope, &self.signed_fields(&deadline), &self.sig) {
+            return Err(Refusal::Signature);
+        }
+        if self.deadline_ms < now_ms {
+            return Err(Refusal::Expired);
+        }
+        if self.deadline_ms > now_ms.saturating_add(max_ahead_ms) {
+            return Err(Refusal::Deadline);
+        }
+        if !is_node_id(&self.from) || self.reply_to != reply_topic(prefix, &self.from) {
+            return Err(Refusal::ReplyTo);
+        }
+        Ok(())
+    }
+}
+
+/// The answer to a forwarded call, on the caller's reply topic (JSON).
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Answer {
     call: String,
-    result: Result<Value, RemoteError>,
+    /// The answering node's id.
+    #[serde(default)]
+    from: String,
+    /// The `Result<Value, RemoteError>`, exactly as signed.
+    result: Box<RawValue>,
+    /// [`Domain::Answer`] signature of the call id, `from`, the reply topic it was sent to, and the result.
+    #[serde(default)]
+    sig: String,
+}
+
+impl Answer {
+    fn signed_fields<'a>(&'a self, to: &'a str) -> [&'a [u8]; 4] {
+        [self.call.as_bytes(), self.from.as_bytes(), to.as_bytes(), self.result.get().as_bytes()]
+    }
+
+    fn signature(&self, signer: &Signer, to: &str) -> String {
+        signer.sign(Domain::Answer, &self.signed_fields(to))
+    }
+
+    /// Whether this answer was signed by a node for the reply topic `to` (this node's).
+    fn check(&self, signer: &Signer, to: &str) -> Result<(), Refusal> {
+        if self.sig.is_empty() {
+            return Err(Refusal::Unsigned);
+        }
+        if !signer.verify(Domain::Answer, &self.signed_fields(to), &self.sig) {
+            return Err(Refusal::Signature);
+        }
+        Ok(())
+    }
+}
+
+/// A node id as `cluster.node_id` allows it: 1 to 100 of a-z A-Z 0-9 `.` `_` `-`.
+fn is_node_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 100 && id.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+}
+
+/// The reply topic of node `id`.
+fn reply_topic(prefix: &str, id: &str) -> String {
+    format!("{prefix}.replies.{id}")
+}
+
+/// A forwarded request as the host runs it: a wait for the entity to settle is bounded by the cluster's request
+/// timeout, whatever the message asks (`u64::MAX` included).
+fn bounded(request: Request, limit: Duration) -> Request {
+    match request {
+        Request::Settled { timeout_ms } => {
+            let limit_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
+            Request::Settled { timeout_ms: timeout_ms.min(limit_ms) }
+        }
+        other => other,
+    }
+}
+
+/// The calls this node served, each remembered until its deadline has passed: a call arriving again while its
+/// deadline still lets it in is a repeat (a redelivery or a replay), and later the deadline check refuses it.
+#[derive(Default)]
+struct Served {
+    ids: HashSet<String>,
+    by_deadline: BTreeSet<(i64, String)>,
+}
+
+impl Served {
+    /// Remembers `call` until `deadline_ms`, forgetting the calls whose deadline is before `now_ms`; false if it
+    /// was remembered already.
+    fn insert(&mut self, call: &str, deadline_ms: i64, now_ms: i64) -> bool {
+        while self.by_deadline.first().is_some_and(|(deadline, _)| *deadline < now_ms) {
+            if let Some((_, id)) = self.by_deadline.pop_first() {
+                self.ids.remove(&id);
+            }
+        }
+        if !self.ids.insert(call.to_string()) {
+            return false;
+        }
+        self.by_deadline.insert((deadline_ms, call.to_string()));
+        true
+    }
+}
+
+/// A field of a refused message, for the log: at most 64 characters, quoted and escaped.
+fn shown(text: &str) -> String {
+    let cut: String = text.chars().take(64).collect();
+    format!("{cut:?}")
+}
+
+/// The time left until `deadline_ms` (zero once it has passed).
+fn until(deadline_ms: i64) -> Duration {
+    let left = deadline_ms.saturating_sub(chrono::Utc::now().timestamp_millis());
+    Duration::from_millis(u64::try_from(left).unwrap_or(0))
+}
+
+/// The JSON record of a forwarded call as a node sends it, signed with `signer` (unsigned without one): for tests
+/// that play a forger on the commands topic.
+#[doc(hidden)]
+#[allow(clippy::too_many_arguments)]
+pub fn envelope_record(
+    signer: Option<&Signer>,
+    call: &str,
+    from: &str,
+    kind: &str,
+    entity: &str,
+    request: &Request,
+    reply_to: &str,
+    deadline_ms: i64,
+) -> serde_json::Result<Vec<u8>> {
+    let mut envelope = Envelope {
+        call: call.to_string(),
+        from: from.to_string(),
+        kind: kind.to_string(),
+        entity: entity.to_string(),
+        request: serde_json::value::to_raw_value(request)?,
+        reply_to: reply_to.to_string(),
+        deadline_ms,
+        sig: String::new(),
+    };
+    if let Some(signer) = signer {
+        envelope.sig = envelope.signature(signer);
+    }
+    serde_json::to_vec(&envelope)
 }
 
 /// What `GET /api/admin/cluster` shows.
@@ -90,13 +274,17 @@ pub struct ClusterNode {
     group: String,
     timeout: Duration,
     pending: Pending,
+    /// Signs this node's calls and answers, and checks the others'.
+    signer: Signer,
+    /// One permit per forwarded call being served ([`FORWARDED_TASKS`]).
+    slots: Arc<Semaphore>,
     hosts: OnceLock<Vec<Arc<dyn Host>>>,
     assigned: Arc<Notify>,
     stop: AtomicBool,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     /// The next offset to read, per partition of the commands topic this node reads.
     positions: Mutex<HashMap<i32, i64>>,
-    served: Mutex<RecentIds<String>>,
+    served: Mutex<Served>,
     runtime: tokio::runtime::Handle,
     /// May make this node drop out of the group for a while (`chaos.drop_out_every_secs`).
     chaos: Arc<Chaos>,
@@ -111,10 +299,19 @@ impl ClusterNode {
         timeout: Duration,
         chaos: Arc<Chaos>,
     ) -> Result<Arc<Self>, BusError> {
+        settings.check()?;
+        let Some(signer) = settings.signer.clone() else {
+            return Err(BusError::Config(
+                "cluster.secret is not set: the nodes sign what they send each other with it".into(),
+            ));
+        };
+        if !is_node_id(id) {
+            return Err(BusError::Config(format!("`{id}` is not a node id (1 to 100 of a-z A-Z 0-9 . _ -)")));
+        }
         let producer: FutureProducer =
             settings.producer_config().create().map_err(|e| unavailable("cannot create the Kafka producer", e))?;
         let commands = format!("{}.commands", settings.topic_prefix);
-        let replies = format!("{}.replies.{id}", settings.topic_prefix);
+        let replies = reply_topic(&settings.topic_prefix, id);
         create_topics(settings, [&commands, &replies].into_iter()).await?;
         Ok(Arc::new(Self {
             id: id.to_string(),
@@ -126,12 +323,14 @@ impl ClusterNode {
             group: format!("{}.commands", settings.group_id),
             timeout,
             pending: Mutex::default(),
+            signer,
+            slots: Arc::new(Semaphore::new(FORWARDED_TASKS)),
             hosts: OnceLock::new(),
             assigned: Arc::new(Notify::new()),
             stop: AtomicBool::new(false),
             threads: Mutex::default(),
             positions: Mutex::default(),
-            served: Mutex::new(RecentIds::new(SERVED_IDS)),
+            served: Mutex::default(),
             runtime: tokio::runtime::Handle::current(),
             chaos,
         }))
@@ -243,10 +442,29 @@ impl ClusterNode {
         while !self.stop.load(Ordering::SeqCst) {
             match consumer.poll(POLL) {
                 Some(Ok(message)) => {
-                    let Some(Ok(answer)) = message.payload().map(serde_json::from_slice::<Answer>) else { continue };
+                    let at = format!("{}@{}", self.replies, message.offset());
+                    let answer = match message.payload().map(serde_json::from_slice::<Answer>) {
+                        Some(Ok(answer)) => answer,
+                        _ => {
+                            signing::refused(Channel::Answers, Refusal::Malformed, &at);
+                            continue;
+                        }
+                    };
+                    // Only a node of the cluster answers, and only to this node: anything else is dropped before
+                    // it can complete a call.
+                    if let Err(refusal) = answer.check(&self.signer, &self.replies) {
+                        signing::refused(Channel::Answers, refusal, &format!("{at} from {}", shown(&answer.from)));
+                        continue;
+                    }
+                    let result = serde_json::from_str::<Result<Value, RemoteError>>(answer.result.get())
+                        .unwrap_or_else(|e| {
+                            Err(RemoteError::Unavailable {
+                                reason: format!("unreadable answer from node {}: {e}", answer.from),
+                            })
+                        });
                     let waiting = self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&answer.call);
                     if let Some(waiting) = waiting {
-                        let _ = waiting.send(answer.result);
+                        let _ = waiting.send(result);
                     }
                 }
                 Some(Err(error)) => tracing::debug!(%error, "reply topic"),
@@ -294,7 +512,10 @@ impl ClusterNode {
                     let traceparent = traceparent.and_then(|v| String::from_utf8(v).ok());
                     match message.payload().map(serde_json::from_slice::<Envelope>) {
                         Some(Ok(envelope)) => self.accept(envelope, traceparent.as_deref()),
-                        _ => tracing::warn!(offset = message.offset(), "unreadable request on the commands topic"),
+                        _ => {
+                            let at = format!("{}/{}@{}", self.commands, message.partition(), message.offset());
+                            signing::refused(Channel::Commands, Refusal::Malformed, &at);
+                        }
                     }
                 }
                 Some(Err(error)) => tracing::debug!(%error, "commands topic"),
@@ -322,27 +543,65 @@ impl ClusterNode {
         tracing::warn!(node = %self.id, "chaos: rejoining the cluster");
     }
 
+    /// The furthest ahead a call's deadline may lie, in milliseconds.
+    fn max_ahead_ms(&self) -> i64 {
+        i64::try_from(self.timeout.saturating_mul(DEADLINE_AHEAD).as_millis()).unwrap_or(i64::MAX)
+    }
+
     /// Serves one forwarded request on the runtime, answering on the caller's reply topic; its spans join the
-    /// caller's trace when the request carries one.
+    /// caller's trace when the request carries one. Runs on the command reader's thread: a call that is not a
+    /// node's own, or not one to run now, is refused here, before its request is read; when [`FORWARDED_TASKS`]
+    /// calls are being served, it waits (at most until the call's deadline) for one to finish.
     fn accept(self: &Arc<Self>, envelope: Envelope, traceparent: Option<&str>) {
-        if envelope.deadline_ms < chrono::Utc::now().timestamp_millis() {
-            tracing::debug!(call = %envelope.call, "request past its deadline dropped");
+        let now = chrono::Utc::now().timestamp_millis();
+        if let Err(refusal) = envelope.check(&self.signer, &self.settings.topic_prefix, now, self.max_ahead_ms()) {
+            let detail = format!(
+                "call {} from {} for {} {} (reply to {})",
+                shown(&envelope.call),
+                shown(&envelope.from),
+                shown(&envelope.kind),
+                shown(&envelope.entity),
+                shown(&envelope.reply_to)
+            );
+            signing::refused(Channel::Commands, refusal, &detail);
             return;
         }
-        if !self.served.lock().unwrap_or_else(|p| p.into_inner()).insert(envelope.call.clone()) {
+        if !self.served.lock().unwrap_or_else(|p| p.into_inner()).insert(&envelope.call, envelope.deadline_ms, now) {
+            tracing::debug!(call = %envelope.call, "request delivered again; dropped");
             return;
         }
+        let Some(permit) = self.slot(envelope.deadline_ms) else {
+            tracing::warn!(call = %envelope.call, busy = FORWARDED_TASKS,
+                "forwarded request dropped: no slot before its deadline (its caller answers 503)");
+            return;
+        };
+        // Signed by a node: what it asks is read only now.
+        let request = serde_json::from_str::<Request>(envelope.request.get()).map(|r| bounded(r, self.timeout));
+        let left = until(envelope.deadline_ms);
         let node = self.clone();
         let span =
             tracing::info_span!("forwarded", kind = %envelope.kind, entity_id = %envelope.entity, node = %self.id);
         crate::telemetry::continue_trace(&span, traceparent);
         let serve = async move {
+            let _permit = permit;
             let host = node.hosts.get().and_then(|hosts| hosts.iter().find(|h| h.kind() == envelope.kind).cloned());
-            let result = match host {
-                Some(host) => host.serve(&envelope.entity, envelope.request).await,
-                None => Err(RemoteError::Unavailable { reason: format!("no entities of kind {}", envelope.kind) }),
+            let result = match (host, request) {
+                (Some(host), Ok(request)) => {
+                    // Past the deadline the caller has answered already: the slot is freed (the entity finishes
+                    // what it was given all the same).
+                    match tokio::time::timeout(left, host.serve(&envelope.entity, request)).await {
+                        Ok(result) => result,
+                        Err(_) => Err(RemoteError::Unavailable {
+                            reason: format!("{} {} did not answer before the deadline", envelope.kind, envelope.entity),
+                        }),
+                    }
+                }
+                (None, _) => Err(RemoteError::Unavailable { reason: format!("no entities of kind {}", envelope.kind) }),
+                (Some(_), Err(e)) => Err(RemoteError::Unavailable { reason: format!("unreadable request: {e}") }),
             };
-            let answer = Answer { call: envelope.call, result };
+            let Ok(result) = serde_json::value::to_raw_value(&result) else { return };
+            let mut answer = Answer { call: envelope.call, from: node.id.clone(), result, sig: String::new() };
+            answer.sig = answer.signature(&node.signer, &envelope.reply_to);
             let Ok(payload) = serde_json::to_vec(&answer) else { return };
             let record = FutureRecord::<(), _>::to(&envelope.reply_to).partition(0).payload(&payload);
             if let Err((error, _)) = node.producer.send(record, node.timeout).await {
@@ -350,6 +609,22 @@ impl ClusterNode {
             }
         };
         self.runtime.spawn(tracing::Instrument::instrument(serve, span));
+    }
+
+    /// A slot to serve one more forwarded call: at once if one is free, else waiting on this (the command reader's)
+    /// thread until one is, or until `deadline_ms`, when the call is not worth serving any more. The wait is also
+    /// kept under half the session timeout, so that a busy reader does not look like a frozen one (its lease).
+    fn slot(&self, deadline_ms: i64) -> Option<OwnedSemaphorePermit> {
+        if let Ok(permit) = self.slots.clone().try_acquire_owned() {
+            return Some(permit);
+        }
+        let (left, slots) = (until(deadline_ms).min(self.settings.session_timeout / 2), self.slots.clone());
+        self.runtime.block_on(async move {
+            match tokio::time::timeout(left, slots.acquire_owned()).await {
+                Ok(Ok(permit)) => Some(permit),
+                _ => None,
+            }
+        })
     }
 
     /// Stops hosting `partitions` and drains their live entities.
@@ -423,16 +698,11 @@ impl Placement for ClusterNode {
     async fn forward(&self, kind: &'static str, id: &str, request: Request) -> Result<Value, RemoteError> {
         let unavailable = |reason: String| RemoteError::Unavailable { reason };
         let call = uuid::Uuid::new_v4().to_string();
-        let deadline = chrono::Utc::now() + self.timeout;
-        let envelope = Envelope {
-            call: call.clone(),
-            kind: kind.to_string(),
-            entity: id.to_string(),
-            request,
-            reply_to: self.replies.clone(),
-            deadline_ms: deadline.timestamp_millis(),
-        };
-        let payload = serde_json::to_vec(&envelope).map_err(|e| unavailable(e.to_string()))?;
+        let timeout_ms = i64::try_from(self.timeout.as_millis()).unwrap_or(i64::MAX);
+        let deadline_ms = chrono::Utc::now().timestamp_millis().saturating_add(timeout_ms);
+        let payload =
+            envelope_record(Some(&self.signer), &call, &self.id, kind, id, &request, &self.replies, deadline_ms)
+                .map_err(|e| unavailable(e.to_string()))?;
         let (sender, answer) = oneshot::channel();
         self.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(call.clone(), sender);
         let forgotten = |node: &Self| node.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&call);
@@ -521,7 +791,170 @@ fn assigned_partitions(bytes: &[u8], topic: &str) -> Vec<i32> {
 
 #[cfg(test)]
 mod tests {
-    use super::assigned_partitions;
+    use serde_json::json;
+
+    use super::*;
+
+    const SECRET: &str = "a-cluster-secret-of-at-least-32-characters";
+    const NOW: i64 = 1_700_000_000_000;
+    /// Twice a request timeout of 5 s.
+    const AHEAD: i64 = 10_000;
+
+    fn signer() -> Signer {
+        Signer::new(SECRET).unwrap()
+    }
+
+    fn coupon_create() -> Request {
+        let command = json!({"Create": {"discount": {"kind": "percent", "percent": 100}}});
+        Request::Execute { command }
+    }
+
+    /// An envelope as it arrives on the commands topic.
+    fn received(signer: Option<&Signer>, from: &str, reply_to: &str, deadline_ms: i64) -> Envelope {
+        let record =
+            envelope_record(signer, "call-1", from, "coupon", "FREE100", &coupon_create(), reply_to, deadline_ms)
+                .unwrap();
+        serde_json::from_slice(&record).unwrap()
+    }
+
+    fn check(envelope: &Envelope) -> Result<(), Refusal> {
+        envelope.check(&signer(), "shop", NOW, AHEAD)
+    }
+
+    #[test]
+    fn a_call_signed_by_a_node_is_run_and_its_request_read_as_sent() {
+        let envelope = received(Some(&signer()), "node1", "shop.replies.node1", NOW + 5_000);
+        assert_eq!(check(&envelope), Ok(()));
+        let request: Request = serde_json::from_str(envelope.request.get()).unwrap();
+        assert!(matches!(request, Request::Execute { command } if command["Create"]["discount"]["percent"] == 100));
+        assert_eq!(check(&received(Some(&signer()), "node1", "shop.replies.node1", NOW + AHEAD)), Ok(()));
+        assert_eq!(check(&received(Some(&signer()), "node1", "shop.replies.node1", NOW)), Ok(()));
+    }
+
+    /// Every field is signed: changing any one of them, even the request's spacing, fails the signature.
+    #[test]
+    fn altering_any_field_fails_the_signature() {
+        type Alteration = (&'static str, fn(&mut Envelope));
+        let alterations: [Alteration; 8] = [
+            ("call", |e: &mut Envelope| e.call = "call-2".into()),
+            ("from", |e: &mut Envelope| e.from = "node2".into()),
+            ("kind", |e: &mut Envelope| e.kind = "order".into()),
+            ("entity", |e: &mut Envelope| e.entity = "FREE200".into()),
+            ("request", |e: &mut Envelope| e.request = RawValue::from_string(r#"{"op":"get"}"#.into()).unwrap()),
+            ("request bytes", |e: &mut Envelope| {
+                e.request = RawValue::from_string(e.request.get().replacen(':', ": ", 1)).unwrap()
+            }),
+            ("reply_to", |e: &mut Envelope| e.reply_to = "shop.replies.node2".into()),
+            ("deadline", |e: &mut Envelope| e.deadline_ms += 1),
+        ];
+        for (field, alter) in alterations {
+            let mut envelope = received(Some(&signer()), "node1", "shop.replies.node1", NOW + 5_000);
+            alter(&mut envelope);
+            assert_eq!(check(&envelope), Err(Refusal::Signature), "{field}");
+            // Re-encoded and read again as a host would: still refused.
+            let again: Envelope = serde_json::from_slice(&serde_json::to_vec(&envelope).unwrap()).unwrap();
+            assert_eq!(check(&again), Err(Refusal::Signature), "{field}");
+        }
+    }
+
+    #[test]
+    fn unsigned_or_otherwise_signed_calls_are_refused() {
+        assert_eq!(check(&received(None, "node1", "shop.replies.node1", NOW + 5_000)), Err(Refusal::Unsigned));
+        let other = Signer::new("another-secret-of-at-least-32-characters").unwrap();
+        assert_eq!(check(&received(Some(&other), "node1", "shop.replies.node1", NOW + 5_000)), Err(Refusal::Signature));
+        // The review's probe: a bare envelope with no sender and no signature.
+        let probe = json!({"call": "forged-1", "kind": "coupon", "entity": "FREE100",
+            "request": {"op": "execute", "command": {"Create": {"discount": {"kind": "percent", "percent": 100}}}},
+            "replyTo": "shop.replies.node1", "deadlineMs": NOW + 5_000});
+        let probe: Envelope = serde_json::from_slice(probe.to_string().as_bytes()).unwrap();
+        assert_eq!(check(&probe), Err(Refusal::Unsigned));
+        let mut garbage = received(Some(&signer()), "node1", "shop.replies.node1", NOW + 5_000);
+        garbage.sig = "not hex".into();
+        assert_eq!(check(&garbage), Err(Refusal::Signature));
+    }
+
+    #[test]
+    fn deadlines_past_or_too_far_ahead_are_refused() {
+        let at = |deadline_ms| check(&received(Some(&signer()), "node1", "shop.replies.node1", deadline_ms));
+        assert_eq!(at(NOW - 1), Err(Refusal::Expired));
+        assert_eq!(at(i64::MIN), Err(Refusal::Expired));
+        assert_eq!(at(NOW + AHEAD + 1), Err(Refusal::Deadline));
+        assert_eq!(at(i64::MAX), Err(Refusal::Deadline));
+        let envelope = received(Some(&signer()), "node1", "shop.replies.node1", i64::MAX);
+        assert_eq!(envelope.check(&signer(), "shop", i64::MAX - 1, i64::MAX), Ok(()), "no overflow");
+    }
+
+    /// Even signed with the key (a misconfigured or compromised node), a call answers only its sender's own reply
+    /// topic: the nodes cannot be made to write into another topic.
+    #[test]
+    fn a_reply_topic_other_than_the_senders_own_is_refused() {
+        for (from, reply_to) in [
+            ("node1", "shop.order"),
+            ("node1", "shop.replies.node2"),
+            ("node1", "other.replies.node1"),
+            ("node1", "shop.replies.node1.x"),
+            ("node 1", "shop.replies.node 1"),
+            ("", "shop.replies."),
+            ("../x", "shop.replies.../x"),
+        ] {
+            let envelope = received(Some(&signer()), from, reply_to, NOW + 5_000);
+            assert_eq!(check(&envelope), Err(Refusal::ReplyTo), "{from} -> {reply_to}");
+        }
+        let long = "n".repeat(101);
+        let envelope = received(Some(&signer()), &long, &format!("shop.replies.{long}"), NOW + 5_000);
+        assert_eq!(check(&envelope), Err(Refusal::ReplyTo));
+    }
+
+    #[test]
+    fn answers_count_only_when_a_node_signed_them_for_this_node() {
+        let result = serde_json::value::to_raw_value(&Ok::<Value, RemoteError>(json!({"coupon": null}))).unwrap();
+        let mut answer = Answer { call: "call-1".into(), from: "node2".into(), result, sig: String::new() };
+        assert_eq!(answer.check(&signer(), "shop.replies.node1"), Err(Refusal::Unsigned));
+        answer.sig = answer.signature(&signer(), "shop.replies.node1");
+        let answer: Answer = serde_json::from_slice(&serde_json::to_vec(&answer).unwrap()).unwrap();
+        assert_eq!(answer.check(&signer(), "shop.replies.node1"), Ok(()));
+        assert_eq!(answer.check(&signer(), "shop.replies.node3"), Err(Refusal::Signature), "sent to another node");
+        let other = Signer::new("another-secret-of-at-least-32-characters").unwrap();
+        assert_eq!(answer.check(&other, "shop.replies.node1"), Err(Refusal::Signature));
+        let forged_result = serde_json::value::to_raw_value(&json!({"Ok": {"coupon": {"code": "X"}}})).unwrap();
+        let forged = Answer { result: forged_result, ..answer };
+        assert_eq!(forged.check(&signer(), "shop.replies.node1"), Err(Refusal::Signature));
+        // An envelope's signature is worthless as an answer's (each kind of message signs under its own tag).
+        let envelope = received(Some(&signer()), "node1", "shop.replies.node1", NOW + 5_000);
+        let reused = Answer {
+            call: envelope.call.clone(),
+            from: envelope.from.clone(),
+            result: envelope.request.clone(),
+            sig: envelope.sig.clone(),
+        };
+        assert_eq!(reused.check(&signer(), "shop.replies.node1"), Err(Refusal::Signature));
+    }
+
+    /// A served call is remembered for as long as its deadline lets it in, however many calls come meanwhile.
+    #[test]
+    fn a_replayed_call_is_dropped_until_its_deadline_has_passed() {
+        let mut served = Served::default();
+        assert!(served.insert("a", 100, 0));
+        assert!(!served.insert("a", 100, 50), "a replay before its deadline");
+        for n in 0..50_000 {
+            assert!(served.insert(&format!("filler-{n}"), 100, 60));
+        }
+        assert!(!served.insert("a", 100, 100), "still remembered at its deadline");
+        assert!(served.insert("b", 300, 101), "the others expire");
+        assert_eq!(served.ids.len(), 1);
+        assert!(served.insert("a", 200, 101), "forgotten once its deadline passed: the deadline check refuses it then");
+    }
+
+    #[test]
+    fn the_host_bounds_a_wait_for_settling() {
+        let limit = Duration::from_secs(5);
+        assert!(matches!(
+            bounded(Request::Settled { timeout_ms: u64::MAX }, limit),
+            Request::Settled { timeout_ms: 5_000 }
+        ));
+        assert!(matches!(bounded(Request::Settled { timeout_ms: 20 }, limit), Request::Settled { timeout_ms: 20 }));
+        assert!(matches!(bounded(Request::Get, limit), Request::Get));
+    }
 
     #[test]
     fn reads_the_partitions_of_a_member_assignment() {

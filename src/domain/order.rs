@@ -29,6 +29,11 @@ pub enum OrderStatus {
 }
 
 impl OrderStatus {
+    /// Placed and not yet paid, failed or cancelled: the saga still runs and holds stock.
+    pub fn in_progress(self) -> bool {
+        matches!(self, Self::Pending | Self::StockReserved)
+    }
+
     pub const ALL: [OrderStatus; 9] = [
         Self::Pending,
         Self::StockReserved,

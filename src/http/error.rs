@@ -228,6 +228,13 @@ impl From<CheckoutError> for ApiError {
             CheckoutError::InvalidIdempotencyKey => (S::BAD_REQUEST, "invalid_idempotency_key"),
             CheckoutError::IdempotencyKeyReused(_) => (S::UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
             CheckoutError::OrderNotFound => (S::NOT_FOUND, "order_not_found"),
+            CheckoutError::CouponNotApplicable => (S::UNPROCESSABLE_ENTITY, "coupon_not_applicable"),
+            CheckoutError::RateLimited { scope, retry_after } => return super::rate_limited(scope, retry_after),
+            CheckoutError::TooManyPendingOrders { .. } => {
+                let mut err = ApiError::new(S::TOO_MANY_REQUESTS, "too_many_pending_orders", e.to_string());
+                err.retry_after_secs = Some(5);
+                return err;
+            }
         };
         ApiError::new(status, code, e.to_string())
     }

@@ -91,9 +91,9 @@ same key and request answers the same order; the same key with another request i
     responses((status = 202, description = "Placed; `Location` names the order", body = OrderView),
         (status = 400, description = "`idempotency_key_required`, `invalid_idempotency_key`", body = ErrorBody),
         (status = 401, body = ErrorBody),
-        (status = 404, description = "`coupon_not_found`", body = ErrorBody),
-        (status = 409, description = "`insufficient_stock`, `product_unavailable`, `currency_mismatch`, coupon limits", body = ErrorBody),
-        (status = 422, description = "`cart_empty`, `invalid_payment_method`, `idempotency_key_reused`, coupon terms", body = ErrorBody)))]
+        (status = 409, description = "`insufficient_stock`, `product_unavailable`, `currency_mismatch`", body = ErrorBody),
+        (status = 422, description = "`cart_empty`, `invalid_payment_method`, `idempotency_key_reused`, `coupon_not_applicable` (an unknown code and one that does not apply get the same answer)", body = ErrorBody),
+        (status = 429, description = "`rate_limited` (checkouts or coupon codes tried per minute), `too_many_pending_orders`; with `Retry-After`", body = ErrorBody)))]
 async fn checkout(
     State(state): State<AppState>,
     CurrentUser(me): CurrentUser,

@@ -4,16 +4,21 @@
 //! `keepalive_timeout`:
 //! - a request head (request line and headers) must arrive whole within `header_read_timeout`, counted from the
 //!   connection's start or from the first byte of a later request on it, however slowly it trickles in;
-//! - a connection with no request in flight is closed after `keep_alive_timeout`.
+//! - a connection with no request in flight is closed after `keep_alive_timeout`;
+//! - a response whose writing makes no progress for `send_timeout` (the client does not read it) closes its
+//!   connection, in the manner of nginx's `send_timeout`: hyper has no write timeout, and without this a client
+//!   that never reads keeps its place under the cap, and the response it asked for, forever.
 //!
-//! A request in flight (from its parsed head until its response is sent) is left to the request deadline, and a
-//! connection upgraded to a WebSocket leaves the watchdog altogether. hyper's own `header_read_timeout` cannot do
+//! A request being handled is otherwise left to the request deadline, and a connection upgraded to a WebSocket
+//! leaves the watchdog altogether. hyper's own `header_read_timeout` cannot do
 //! this: its timer also runs through the idle wait between keep-alive requests, so the head timeout would be the
 //! idle timeout as well.
 //!
-//! At most `max_connections` connections are open at once, WebSockets included. Past that, a new connection is
-//! answered `503 service_unavailable` and closed at once: it costs the server an accept and a write, and the client
-//! learns to retry instead of waiting in the kernel's backlog.
+//! At most `max_connections` connections are open at once, WebSockets included, and at most
+//! `max_connections_per_client` from one client address (an IPv6 /64; trusted proxies, which carry many clients,
+//! are not counted). Past either, a new connection is answered `503 service_unavailable` and closed at once: it
+//! costs the server an accept and a write, and the client learns to retry instead of waiting in the kernel's
+//! backlog.
 //!
 //! On shutdown the loop stops accepting, idle connections close, and in-flight requests finish first.
 
@@ -38,13 +43,19 @@ use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tower::ServiceExt;
 
+use super::open_counts::{Held, OpenCounts};
 use crate::config::HttpConfig;
+use crate::netaddr::{client_key, trusted, Cidr};
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Limits {
     pub header_read_timeout: Duration,
     pub keep_alive_timeout: Duration,
+    pub send_timeout: Duration,
     pub max_connections: usize,
+    pub max_connections_per_client: usize,
+    /// Peers not held to `max_connections_per_client`.
+    pub trusted_proxies: Arc<[Cidr]>,
 }
 
 impl From<&HttpConfig> for Limits {
@@ -52,7 +63,10 @@ impl From<&HttpConfig> for Limits {
         Self {
             header_read_timeout: Duration::from_millis(http.header_read_timeout_ms),
             keep_alive_timeout: Duration::from_millis(http.keep_alive_timeout_ms),
+            send_timeout: Duration::from_millis(http.send_timeout_ms),
             max_connections: http.max_connections,
+            max_connections_per_client: http.max_connections_per_client,
+            trusted_proxies: http.trusted_proxies.clone().into(),
         }
     }
 }
@@ -96,6 +110,7 @@ impl Limits {
 /// Serves `app` on `listener` until `shutdown` completes, then waits for in-flight requests to finish.
 pub async fn serve(listener: TcpListener, app: Router, limits: Limits, shutdown: impl Future<Output = ()>) {
     let permits = Arc::new(Semaphore::new(limits.max_connections.min(Semaphore::MAX_PERMITS)));
+    let per_client = OpenCounts::default();
     // Each connection task holds a receiver until it ends, so `closed()` below waits for all of them.
     let (stop, stopped) = watch::channel(false);
     // Refusals are logged at most every 10 s, with their count, so a flood does not flood the log as well.
@@ -112,17 +127,26 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, shutdown:
             },
             () = &mut shutdown => break,
         };
-        match permits.clone().try_acquire_owned() {
-            Ok(permit) => {
-                tokio::spawn(connection(stream, peer, permit, app.clone(), limits, stopped.clone()));
+        let place = permits.clone().try_acquire_owned().ok().and_then(|permit| {
+            if trusted(&limits.trusted_proxies, peer.ip()) {
+                return Some((permit, None));
             }
-            Err(_) => {
+            let held = per_client.try_hold(&client_key(peer.ip()), limits.max_connections_per_client)?;
+            Some((permit, Some(held)))
+        });
+        match place {
+            Some((permit, client)) => {
+                let place = Place { _permit: permit, _client: client };
+                tokio::spawn(connection(stream, peer, place, app.clone(), limits.clone(), stopped.clone()));
+            }
+            None => {
                 // A fresh socket's send buffer is empty, so this never waits; then the socket is dropped.
                 let _ = stream.try_write(OVER_CAPACITY);
                 refused += 1;
                 if warned_at.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
                     let limit = limits.max_connections;
-                    tracing::warn!(%peer, refused, limit, "http.max_connections reached: connections refused");
+                    let per_client = limits.max_connections_per_client;
+                    tracing::warn!(%peer, refused, limit, per_client, "http.max_connections or http.max_connections_per_client reached: connections refused");
                     (refused, warned_at) = (0, Some(Instant::now()));
                 }
             }
@@ -146,17 +170,23 @@ async fn accept_failed(error: io::Error) {
     tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
+/// A connection's place under both caps, held as long as its socket.
+struct Place {
+    _permit: OwnedSemaphorePermit,
+    _client: Option<Held>,
+}
+
 async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
-    permit: OwnedSemaphorePermit,
+    place: Place,
     app: Router,
     limits: Limits,
     mut stop: watch::Receiver<bool>,
 ) {
     let activity = Arc::new(Activity::new());
     // The permit lives in the socket, so an upgraded WebSocket keeps counting until it closes.
-    let io = TokioIo::new(Watched { stream, activity: activity.clone(), _permit: permit });
+    let io = TokioIo::new(Watched { stream, activity: activity.clone(), _place: place });
     let service = hyper::service::service_fn({
         let activity = activity.clone();
         move |request: Request<Incoming>| {
@@ -238,13 +268,20 @@ impl Phase {
 /// What one connection is doing, shared by its socket, its requests and its watchdog.
 struct Activity {
     phase: Mutex<Phase>,
+    /// Since when a write has waited on the client (its receive window is full), if one is waiting. This is apart
+    /// from the phase: a response whose body hyper has taken whole is still being written after its request ends.
+    write_blocked: Mutex<Option<Instant>>,
     /// Wakes the watchdog when its deadline moves earlier or appears.
     changed: Notify,
 }
 
 impl Activity {
     fn new() -> Self {
-        Self { phase: Mutex::new(Phase::ReadingHead { since: Instant::now() }), changed: Notify::new() }
+        Self {
+            phase: Mutex::new(Phase::ReadingHead { since: Instant::now() }),
+            write_blocked: Mutex::new(None),
+            changed: Notify::new(),
+        }
     }
 
     fn get(&self) -> Phase {
@@ -255,12 +292,35 @@ impl Activity {
         *self.phase.lock().unwrap_or_else(PoisonError::into_inner) = phase;
     }
 
+    /// The earlier of the phase's deadline and the blocked write's; an upgraded connection has none.
     fn deadline(&self, limits: &Limits) -> Option<Instant> {
-        match self.get() {
+        let phase = match self.get() {
             Phase::ReadingHead { since } => Some(since + limits.header_read_timeout),
             Phase::Idle { since } => Some(since + limits.keep_alive_timeout),
-            Phase::Busy { .. } | Phase::Upgraded => None,
+            Phase::Busy { .. } => None,
+            Phase::Upgraded => return None,
+        };
+        let blocked =
+            self.write_blocked.lock().unwrap_or_else(PoisonError::into_inner).map(|at| at + limits.send_timeout);
+        match (phase, blocked) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
+    }
+
+    /// A write could not go out: the client is not reading. Starts the send timeout unless it runs already.
+    fn on_write_blocked(&self) {
+        let mut blocked = self.write_blocked.lock().unwrap_or_else(PoisonError::into_inner);
+        if blocked.is_none() {
+            *blocked = Some(Instant::now());
+            drop(blocked);
+            self.changed.notify_one();
+        }
+    }
+
+    /// Bytes went out: the client reads, so the send timeout starts again at the next blocked write.
+    fn on_write_progress(&self) {
+        *self.write_blocked.lock().unwrap_or_else(PoisonError::into_inner) = None;
     }
 
     /// Bytes arrived: on an idle connection they start the next request's head.
@@ -329,11 +389,12 @@ impl hyper::body::Body for WatchedBody {
     }
 }
 
-/// The client socket, reporting reads to the watchdog and holding the connection's place under the cap.
+/// The client socket, reporting reads and blocked writes to the watchdog and holding the connection's place under
+/// the cap.
 struct Watched {
     stream: TcpStream,
     activity: Arc<Activity>,
-    _permit: OwnedSemaphorePermit,
+    _place: Place,
 }
 
 impl AsyncRead for Watched {
@@ -347,9 +408,21 @@ impl AsyncRead for Watched {
     }
 }
 
+impl Watched {
+    fn report_write(&self, polled: &Poll<io::Result<usize>>) {
+        match polled {
+            Poll::Pending => self.activity.on_write_blocked(),
+            Poll::Ready(Ok(written)) if *written > 0 => self.activity.on_write_progress(),
+            Poll::Ready(_) => {}
+        }
+    }
+}
+
 impl AsyncWrite for Watched {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.report_write(&polled);
+        polled
     }
 
     fn poll_write_vectored(
@@ -357,7 +430,9 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.report_write(&polled);
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -377,11 +452,16 @@ impl AsyncWrite for Watched {
 mod tests {
     use super::*;
 
-    const LIMITS: Limits = Limits {
-        header_read_timeout: Duration::from_secs(10),
-        keep_alive_timeout: Duration::from_secs(60),
-        max_connections: 1,
-    };
+    fn limits() -> Limits {
+        Limits {
+            header_read_timeout: Duration::from_secs(10),
+            keep_alive_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(30),
+            max_connections: 1,
+            max_connections_per_client: 1,
+            trusted_proxies: Arc::new([]),
+        }
+    }
 
     #[test]
     fn over_capacity_reply_is_a_well_formed_503() {
@@ -395,29 +475,44 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn deadlines_follow_the_connection_phase() {
+        let limits = limits();
         let activity = Arc::new(Activity::new());
         let opened = Instant::now();
-        assert_eq!(activity.deadline(&LIMITS), Some(opened + LIMITS.header_read_timeout));
+        assert_eq!(activity.deadline(&limits), Some(opened + limits.header_read_timeout));
         // Trickled bytes of the first head do not push its deadline back.
         tokio::time::advance(Duration::from_secs(3)).await;
         activity.on_read();
-        assert_eq!(activity.deadline(&LIMITS), Some(opened + LIMITS.header_read_timeout));
+        assert_eq!(activity.deadline(&limits), Some(opened + limits.header_read_timeout));
 
         let request = InFlight::start(activity.clone());
-        assert_eq!(activity.deadline(&LIMITS), None, "a request in flight has no connection deadline");
+        assert_eq!(activity.deadline(&limits), None, "a request in flight has no connection deadline");
         tokio::time::advance(Duration::from_secs(100)).await;
+        // Its response cannot go out: the client has until the send timeout to read some of it.
+        activity.on_write_blocked();
+        let blocked = Instant::now();
+        assert_eq!(activity.deadline(&limits), Some(blocked + limits.send_timeout));
+        tokio::time::advance(Duration::from_secs(10)).await;
+        activity.on_write_blocked();
+        assert_eq!(activity.deadline(&limits), Some(blocked + limits.send_timeout), "still the first block");
+        activity.on_write_progress();
+        assert_eq!(activity.deadline(&limits), None, "the client read: no deadline until the next block");
         drop(request);
+        // The request is over but hyper still writes what it took of the body: the send timeout bounds that too.
         let idle = Instant::now();
-        assert_eq!(activity.deadline(&LIMITS), Some(idle + LIMITS.keep_alive_timeout));
+        activity.on_write_blocked();
+        assert_eq!(activity.deadline(&limits), Some(idle + limits.send_timeout));
+        activity.on_write_progress();
+        let idle = Instant::now();
+        assert_eq!(activity.deadline(&limits), Some(idle + limits.keep_alive_timeout));
 
         tokio::time::advance(Duration::from_secs(30)).await;
         activity.on_read();
-        assert_eq!(activity.deadline(&LIMITS), Some(Instant::now() + LIMITS.header_read_timeout));
+        assert_eq!(activity.deadline(&limits), Some(Instant::now() + limits.header_read_timeout));
 
         let upgrade = InFlight::start(activity.clone());
         activity.set(Phase::Upgraded);
         drop(upgrade);
         activity.on_read();
-        assert_eq!(activity.deadline(&LIMITS), None, "a WebSocket is never idle");
+        assert_eq!(activity.deadline(&limits), None, "a WebSocket is never idle");
     }
 }

@@ -10,10 +10,11 @@ use utoipa_axum::routes;
 
 use super::extract::{cookie, optional_json, request_is_https, CurrentUser, Json, ACCESS_COOKIE, REFRESH_COOKIE};
 use super::openapi::ErrorBody;
-use super::{auth_rate_limit, ApiError, AppState};
+use super::{auth_rate_limit, check_limit, ApiError, AppState};
 use crate::auth::{ProfilePatch, Session};
 use crate::domain::user::{AccountStatus, Address, Role, User};
 use crate::domain::Timestamp;
+use sha2::Digest as _;
 
 pub fn router(state: AppState) -> OpenApiRouter<AppState> {
     let limited = OpenApiRouter::new()
@@ -145,12 +146,20 @@ async fn signup(
     responses((status = 200, body = SessionView),
         (status = 401, description = "`invalid_credentials`", body = ErrorBody),
         (status = 403, description = "`account_blocked`", body = ErrorBody),
-        (status = 429, body = ErrorBody), (status = 503, description = "`auth_busy`", body = ErrorBody)))]
+        (status = 429, description = "`rate_limited`: too many attempts from this address, or on this account from any",
+            body = ErrorBody),
+        (status = 503, description = "`auth_busy`", body = ErrorBody)))]
 async fn signin(
     State(state): State<AppState>,
     headers: HeaderMap,
     Json(body): Json<SigninBody>,
 ) -> Result<Response, ApiError> {
+    // Attempts on one account are counted whatever address they come from, before any hashing: guesses spread over
+    // many addresses are slowed as well. The key is a digest, so no address is kept in Redis.
+    if let Ok(email) = crate::domain::user::normalize_email(&body.email) {
+        let account = crate::auth::tokens::hex(&sha2::Sha256::digest(email.as_bytes())[..16]);
+        check_limit(state.limits.signin_per_account.as_ref(), "signin_account", &account).await?;
+    }
     let session = state.auth.signin(&body.email, &body.password).await?;
     Ok(session_response(StatusCode::OK, session, secure_cookies(&state, &headers)))
 }

@@ -9,6 +9,11 @@
 //! its session is signed out or revoked, and with 4403 when the account is blocked: at once for sessions ended on
 //! this node, and within 30 s (a periodic re-check) otherwise.
 //!
+//! At most `notifications.max_sockets_per_user` sockets are open per user and `max_sockets_per_client` per client
+//! address (authenticated or not): past either, the upgrade is answered 429 `too_many_sockets`, or, for a user
+//! known only from the auth message, the socket is closed with 4429. A socket replays from the store at most once a
+//! second (`resume` more often is answered with an error), so a client cannot keep the store busy with replays.
+//!
 //! An upgrade authenticated by the cookie must come from an allowed origin (see [`super::csrf`]), or another site
 //! could open a socket in the user's name. Messages are small: before authentication one over 4 KiB closes the
 //! socket with 1009, and any frame or message over 64 KiB does too, refused at its header without being read.
@@ -27,12 +32,17 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::extract::{CurrentUser, Query};
-use super::{csrf, AppState};
+use super::open_counts::{Held, OpenCounts};
+use super::{csrf, ApiError, AppState, ClientIp};
 use crate::auth::{AuthError, Principal, SessionEnd};
 use crate::bridge::recent::RecentIds;
+use crate::netaddr::client_key;
 use crate::store::Notification;
 
 const UNAUTHORIZED: u16 = 4401;
+const TOO_MANY: u16 = 4429;
+/// Replays a socket may ask for: one a second.
+const RESUME_EVERY: Duration = Duration::from_secs(1);
 const FORBIDDEN: u16 = 4403;
 /// Sessions ended on another node are noticed by this periodic check (on this node, at once).
 const RECHECK_EVERY: Duration = Duration::from_secs(30);
@@ -45,6 +55,34 @@ const UNAUTHENTICATED_MESSAGE_LIMIT: usize = 4 * 1024;
 /// Largest frame and message at any time.
 const MESSAGE_LIMIT: usize = 64 * 1024;
 const BACKLOG_LIMIT: usize = 500;
+
+/// How many notification sockets may be open per user and per client address, and how many are.
+pub struct SocketLimits {
+    per_user: usize,
+    per_client: usize,
+    by_user: OpenCounts,
+    by_client: OpenCounts,
+}
+
+impl SocketLimits {
+    pub fn new(per_user: usize, per_client: usize) -> Self {
+        Self { per_user, per_client, by_user: OpenCounts::default(), by_client: OpenCounts::default() }
+    }
+
+    fn hold_user(&self, user_id: &str) -> Option<Held> {
+        self.by_user.try_hold(user_id, self.per_user)
+    }
+}
+
+fn too_many_sockets() -> ApiError {
+    let mut err = ApiError::new(
+        axum::http::StatusCode::TOO_MANY_REQUESTS,
+        "too_many_sockets",
+        "too many notification sockets open; close one first",
+    );
+    err.retry_after_secs = Some(5);
+    err
+}
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(upgrade))
@@ -75,10 +113,13 @@ Server messages: `{"type":"ready","userId":"..."}`; then the notifications misse
 
 Client messages: `{"type":"auth","token":"...","after":N}`, `{"type":"resume","after":N}` (replays from N), `{"type":"ping"}`.
 
-Close codes: 4401 when the access token expires or its session is signed out or revoked, 4403 when the account is blocked, 1009 for a message over 4 KiB before authentication or over 64 KiB at any time."#,
+At most `notifications.max_sockets_per_user` sockets per user and `max_sockets_per_client` per client address; a `resume` at most once a second.
+
+Close codes: 4401 when the access token expires or its session is signed out or revoked, 4403 when the account is blocked, 4429 when a user known from the auth message has all their sockets open, 1009 for a message over 4 KiB before authentication or over 64 KiB at any time."#,
     responses((status = 101, description = "Switched to the WebSocket protocol"),
         (status = 401, description = "Bad credentials on the upgrade request", body = super::openapi::ErrorBody),
-        (status = 403, description = "`cross_site_request` or `account_blocked`", body = super::openapi::ErrorBody)))]
+        (status = 403, description = "`cross_site_request` or `account_blocked`", body = super::openapi::ErrorBody),
+        (status = 429, description = "`too_many_sockets`: this user's or this address's sockets are all open", body = super::openapi::ErrorBody)))]
 async fn upgrade(
     State(state): State<AppState>,
     Query(params): Query<Params>,
@@ -90,6 +131,10 @@ async fn upgrade(
             return refused.into_response();
         }
     }
+    let client = parts.extensions.get::<ClientIp>().map(|ClientIp(ip)| client_key(*ip)).unwrap_or_default();
+    let Some(client_place) = state.sockets.by_client.try_hold(&client, state.sockets.per_client) else {
+        return too_many_sockets().into_response();
+    };
     // Credentials on the upgrade request are checked now; a bad token is refused before upgrading.
     let has_credentials = parts.headers.contains_key(axum::http::header::AUTHORIZATION)
         || super::extract::cookie(&parts.headers, super::extract::ACCESS_COOKIE).is_some();
@@ -101,9 +146,17 @@ async fn upgrade(
     } else {
         None
     };
-    ws.max_message_size(MESSAGE_LIMIT)
-        .max_frame_size(MESSAGE_LIMIT)
-        .on_upgrade(move |socket| session(socket, state, principal, params.after))
+    let user_place = match &principal {
+        Some(p) => match state.sockets.hold_user(&p.user.id) {
+            Some(held) => Some(held),
+            None => return too_many_sockets().into_response(),
+        },
+        None => None,
+    };
+    ws.max_message_size(MESSAGE_LIMIT).max_frame_size(MESSAGE_LIMIT).on_upgrade(move |socket| async move {
+        let _client_place = client_place;
+        session(socket, state, principal.map(|p| (p, user_place)), params.after).await;
+    })
 }
 
 /// Closes with a code the client can read: sends the close frame, then waits briefly for the client's reply so the
@@ -157,11 +210,21 @@ async fn authenticate_late(
     Ok((principal, after))
 }
 
-async fn session(mut socket: WebSocket, state: AppState, principal: Option<Principal>, after: Option<u64>) {
-    let (principal, after) = match principal {
-        Some(p) => (p, after),
+/// A socket's session: `principal` is the user known from the upgrade request with their place under the per-user
+/// cap, or none when the first message must authenticate.
+async fn session(
+    mut socket: WebSocket,
+    state: AppState,
+    principal: Option<(Principal, Option<Held>)>,
+    after: Option<u64>,
+) {
+    let (principal, after, _user_place) = match principal {
+        Some((p, place)) => (p, after, place),
         None => match authenticate_late(&mut socket, &state).await {
-            Ok((p, late_after)) => (p, late_after.or(after)),
+            Ok((p, late_after)) => match state.sockets.hold_user(&p.user.id) {
+                Some(place) => (p, late_after.or(after), Some(place)),
+                None => return close(socket, TOO_MANY, "too many sockets").await,
+            },
             Err((code, reason)) => return close(socket, code, reason).await,
         },
     };
@@ -180,6 +243,7 @@ async fn session(mut socket: WebSocket, state: AppState, principal: Option<Princ
         return;
     }
     let mut sent = Sent::new();
+    let mut last_resume: Option<tokio::time::Instant> = None;
     if let Some(after) = after {
         if !replay(&mut socket, &state, &user_id, after, &mut sent).await {
             return;
@@ -207,7 +271,11 @@ async fn session(mut socket: WebSocket, state: AppState, principal: Option<Princ
                 Some(Ok(Message::Text(text))) => {
                     let reply = match serde_json::from_str::<ClientMessage>(text.as_str()) {
                         Ok(ClientMessage::Ping) => Some(json!({ "type": "pong" })),
+                        Ok(ClientMessage::Resume { .. }) if last_resume.is_some_and(|at| at.elapsed() < RESUME_EVERY) => {
+                            Some(json!({ "type": "error", "message": "resume at most once a second" }))
+                        }
                         Ok(ClientMessage::Resume { after }) => {
+                            last_resume = Some(tokio::time::Instant::now());
                             if !replay(&mut socket, &state, &user_id, after, &mut sent).await {
                                 break;
                             }

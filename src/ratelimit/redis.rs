@@ -1,11 +1,10 @@
-//! The limiter in Redis, one budget per client shared by every process: the generic cell rate algorithm in a Lua
-//! script, on Redis's clock, with the same rate and burst as the in-process token bucket. Each client has one key,
-//! `ratelimit:{name}:{address}`, holding the time its budget is next full; the key expires then.
+//! The limiter in Redis, one budget per key shared by every process: the generic cell rate algorithm in a Lua
+//! script, on Redis's clock, with the same rate and burst as the in-process token bucket. Each key has one Redis
+//! key, `ratelimit:{name}:{key}`, holding the time its budget is next full; the Redis key expires then.
 //!
 //! Redis unreachable: requests are counted by this process's own limiter until Redis answers again, so limits hold
 //! per process during an outage and the endpoints stay open.
 
-use std::net::IpAddr;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -59,15 +58,13 @@ impl RedisRateLimiter {
 
 #[async_trait]
 impl RateLimit for RedisRateLimiter {
-    async fn check(&self, client: IpAddr) -> Result<(), Duration> {
+    async fn check(&self, key: &str) -> Result<(), Duration> {
         let mut gcra = self.gcra.prepare_invoke();
-        gcra.key(self.redis.key(&format!("ratelimit:{}:{client}", self.name)))
-            .arg(self.interval_micros)
-            .arg(self.burst);
+        gcra.key(self.redis.key(&format!("ratelimit:{}:{key}", self.name))).arg(self.interval_micros).arg(self.burst);
         match self.redis.invoke::<u64>("rate limit", &gcra).await {
             Ok(0) => Ok(()),
             Ok(wait) => Err(Duration::from_micros(wait)),
-            Err(_) => self.fallback.check(client).await,
+            Err(_) => self.fallback.check(key).await,
         }
     }
 }

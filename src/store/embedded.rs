@@ -4,6 +4,7 @@
 
 mod accounts;
 mod catalog;
+mod notifications;
 mod sales;
 
 use std::path::Path;
@@ -32,10 +33,20 @@ pub(super) const ORDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("or
 pub(super) const ORDERS_BY_USER: TableDefinition<(&str, &str), &str> = TableDefinition::new("orders_by_user");
 pub(super) const ORDERS_BY_TIME: TableDefinition<&str, &str> = TableDefinition::new("orders_by_time");
 pub(super) const PAYMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("payments");
+/// Payments newest first: `payment key` (as the order key) and `(status, payment key)` to the payment's id, and the
+/// number of payments in each status.
+pub(super) const PAYMENTS_BY_TIME: TableDefinition<&str, &str> = TableDefinition::new("payments_by_time");
+pub(super) const PAYMENTS_BY_STATUS: TableDefinition<(&str, &str), &str> = TableDefinition::new("payments_by_status");
+pub(super) const PAYMENT_COUNTS: TableDefinition<&str, u64> = TableDefinition::new("payment_counts");
 pub(super) const COUPONS: TableDefinition<&str, &[u8]> = TableDefinition::new("coupons");
 pub(super) const NOTIFICATIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("notifications");
 /// `{event id}|{user id}` -> notification id, so a replayed event is recognised.
 pub(super) const NOTIFICATION_KEYS: TableDefinition<&str, u64> = TableDefinition::new("notification_keys");
+/// `(user id, notification id)`, and `("*", id)` for public notifications (see `notifications`).
+pub(super) const NOTIFICATIONS_BY_USER: TableDefinition<(&str, u64), ()> =
+    TableDefinition::new("notifications_by_user");
+/// User id -> (notifications, unread notifications).
+pub(super) const NOTIFICATION_COUNTS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("notification_counts");
 pub(super) const EMAILS: TableDefinition<u64, &[u8]> = TableDefinition::new("emails");
 pub(super) const EMAIL_KEYS: TableDefinition<&str, u64> = TableDefinition::new("email_keys");
 
@@ -152,20 +163,6 @@ pub(super) fn read_all<T: DeserializeOwned>(db: &Database, table: JsonTable) -> 
     Ok(all)
 }
 
-/// Every JSON document of a table keyed by sequence number, in key order.
-pub(super) fn read_all_u64<T: DeserializeOwned>(
-    db: &Database,
-    table: TableDefinition<u64, &[u8]>,
-) -> Result<Vec<T>, StoreError> {
-    let txn = db.begin_read().map_err(db_err)?;
-    let table = txn.open_table(table).map_err(db_err)?;
-    let mut all = Vec::new();
-    for row in table.iter().map_err(db_err)? {
-        all.push(decode(row.map_err(db_err)?.1.value())?);
-    }
-    Ok(all)
-}
-
 impl EmbeddedStore {
     /// Opens (creating if needed) `commercex.redb` in `data_dir`. Fails if another process has it open.
     ///
@@ -203,10 +200,8 @@ impl EmbeddedStore {
                 txn.open_table(table).map_err(db_err)?;
             }
             sales::prepare(&txn)?;
-            txn.open_table(NOTIFICATIONS).map_err(db_err)?;
-            txn.open_table(NOTIFICATION_KEYS).map_err(db_err)?;
-            txn.open_table(EMAILS).map_err(db_err)?;
-            txn.open_table(EMAIL_KEYS).map_err(db_err)?;
+            sales::prepare_payments(&txn)?;
+            notifications::prepare(&txn)?;
             catalog::prepare(&txn)?;
         }
         txn.commit().map_err(db_err)?;
@@ -371,6 +366,10 @@ fn write_commit(txn: &redb::WriteTransaction, commit: Commit) -> Result<(), Stor
         head = event.seq;
     }
     let snapshot = commit.snapshot.as_ref().map(encode).transpose()?;
+    let payment_before = match &commit.read_model {
+        Some(ReadModel::Payment(p)) => sales::stored_payment_status(txn, &p.id)?,
+        _ => None,
+    };
     let document = match &commit.read_model {
         Some(ReadModel::Product(p)) => Some((PRODUCTS, p.id.as_str(), encode(p)?)),
         Some(ReadModel::Order(o)) => Some((ORDERS, o.id.as_str(), encode(o)?)),
@@ -404,6 +403,7 @@ fn write_commit(txn: &redb::WriteTransaction, commit: Commit) -> Result<(), Stor
     match &commit.read_model {
         Some(ReadModel::Product(p)) => catalog::index_product(txn, &mut counters, p)?,
         Some(ReadModel::Order(o)) => sales::index_order(txn, o)?,
+        Some(ReadModel::Payment(p)) => sales::index_payment(txn, payment_before, p)?,
         _ => {}
     }
     if let Some((table, key, bytes)) = document {

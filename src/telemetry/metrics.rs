@@ -33,6 +33,7 @@ pub const CHECKOUT_DURATION: &str = "commercex_checkout_to_outcome_seconds";
 pub const SIGNINS: &str = "commercex_signins_total";
 pub const RATE_LIMITED: &str = "commercex_rate_limited_total";
 pub const PRODUCT_CACHE: &str = "commercex_product_cache_lookups_total";
+pub const CLUSTER_REFUSED: &str = "commercex_cluster_refused_total";
 
 /// Buckets of every `*_seconds` histogram: 100 µs to 10 s.
 const SECONDS: [f64; 15] =
@@ -114,6 +115,11 @@ fn describe() {
     describe_counter!(SIGNINS, "sign-ins, by outcome (ok, invalid_credentials, blocked, busy, error)");
     describe_counter!(RATE_LIMITED, "requests refused by a rate limit, by scope");
     describe_counter!(PRODUCT_CACHE, "product cache lookups, by result (hit, miss)");
+    describe_counter!(
+        CLUSTER_REFUSED,
+        "messages refused on the Kafka topics (forwarded calls, their answers, events), by channel (commands, answers, \
+         events) and reason (unsigned, signature, expired, deadline, reply_to, malformed)"
+    );
 }
 
 #[cfg(test)]
@@ -122,7 +128,7 @@ mod tests {
 
     use super::*;
 
-    const ALL: [&str; 23] = [
+    const ALL: [&str; 24] = [
         HTTP_REQUESTS,
         HTTP_DURATION,
         ENTITIES_LIVE,
@@ -146,6 +152,7 @@ mod tests {
         SIGNINS,
         RATE_LIMITED,
         PRODUCT_CACHE,
+        CLUSTER_REFUSED,
     ];
 
     /// The dashboard in the repository reads every metric this node reports, and only those.
@@ -177,7 +184,11 @@ mod tests {
         let scrape = include_str!("../../deploy/prometheus.yml");
         for node in ["commercex-1", "commercex-2", "commercex-3"] {
             assert!(compose.contains(&format!("hostname: {node}")), "{node}");
-            assert!(scrape.contains(&format!("\"{node}:8000\"")), "{node}");
+            assert!(scrape.contains(&format!("\"{node}:9464\"")), "{node}");
+        }
+        assert!(compose.contains("COMMERCEX__TELEMETRY__METRICS_ADDR: \"0.0.0.0:9464\""));
+        for published in ["9464:9464", "\"9464\""] {
+            assert!(!compose.contains(published), "the metrics port is not published");
         }
     }
 }

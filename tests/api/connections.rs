@@ -138,3 +138,65 @@ async fn shutdown_is_not_held_up_by_silent_or_half_sent_connections() {
     sleep(Duration::from_millis(50)).await;
     tokio::time::timeout(Duration::from_secs(5), app.stop()).await.expect("shutdown finished within 5 s");
 }
+
+/// A connection with a tiny receive window that asks for responses larger than the kernel's buffers, pipelined,
+/// and never reads them.
+async fn slow_reader(app: &crate::helpers::TestApp, path: &str) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(1024).unwrap();
+    let addr = app.base.trim_start_matches("http://").parse().unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n");
+    stream.write_all(request.repeat(8).as_bytes()).await.unwrap();
+    stream
+}
+
+/// Security review H1: a response that is never read held its connection, and its place under the cap. A body
+/// hyper takes whole (a static file) was held until the keep-alive timeout; one streamed (a product image, read
+/// from the media store as the client takes it) forever. With every place taken by such readers, every new visitor
+/// got 503. A write that makes no progress for `http.send_timeout_ms` now closes the connection, whatever the body.
+#[tokio::test]
+async fn readers_that_never_read_lose_their_connection_after_the_send_timeout() {
+    // A 3 MB image, uploaded before a restart with a cap of two connections (so no pooled client connection of
+    // the setup takes one of them).
+    let app = crate::helpers::spawn_app().await;
+    let admin = app.admin().await;
+    let id = app.create_product(&admin, "Large print", 900, 1).await["id"].as_str().unwrap().to_string();
+    let mut image = b"\x89PNG\r\n\x1a\n".to_vec();
+    image.extend((0..3_000_000u32).map(|i| (i % 251) as u8));
+    let uploaded = app
+        .client
+        .post(format!("{}/api/products/{id}/image", app.base))
+        .bearer_auth(&admin)
+        .header("content-type", "image/png")
+        .body(image)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(uploaded.status(), 200);
+    let url = uploaded.json::<serde_json::Value>().await.unwrap()["imageUrl"].as_str().unwrap().to_string();
+    let app = crate::helpers::spawn_app_in(app.stop().await, |c| {
+        c.http.max_connections = 2;
+        c.http.send_timeout_ms = 1000;
+    })
+    .await;
+
+    // About 14 MB (the documentation bundle) and 24 MB (the image) of responses, far more than a socket buffers.
+    let _held = [slow_reader(&app, "/docs/swagger-ui-bundle.js").await, slow_reader(&app, &url).await];
+    sleep(Duration::from_millis(300)).await;
+    let mut extra = raw_connect(&app).await;
+    let reply = read_until_closed(&mut extra, Duration::from_secs(5)).await;
+    assert!(reply.text.starts_with("HTTP/1.1 503"), "the readers hold both places: {reply:?}");
+
+    // Well past the send timeout, long before the keep-alive one (60 s), a new visitor is served again.
+    let start = Instant::now();
+    loop {
+        let mut conn = raw_connect(&app).await;
+        conn.write_all(GET_HEALTH).await.unwrap();
+        if read_response(&mut conn, Duration::from_secs(1)).await.map(|r| r.0) == Some(200) {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "readers that never read still hold every connection");
+        sleep(Duration::from_millis(100)).await;
+    }
+}

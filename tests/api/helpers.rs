@@ -54,7 +54,15 @@ pub struct User {
 pub fn test_config(dir: &std::path::Path) -> Config {
     let mut config = Config::default();
     config.http.addr = "127.0.0.1:0".parse().unwrap();
+    // Per-user and per-client budgets out of the way of suites that sign in, check out and open sockets in loops
+    // from one address; the tests of each limit set it low.
     config.http.auth_rate_limit_per_minute = 100_000;
+    config.http.refresh_rate_limit_per_minute = 100_000;
+    config.auth.signin_attempts_per_account_per_minute = 100_000;
+    config.checkout.checkouts_per_user_per_minute = 100_000;
+    config.checkout.max_pending_orders_per_user = 100_000;
+    config.checkout.coupon_attempts_per_user_per_minute = 100_000;
+    config.notifications.max_sockets_per_client = 100_000;
     config.store.data_dir = dir.to_path_buf();
     config.auth.jwt_secret = JWT_SECRET.into();
     // Cheap hashing keeps the suite fast; the production parameters are tested by the unit tests' format checks.
@@ -68,6 +76,8 @@ pub fn test_config(dir: &std::path::Path) -> Config {
     config.payments.max_attempts = 3;
     config.payments.recheck_after_ms = 200;
     config.notifications.ws_auth_timeout_ms = 500;
+    // Metrics with the API, so that suites scrape the node they talk to.
+    config.telemetry.metrics_addr = String::new();
     if real_backends().is_some() {
         use_real_backends(&mut config, dir);
     }

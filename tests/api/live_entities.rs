@@ -22,7 +22,7 @@ async fn requests_for_unknown_entities_leave_no_actor_behind() {
     app.post("/api/cart/items", Some(&user.token), json!({"productId": p["id"], "quantity": 1})).await;
     let baseline = live(&app);
     for i in 0..40 {
-        // A fresh idempotency key and an unknown coupon: 404, and neither an order nor a coupon actor stays.
+        // A fresh idempotency key and an unknown coupon: refused, and neither an order nor a coupon actor stays.
         let r = app
             .checkout(
                 &user.token,
@@ -30,7 +30,7 @@ async fn requests_for_unknown_entities_leave_no_actor_behind() {
                 json!({"paymentMethod": "pm_card_visa", "couponCode": format!("NOPE{i}")}),
             )
             .await;
-        assert_eq!((r.status, r.code()), (404, "coupon_not_found"), "{:?}", r.body);
+        assert_eq!((r.status, r.code()), (422, "coupon_not_applicable"), "{:?}", r.body);
         let r = app.post(&format!("/api/orders/ord_{i:032}/cancel"), Some(&user.token), json!({})).await;
         assert_eq!(r.status, 404);
         let r =
@@ -46,11 +46,13 @@ async fn requests_for_unknown_entities_leave_no_actor_behind() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_the_cap_idle_entities_passivate_but_work_in_flight_stays() {
-    // A slow provider keeps the checkout's payment, order and reservation in flight while the cap is hit.
-    let provider = Arc::new(SimulatedProvider::new(Duration::from_secs(3)));
-    let app = spawn_app_with_provider(Arc::new(tempfile::tempdir().unwrap()), provider, |c| {
+    // A held provider keeps the checkout's payment, order and reservation in flight while the cap is hit, however
+    // long the fillers take to create.
+    let provider = Arc::new(SimulatedProvider::new(Duration::from_millis(10)));
+    provider.hold();
+    let app = spawn_app_with_provider(Arc::new(tempfile::tempdir().unwrap()), provider.clone(), |c| {
         c.actors.max_live_entities = 12;
-        c.payments.timeout_ms = 10_000;
+        c.payments.timeout_ms = 60_000;
     })
     .await;
     let admin = app.admin().await;
@@ -71,11 +73,13 @@ async fn past_the_cap_idle_entities_passivate_but_work_in_flight_stays() {
         assert!(live(&app) <= 12 + 4, "live entities {} with a cap of 12", live(&app));
     }
     // Work in flight was never evicted: the reserved product, the order and its payment are still running.
+    assert!(provider.captures_for_order(&order_id).is_empty(), "the payment was held, so the saga is still running");
     assert!(products.is_local(&held_id), "a product holding a reservation must not be evicted");
     assert!(app.state.orders.router().is_local(&order_id), "an order mid-saga must not be evicted");
     // The least recently used fillers went first; the newest are still live.
     assert!(!products.is_local(&ids[0]));
     assert!(products.is_local(ids.last().unwrap()));
+    provider.release();
     let paid = app.wait_status(&user.token, &order_id, "paid").await;
     assert_eq!(paid["total"], 500);
     // Passivated entities come back with their state on the next request.

@@ -13,6 +13,7 @@ mod demo;
 mod emails;
 mod errors;
 mod helpers;
+mod limits;
 mod live_entities;
 mod media;
 mod metrics;

@@ -106,3 +106,47 @@ async fn metrics_can_be_turned_off() {
     let app = spawn_app_with(|c| c.telemetry.metrics = false).await;
     assert_eq!(app.get("/metrics", None).await.status, 404);
 }
+
+/// Security review H2: hyper takes any token as a method, so a label holding the raw method would let anonymous
+/// requests grow the recorder without end. Requests with made-up methods all land in one `other` series.
+#[tokio::test]
+async fn made_up_methods_do_not_create_series() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_app().await;
+    for i in 0..50 {
+        let mut stream = crate::helpers::raw_connect(&app).await;
+        let head = format!("M{i:07}XYZ /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let reply = crate::helpers::read_until_closed(&mut stream, std::time::Duration::from_secs(5)).await;
+        assert!(reply.text.starts_with("HTTP/1.1 405"), "{}", reply.text);
+    }
+    let after = scrape(&app).await;
+    let made_up = after.keys().filter(|series| series.contains("method=\"M0")).count();
+    assert_eq!(made_up, 0, "a series per made-up method");
+    let other = [("method", "other"), ("route", "/health"), ("status", "405")];
+    assert!(total(&after, "commercex_http_requests_total", &other) >= 50.0);
+}
+
+/// Security review L1: by default the series are served on a listener of their own (loopback), not with the API.
+#[tokio::test]
+async fn by_default_metrics_have_a_listener_of_their_own() {
+    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let mut config = crate::helpers::test_config(dir.path());
+    config.telemetry.metrics_addr = "127.0.0.1:0".into();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = listener.local_addr().unwrap();
+    let app = commercex::app::Application::with_listener(config, listener).await.expect("app builds");
+    let metrics = app.metrics_addr().expect("a metrics listener");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until(async move {
+        let _ = stopped.await;
+    }));
+    let client = reqwest::Client::new();
+    let on_api = client.get(format!("http://{api}/metrics")).send().await.unwrap();
+    assert_eq!(on_api.status(), 404);
+    let own = client.get(format!("http://{metrics}/metrics")).send().await.unwrap();
+    assert_eq!(own.status(), 200);
+    assert!(own.text().await.unwrap().contains("commercex_"));
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+}

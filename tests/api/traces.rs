@@ -35,6 +35,7 @@ async fn a_checkout_is_one_trace_across_the_saga() {
             .env("COMMERCEX__PAYMENTS__SIMULATED_LATENCY_MS", "5")
             .env("COMMERCEX__TELEMETRY__OTLP_ENDPOINT", &collector.url)
             .env("COMMERCEX__LOG__LEVEL", "warn")
+            .env("COMMERCEX__TELEMETRY__METRICS_ADDR", "")
             .stdout(Stdio::null())
             .spawn()
             .expect("starts the commercex binary"),

@@ -590,4 +590,54 @@ mod kafka {
         super::an_unhandled_event_outlives_its_process(process(&settings).await, process(&settings)).await;
         forget(&settings).await;
     }
+
+    /// With a secret (`cluster.secret`), the bus signs each record it publishes, and a record written to its topics
+    /// by anything else, unsigned or signed with another key, reaches neither the subscriber nor any sink.
+    #[tokio::test]
+    #[ignore = "needs the real servers: scripts/test.sh"]
+    async fn with_a_secret_only_records_the_bus_signed_are_handed_on() {
+        use commercex::bridge::signing::{self, Signer};
+        use rdkafka::message::{Header, OwnedHeaders};
+        use rdkafka::producer::{FutureProducer, FutureRecord};
+
+        let mut settings = deployment();
+        settings.signer = Signer::new("contract-test-cluster-secret-0123456789");
+        let bus = process(&settings).await;
+        let (local, once) = (Recorder::new("local"), Recorder::new("once"));
+        bus.attach(Sinks { every_process: vec![local.clone()], once: vec![once.clone()] }).await.expect("attach");
+        let mut feed = bus.subscribe();
+
+        // Forged records of the entity `order:target`, ahead of its real event on the same partition (the bus's
+        // partitioner).
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &settings.brokers)
+            .set("partitioner", "murmur2_random")
+            .create()
+            .expect("producer");
+        let topic = settings.topic("order");
+        let wrong = Signer::new("another-secret-that-is-long-enough-0123456789").unwrap();
+        for (seq, signer) in [(100, None), (101, Some(&wrong))] {
+            let forged = super::event("order:target", seq);
+            let payload = serde_json::to_vec(&forged).unwrap();
+            let mut headers = OwnedHeaders::new().insert(Header { key: "event-id", value: Some(forged.id.as_str()) });
+            let signature = signer.map(|s: &Signer| s.sign_event(&topic, b"target", &payload));
+            if let Some(signature) = &signature {
+                headers = headers.insert(Header { key: signing::HEADER, value: Some(signature.as_str()) });
+            }
+            let record = FutureRecord::to(&topic).key("target").payload(&payload).headers(headers);
+            producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e).expect("forged record taken");
+        }
+        let published: Vec<EventRecord> =
+            std::iter::once(super::event("order:target", 1)).chain(super::interleaved(5, 2)).collect();
+        publish_like_the_relay(bus.as_ref(), &published).await;
+        // The forged records come before the real one in their partition: once it is handled, so were they.
+        let received = super::receive(&mut feed, &published, "the subscriber").await;
+        assert_all_in_order(&received, &published, "the subscriber");
+        for sink in [&local, &once] {
+            eventually(&format!("{} handled every event", sink.name), || sink.has_all(&published)).await;
+            assert_all_in_order(&sink.handled(), &published, sink.name);
+        }
+        bus.close().await;
+        forget(&settings).await;
+    }
 }

@@ -28,14 +28,16 @@ pub async fn images_are_read_back_as_stored(media: MediaStore) {
     assert_eq!(stored.format, ImageFormat::Jpeg);
     assert!(stored.name.starts_with(&format!("products/{id}/")) && stored.name.ends_with(".jpg"), "{}", stored.name);
     assert_eq!(stored.url(), format!("/media/{}", stored.name));
-    let (bytes, format) = media.product_image(&id, file_of(&stored.name)).await.unwrap().expect("found");
-    assert_eq!((bytes, format), (jpeg, ImageFormat::Jpeg));
+    let image = media.product_image(&id, file_of(&stored.name)).await.unwrap().expect("found");
+    assert_eq!((image.format, image.size), (ImageFormat::Jpeg, jpeg.len() as u64));
+    assert_eq!(image.bytes().await.unwrap(), jpeg);
+    assert!(media.has_product_image(&id, file_of(&stored.name)).await.unwrap());
 
     // A megabyte and a half, byte for byte.
     let large: Vec<u8> = (0..1_500_000u32).map(|i| (i * 7 % 251) as u8).collect();
     let stored = media.put_product_image(&id, png(&large)).await.expect("stored");
-    let (bytes, _) = media.product_image(&id, file_of(&stored.name)).await.unwrap().expect("found");
-    assert_eq!(bytes, png(&large));
+    let image = media.product_image(&id, file_of(&stored.name)).await.unwrap().expect("found");
+    assert_eq!(image.bytes().await.unwrap(), png(&large));
 }
 
 pub async fn names_follow_the_content(media: MediaStore) {
@@ -79,6 +81,7 @@ pub async fn unknown_names_find_nothing(media: MediaStore) {
         format!("../{id}/{file}"),
     ] {
         assert!(media.product_image(&id, &name).await.unwrap().is_none(), "{name}");
+        assert!(!media.has_product_image(&id, &name).await.unwrap(), "{name}");
     }
     assert!(media.product_image("..", file).await.unwrap().is_none());
 }

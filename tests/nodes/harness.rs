@@ -17,6 +17,8 @@ use tokio_tungstenite::tungstenite::Message;
 pub const ADMIN_EMAIL: &str = "admin@nodes.test";
 pub const ADMIN_PASSWORD: &str = "admin-password-1";
 const JWT_SECRET: &str = "nodes-test-secret-0123456789abcdef0123456789";
+/// `cluster.secret` of every deployment: the nodes sign their calls, answers and events with it.
+pub const CLUSTER_SECRET: &str = "nodes-test-cluster-secret-0123456789abcdef";
 
 fn required(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run these tests through scripts/test.sh"))
@@ -97,12 +99,16 @@ impl Deployment {
             ("BUS__KAFKA__PARTITIONS", if self.clustered { "6" } else { "2" }.into()),
             ("BUS__KAFKA__GROUP_ID", format!("nodes-{}", self.name)),
             ("AUTH__JWT_SECRET", JWT_SECRET.into()),
+            // Clustered or not, the processes share the Kafka bus: their events are signed and checked.
+            ("CLUSTER__SECRET", CLUSTER_SECRET.into()),
             ("AUTH__ARGON2_MEMORY_KIB", "1024".into()),
             ("AUTH__ARGON2_ITERATIONS", "1".into()),
             ("AUTH__BOOTSTRAP_ADMIN__EMAIL", ADMIN_EMAIL.into()),
             ("AUTH__BOOTSTRAP_ADMIN__PASSWORD", ADMIN_PASSWORD.into()),
             ("PAYMENTS__SIMULATED_LATENCY_MS", "5".into()),
             ("LOG__LEVEL", "info".into()),
+            // Several processes on one host: metrics with the API, where the tests scrape them.
+            ("TELEMETRY__METRICS_ADDR", String::new()),
         ];
         if self.clustered {
             env.push(("CLUSTER__ENABLED", "true".into()));

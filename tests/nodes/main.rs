@@ -3,6 +3,7 @@
 //! are `#[ignore]`d for plain `cargo test`; `scripts/test.sh` runs them with the servers up.
 
 mod cluster;
+mod forgery;
 mod harness;
 mod outages;
 mod shared;

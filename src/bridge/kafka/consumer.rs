@@ -1,12 +1,13 @@
 //! The bridge's consumers. Each runs in a task under a small supervisor that starts it again, with a fresh Kafka
 //! consumer, after an error or a panic (in a sink, say), until the bus stops it.
 //!
-//! Handling one event: it is decoded, dropped if its id was handled recently, then handed to each sink in turn. Only
-//! once every sink handled it is the event marked done: its offset stored for the next commit (shared group), or its
-//! partition's position advanced (every-process consumer). When a sink fails, the event's partition is paused and
-//! rewound to it, and fetched again after a backoff (100 ms doubling to 5 s), while the other partitions go on.
-//! Events are handled one at a time, so each partition's order is kept. A stop while an event is held back leaves it
-//! unmarked: the next member of the group, or the next start, gets it again.
+//! Handling one event: with a secret, its signature is checked first (a record without a valid one is dropped and
+//! counted, see [`crate::bridge::signing`]); it is decoded, dropped if its id was handled recently, then handed to
+//! each sink in turn. Only once every sink handled it is the event marked done: its offset stored for the next
+//! commit (shared group), or its partition's position advanced (every-process consumer). When a sink fails, the
+//! event's partition is paused and rewound to it, and fetched again after a backoff (100 ms doubling to 5 s), while
+//! the other partitions go on. Events are handled one at a time, so each partition's order is kept. A stop while an
+//! event is held back leaves it unmarked: the next member of the group, or the next start, gets it again.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,7 +18,7 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult};
-use rdkafka::message::{Message as _, OwnedMessage};
+use rdkafka::message::{Headers as _, Message as _, OwnedMessage};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaErrorCode;
@@ -25,6 +26,7 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
 use crate::bridge::recent::RecentIds;
+use crate::bridge::signing::{self, Channel, Signer};
 use crate::bridge::{deliver, EventSink};
 use crate::store::EventRecord;
 use crate::telemetry::metrics::KAFKA_CONSUMER_LAG;
@@ -79,6 +81,8 @@ pub(super) struct Consumer {
     /// Where handled events are broadcast to [`crate::bridge::EventBus::subscribe`]rs.
     feed: Option<broadcast::Sender<EventRecord>>,
     recent: Mutex<RecentIds<Arc<str>>>,
+    /// Checks each record's signature; `None`: records are taken unsigned.
+    signer: Option<Signer>,
 }
 
 impl Consumer {
@@ -88,8 +92,9 @@ impl Consumer {
         membership: Membership,
         sinks: Arc<RwLock<Vec<Arc<dyn EventSink>>>>,
         feed: Option<broadcast::Sender<EventRecord>>,
+        signer: Option<Signer>,
     ) -> Self {
-        Self { name, config, membership, sinks, feed, recent: Mutex::new(RecentIds::new(RECENT_IDS)) }
+        Self { name, config, membership, sinks, feed, recent: Mutex::new(RecentIds::new(RECENT_IDS)), signer }
     }
 
     /// Runs the consumer until `stop` flips to true (or its sender is dropped), restarting it after a failure.
@@ -206,6 +211,14 @@ impl Consumer {
     /// Hands the message's event to every sink, in turn, stopping at the first failure.
     async fn handle(&self, message: &OwnedMessage) -> Result<(), String> {
         let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
+        if let Some(signer) = &self.signer {
+            // Before anything reads it: a record no node of the deployment signed is dropped, and never comes again.
+            if let Err(refusal) = verify(signer, message) {
+                let detail = format!("{} consumer, {topic}/{partition}@{offset}", self.name);
+                signing::refused(Channel::Events, refusal, &detail);
+                return Ok(());
+            }
+        }
         let event = match message.payload().map(serde_json::from_slice::<EventRecord>) {
             Some(Ok(event)) => event,
             // Nothing will ever make it readable: waiting on it would only stop the partition.
@@ -283,6 +296,14 @@ impl Consumer {
             tracing::warn!(consumer = name, %error, "kafka consumer did not close cleanly");
         }
     }
+}
+
+/// Checks the record's [`signing::HEADER`] over its topic, key and payload.
+fn verify(signer: &Signer, message: &OwnedMessage) -> Result<(), signing::Refusal> {
+    let signature =
+        message.headers().and_then(|headers| headers.iter().find(|h| h.key == signing::HEADER).and_then(|h| h.value));
+    let (key, payload) = (message.key().unwrap_or_default(), message.payload().unwrap_or_default());
+    signer.verify_event(message.topic(), key, payload, signature)
 }
 
 /// Partitions held back after a sink failed on one of their events: paused and rewound to that event, they resume

@@ -1,17 +1,16 @@
-//! Orders, payments, coupons, notifications and emails in the embedded store.
+//! Orders, payments and coupons in the embedded store.
 
 use async_trait::async_trait;
 use redb::{ReadableTable, ReadableTableMetadata};
 
 use super::{
-    db_err, decode, documents_in, encode, read_all, read_all_u64, read_doc, EmbeddedStore, COUNTERS, COUPONS, EMAILS,
-    EMAIL_KEYS, EMAIL_NEXT, NOTIFICATIONS, NOTIFICATION_KEYS, NOTIFICATION_NEXT, ORDERS, ORDERS_BY_TIME,
-    ORDERS_BY_USER, PAYMENTS,
+    db_err, decode, documents_in, read_all, read_doc, EmbeddedStore, COUNTERS, COUPONS, ORDERS, ORDERS_BY_TIME,
+    ORDERS_BY_USER, PAYMENTS, PAYMENTS_BY_STATUS, PAYMENTS_BY_TIME, PAYMENT_COUNTS,
 };
 use crate::domain::coupon::Coupon;
 use crate::domain::order::Order;
 use crate::domain::payment::{Payment, PaymentStatus};
-use crate::store::{page_of, Email, Notification, NotificationStore, OrderQuery, Page, SalesStore, StoreError};
+use crate::store::{page_of, OrderQuery, Page, SalesStore, StoreError};
 
 /// Bumped when the order indexes change, so the next start rebuilds them.
 const ORDER_INDEX_VERSION: u64 = 1;
@@ -20,15 +19,19 @@ const ORDER_INDEX_VERSION_KEY: &str = "order_index_version";
 /// Sorts newest first, ties by id from the highest: the creation time counted down from the end of time, then the
 /// id's bytes counted down from 255 (in hex), closed by a character above every hex digit so that an id sorts
 /// before the ids it is a prefix of.
-fn order_key(o: &Order) -> String {
+fn newest_first_key(created_at: chrono::DateTime<chrono::Utc>, id: &str) -> String {
     use std::fmt::Write;
-    let micros = u64::try_from(o.created_at.timestamp_micros()).unwrap_or(0);
+    let micros = u64::try_from(created_at.timestamp_micros()).unwrap_or(0);
     let mut key = format!("{:020}|", u64::MAX - micros);
-    for b in o.id.bytes() {
+    for b in id.bytes() {
         let _ = write!(key, "{:02x}", 255 - b);
     }
     key.push('g');
     key
+}
+
+fn order_key(o: &Order) -> String {
+    newest_first_key(o.created_at, &o.id)
 }
 
 /// Indexes an order by user and by time. An order's user and creation time never change, so writing the entries
@@ -62,6 +65,78 @@ pub(super) fn prepare(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
     counters.insert(ORDER_INDEX_VERSION_KEY, ORDER_INDEX_VERSION).map_err(db_err)?;
     if !orders.is_empty() {
         tracing::info!(orders = orders.len(), "built the order indexes");
+    }
+    Ok(())
+}
+
+/// Bumped when the payment indexes change, so the next start rebuilds them.
+const PAYMENT_INDEX_VERSION: u64 = 1;
+const PAYMENT_INDEX_VERSION_KEY: &str = "payment_index_version";
+
+fn status_name(status: PaymentStatus) -> &'static str {
+    match status {
+        PaymentStatus::Pending => "pending",
+        PaymentStatus::Captured => "captured",
+        PaymentStatus::Failed => "failed",
+        PaymentStatus::Refunded => "refunded",
+    }
+}
+
+/// Indexes a payment by time and by status, moving its status entry (and count) when the status changed since
+/// `before`, the payment as stored until this write.
+pub(super) fn index_payment(
+    txn: &redb::WriteTransaction,
+    before: Option<PaymentStatus>,
+    p: &Payment,
+) -> Result<(), StoreError> {
+    let key = newest_first_key(p.created_at, &p.id);
+    txn.open_table(PAYMENTS_BY_TIME).map_err(db_err)?.insert(key.as_str(), p.id.as_str()).map_err(db_err)?;
+    if before == Some(p.status) {
+        return Ok(());
+    }
+    let mut by_status = txn.open_table(PAYMENTS_BY_STATUS).map_err(db_err)?;
+    let mut counts = txn.open_table(PAYMENT_COUNTS).map_err(db_err)?;
+    if let Some(old) = before.map(status_name) {
+        by_status.remove((old, key.as_str())).map_err(db_err)?;
+        let count = counts.get(old).map_err(db_err)?.map_or(0, |v| v.value());
+        counts.insert(old, count.saturating_sub(1)).map_err(db_err)?;
+    }
+    let new = status_name(p.status);
+    by_status.insert((new, key.as_str()), p.id.as_str()).map_err(db_err)?;
+    let count = counts.get(new).map_err(db_err)?.map_or(0, |v| v.value());
+    counts.insert(new, count + 1).map_err(db_err)?;
+    Ok(())
+}
+
+/// The status of the payment stored under `id` before a write replaces it.
+pub(super) fn stored_payment_status(
+    txn: &redb::WriteTransaction,
+    id: &str,
+) -> Result<Option<PaymentStatus>, StoreError> {
+    let table = txn.open_table(PAYMENTS).map_err(db_err)?;
+    let row = table.get(id).map_err(db_err)?;
+    Ok(row.map(|v| decode::<Payment>(v.value())).transpose()?.map(|p| p.status))
+}
+
+/// Opens the payment indexes, building them from the stored payments when this version has not yet.
+pub(super) fn prepare_payments(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let mut counters = txn.open_table(COUNTERS).map_err(db_err)?;
+    if counters.get(PAYMENT_INDEX_VERSION_KEY).map_err(db_err)?.map(|v| v.value()) == Some(PAYMENT_INDEX_VERSION) {
+        txn.open_table(PAYMENTS_BY_TIME).map_err(db_err)?;
+        txn.open_table(PAYMENTS_BY_STATUS).map_err(db_err)?;
+        txn.open_table(PAYMENT_COUNTS).map_err(db_err)?;
+        return Ok(());
+    }
+    txn.delete_table(PAYMENTS_BY_TIME).map_err(db_err)?;
+    txn.delete_table(PAYMENTS_BY_STATUS).map_err(db_err)?;
+    txn.delete_table(PAYMENT_COUNTS).map_err(db_err)?;
+    let payments: Vec<Payment> = documents_in(txn, PAYMENTS)?;
+    for p in &payments {
+        index_payment(txn, None, p)?;
+    }
+    counters.insert(PAYMENT_INDEX_VERSION_KEY, PAYMENT_INDEX_VERSION).map_err(db_err)?;
+    if !payments.is_empty() {
+        tracing::info!(payments = payments.len(), "built the payment indexes");
     }
     Ok(())
 }
@@ -158,11 +233,40 @@ impl SalesStore for EmbeddedStore {
         page: u32,
         limit: u32,
     ) -> Result<Page<Payment>, StoreError> {
+        // Newest first through the time index, or the status index when a status is asked for: the page alone is
+        // read and decoded.
         self.run(move |db| {
-            let mut payments: Vec<Payment> = read_all(db, PAYMENTS)?;
-            payments.retain(|p| status.is_none_or(|s| p.status == s));
-            payments.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| b.id.cmp(&a.id)));
-            Ok(page_of(payments, page, limit))
+            let txn = db.begin_read().map_err(db_err)?;
+            let payments = txn.open_table(PAYMENTS).map_err(db_err)?;
+            let start = (page.saturating_sub(1) as usize).saturating_mul(limit as usize);
+            let mut ids = Vec::new();
+            let total = match status.map(status_name) {
+                Some(status) => {
+                    let index = txn.open_table(PAYMENTS_BY_STATUS).map_err(db_err)?;
+                    for row in
+                        index.range((status, "")..=(status, "~")).map_err(db_err)?.skip(start).take(limit as usize)
+                    {
+                        ids.push(row.map_err(db_err)?.1.value().to_string());
+                    }
+                    let counts = txn.open_table(PAYMENT_COUNTS).map_err(db_err)?;
+                    let count = counts.get(status).map_err(db_err)?.map_or(0, |v| v.value());
+                    count
+                }
+                None => {
+                    let index = txn.open_table(PAYMENTS_BY_TIME).map_err(db_err)?;
+                    for row in index.iter().map_err(db_err)?.skip(start).take(limit as usize) {
+                        ids.push(row.map_err(db_err)?.1.value().to_string());
+                    }
+                    index.len().map_err(db_err)?
+                }
+            };
+            let mut items = Vec::with_capacity(ids.len());
+            for id in ids {
+                if let Some(row) = payments.get(id.as_str()).map_err(db_err)? {
+                    items.push(decode(row.value())?);
+                }
+            }
+            Ok(Page { items, page, limit, total, total_is_exact: true })
         })
         .await
     }
@@ -174,126 +278,5 @@ impl SalesStore for EmbeddedStore {
 
     async fn list_coupons(&self, page: u32, limit: u32) -> Result<Page<Coupon>, StoreError> {
         self.run(move |db| Ok(page_of(read_all(db, COUPONS)?, page, limit))).await
-    }
-}
-
-/// Takes the next value of a counter inside a write transaction.
-fn next_id(txn: &redb::WriteTransaction, counter: &str) -> Result<u64, StoreError> {
-    let mut counters = txn.open_table(COUNTERS).map_err(db_err)?;
-    let id = counters.get(counter).map_err(db_err)?.map_or(1, |v| v.value());
-    counters.insert(counter, id + 1).map_err(db_err)?;
-    Ok(id)
-}
-
-#[async_trait]
-impl NotificationStore for EmbeddedStore {
-    /// Joins the group commit: notifications stored for many events at once share one fsync with the journal.
-    async fn insert_notification(&self, mut n: Notification) -> Result<Notification, StoreError> {
-        self.write(move |txn| {
-            let key = format!("{}|{}", n.event_id, n.user_id.as_deref().unwrap_or("*"));
-            let mut keys = txn.open_table(NOTIFICATION_KEYS).map_err(db_err)?;
-            let stored = keys.get(key.as_str()).map_err(db_err)?.map(|id| id.value());
-            if let Some(id) = stored {
-                let table = txn.open_table(NOTIFICATIONS).map_err(db_err)?;
-                let row = table.get(id).map_err(db_err)?;
-                let row =
-                    row.ok_or_else(|| StoreError::Corrupt(format!("notification {id} is indexed but missing")))?;
-                return decode(row.value());
-            }
-            n.id = next_id(txn, NOTIFICATION_NEXT)?;
-            keys.insert(key.as_str(), n.id).map_err(db_err)?;
-            txn.open_table(NOTIFICATIONS).map_err(db_err)?.insert(n.id, encode(&n)?.as_slice()).map_err(db_err)?;
-            Ok(n)
-        })
-        .await
-    }
-
-    async fn list_notifications(
-        &self,
-        user_id: &str,
-        page: u32,
-        limit: u32,
-    ) -> Result<(Page<Notification>, u64), StoreError> {
-        let user_id = user_id.to_string();
-        self.run(move |db| {
-            let mut mine: Vec<Notification> = read_all_u64(db, NOTIFICATIONS)?;
-            mine.retain(|n| n.user_id.as_deref() == Some(user_id.as_str()));
-            let unread = mine.iter().filter(|n| !n.read).count() as u64;
-            mine.reverse();
-            Ok((page_of(mine, page, limit), unread))
-        })
-        .await
-    }
-
-    async fn mark_read(&self, user_id: &str, id: u64) -> Result<bool, StoreError> {
-        let user_id = user_id.to_string();
-        self.run(move |db| {
-            let txn = db.begin_write().map_err(db_err)?;
-            let found = {
-                let mut table = txn.open_table(NOTIFICATIONS).map_err(db_err)?;
-                let current: Option<Notification> =
-                    table.get(id).map_err(db_err)?.map(|v| decode(v.value())).transpose()?;
-                match current {
-                    Some(mut n) if n.user_id.as_deref() == Some(user_id.as_str()) => {
-                        n.read = true;
-                        table.insert(id, encode(&n)?.as_slice()).map_err(db_err)?;
-                        true
-                    }
-                    _ => false,
-                }
-            };
-            txn.commit().map_err(db_err)?;
-            Ok(found)
-        })
-        .await
-    }
-
-    async fn notifications_after(
-        &self,
-        user_id: &str,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<Notification>, StoreError> {
-        let user_id = user_id.to_string();
-        self.run(move |db| {
-            let txn = db.begin_read().map_err(db_err)?;
-            let table = txn.open_table(NOTIFICATIONS).map_err(db_err)?;
-            let mut out = Vec::new();
-            for row in table.range(after.saturating_add(1)..).map_err(db_err)? {
-                let n: Notification = decode(row.map_err(db_err)?.1.value())?;
-                if n.user_id.is_none() || n.user_id.as_deref() == Some(user_id.as_str()) {
-                    out.push(n);
-                    if out.len() >= limit {
-                        break;
-                    }
-                }
-            }
-            Ok(out)
-        })
-        .await
-    }
-
-    async fn insert_email(&self, mut email: Email) -> Result<bool, StoreError> {
-        self.write(move |txn| {
-            let key = format!("{}|{}", email.event_id, email.template);
-            let mut keys = txn.open_table(EMAIL_KEYS).map_err(db_err)?;
-            if keys.get(key.as_str()).map_err(db_err)?.is_some() {
-                return Ok(false);
-            }
-            email.id = next_id(txn, EMAIL_NEXT)?;
-            keys.insert(key.as_str(), email.id).map_err(db_err)?;
-            txn.open_table(EMAILS).map_err(db_err)?.insert(email.id, encode(&email)?.as_slice()).map_err(db_err)?;
-            Ok(true)
-        })
-        .await
-    }
-
-    async fn list_emails(&self, page: u32, limit: u32) -> Result<Page<Email>, StoreError> {
-        self.run(move |db| {
-            let mut emails: Vec<Email> = read_all_u64(db, EMAILS)?;
-            emails.reverse();
-            Ok(page_of(emails, page, limit))
-        })
-        .await
     }
 }

@@ -288,6 +288,23 @@ struct Unpublished {
     events: Vec<EventRecord>,
     #[serde(default)]
     acked: Vec<u64>,
+    /// Absent from the acknowledgement's projection; read only where the outbox publishes.
+    #[serde(default = "applied_unless_read")]
+    applied: bool,
+    #[serde(default)]
+    stream: String,
+    #[serde(default)]
+    last_seq: u64,
+    #[serde(default)]
+    snapshot: Option<Snapshot>,
+    #[serde(default)]
+    read_model: Option<StoredReadModel>,
+    #[serde(default)]
+    active: bool,
+}
+
+fn applied_unless_read() -> bool {
+    true
 }
 
 #[async_trait]
@@ -339,13 +356,33 @@ impl EventStore for MongoStore {
             .coll(COMMITS)
             .find(doc! {"published": false})
             .sort(doc! {"position": 1})
-            .projection(doc! {"position": 1, "lastPosition": 1, "events": 1, "acked": 1})
+            .projection(doc! {
+                "position": 1, "lastPosition": 1, "events": 1, "acked": 1,
+                "applied": 1, "stream": 1, "lastSeq": 1, "snapshot": 1, "readModel": 1, "active": 1,
+            })
             .batch_size(limit.min(256) as u32)
             .await
             .map_err(store_err)?;
         let mut finished = Vec::new();
+        let mut unapplied = Vec::new();
         while out.len() < limit && cursor.advance().await.map_err(store_err)? {
-            let c: Unpublished = from_doc(cursor.deserialize_current().map_err(store_err)?)?;
+            let document = cursor.deserialize_current().map_err(store_err)?;
+            let mut c: Unpublished = from_doc(super::lenient_bools(document, &["applied", "active"]))?;
+            if !c.applied {
+                // A commit whose writer was cut off (an actor killed between the commit document and its read
+                // model) is finished before its events go out, as the embedded store's single transaction
+                // guarantees: a subscriber reacting to an event (a cache invalidation) must find the read model
+                // that event produced. Racing a writer still finishing it is harmless (idempotent, version-guarded).
+                unapplied.push(Derived {
+                    commit_id: Some(c.id.clone()),
+                    stream: std::mem::take(&mut c.stream),
+                    seq: c.last_seq,
+                    snapshot: c.snapshot.take(),
+                    read_model: c.read_model.take(),
+                    active: c.active,
+                    replace_equal: false,
+                });
+            }
             let acked: BTreeSet<u64> = c.acked.into_iter().collect();
             if (c.position..=c.last_position).all(|p| acked.contains(&p)) {
                 // Acknowledged in parts by two relays at once: nothing left to publish.
@@ -358,6 +395,9 @@ impl EventStore for MongoStore {
             }
         }
         drop(cursor);
+        for derived in unapplied {
+            self.finish(derived).await?;
+        }
         self.mark_published(finished).await?;
         Ok(out)
     }
