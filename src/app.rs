@@ -281,6 +281,7 @@ impl Application {
             relay.spawn(stop.clone()),
             spawn_cache_invalidation(bus.subscribe(), catalog.clone(), stop.clone()),
             resumer.spawn(RESUME_EVERY, resume_now, stop.clone()),
+            spawn_purge(store.clone(), revocations.clone(), stop.clone()),
             chaos.spawn(killable, stop),
         ];
         let background: Vec<JoinHandle<()>> = background.into_iter().chain(metrics).collect();
@@ -324,6 +325,7 @@ impl Application {
             ),
             ctx,
             limits,
+            ready: Default::default(),
             dependencies: Arc::new(Dependencies {
                 store_backend: config.store.backend.name(),
                 store: store.clone(),
@@ -383,7 +385,9 @@ impl Application {
                 let _ = stopped.wait_for(|stop| *stop).await;
             };
             tokio::spawn(async move {
-                if let Err(error) = axum::serve(listener, http::metrics_app()).with_graceful_shutdown(until).await {
+                if let Err(error) =
+                    axum::serve(listener, crate::telemetry::metrics::listener_app()).with_graceful_shutdown(until).await
+                {
                     tracing::warn!(%error, "the metrics listener stopped");
                 }
             })
@@ -445,6 +449,34 @@ fn spawn_cache_invalidation(
                     Err(broadcast::error::RecvError::Lagged(n)) => tracing::warn!(missed = n, "cache invalidation lagged"),
                     Err(broadcast::error::RecvError::Closed) => break,
                 },
+                _ = stop.changed() => break,
+            }
+        }
+    })
+}
+
+/// How often expired refresh tokens and revocations are deleted.
+const PURGE_EVERY: Duration = Duration::from_secs(600);
+
+/// Deletes expired refresh tokens and revocations at start and every [`PURGE_EVERY`], so that sign-ins and
+/// sign-outs do not grow the store for good. Every process may do it: deleting what expired is idempotent.
+fn spawn_purge(
+    store: Arc<dyn Store>,
+    revocations: Arc<dyn RevocationStore>,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(PURGE_EVERY);
+        loop {
+            tokio::select! {
+                _ = every.tick() => {
+                    let now = chrono::Utc::now();
+                    match tokio::try_join!(store.purge_expired_refresh_tokens(now), revocations.purge_expired(now)) {
+                        Ok((0, 0)) => {}
+                        Ok((tokens, revoked)) => tracing::info!(tokens, revoked, "purged expired refresh tokens and revocations"),
+                        Err(error) => tracing::warn!(%error, "purging expired refresh tokens and revocations failed; trying again later"),
+                    }
+                }
                 _ = stop.changed() => break,
             }
         }

@@ -41,6 +41,7 @@ use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
 
 pub use error::ApiError;
+pub use health::ReadyCache;
 pub use ws::SocketLimits;
 
 use crate::auth::AuthService;
@@ -88,6 +89,8 @@ pub struct AppServices {
     pub ctx: Arc<crate::actors::EntityContext>,
     /// Every rate limit: sign-in and sign-up, refresh, per account, checkout, coupon codes.
     pub limits: RateLimits,
+    /// The last `/ready` answer, reused for a second.
+    pub ready: ReadyCache,
     /// What `/ready` checks besides the entity supervisors.
     pub dependencies: Arc<Dependencies>,
     pub cookie_secure: bool,
@@ -109,11 +112,6 @@ pub struct Dependencies {
     pub revocations: Arc<dyn crate::store::RevocationStore>,
     pub bus: Arc<dyn crate::bridge::EventBus>,
     pub cache: Arc<dyn crate::cache::ProductCache>,
-}
-
-/// What the listener of `telemetry.metrics_addr` serves.
-pub fn metrics_app() -> Router {
-    metrics::own_listener()
 }
 
 pub fn app(state: AppState) -> Router {

@@ -166,6 +166,9 @@ pub trait UserStore: Send + Sync {
     async fn refresh_token(&self, hash: &str) -> Result<Option<RefreshToken>, StoreError>;
     /// Atomically marks the token used and says whether it was already.
     async fn use_refresh_token(&self, hash: &str) -> Result<RefreshUse, StoreError>;
+    /// Deletes the refresh tokens expired by `now` (used or not: an expired token is refused either way); returns
+    /// how many.
+    async fn purge_expired_refresh_tokens(&self, now: Timestamp) -> Result<u64, StoreError>;
 }
 
 /// Revoked token ids and token families, each remembered until the tokens would have expired anyway.
@@ -173,6 +176,9 @@ pub trait UserStore: Send + Sync {
 pub trait RevocationStore: Send + Sync {
     async fn revoke(&self, key: &str, until: Timestamp) -> Result<(), StoreError>;
     async fn any_revoked(&self, keys: &[String]) -> Result<bool, StoreError>;
+    /// Deletes the revocations whose `until` has passed by `now` (the tokens they name have expired); returns how
+    /// many.
+    async fn purge_expired(&self, now: Timestamp) -> Result<u64, StoreError>;
 }
 
 #[derive(Debug, Clone, Default)]

@@ -1,4 +1,5 @@
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -24,11 +25,38 @@ async fn health() -> Json<Value> {
 /// Each dependency's state. 503 when requests cannot be served: the store is down, revocations cannot be checked
 /// (authentication fails closed), or the entity supervisors are not running. A bus, cache or media store that is down
 /// leaves the service working (the outbox holds events; reads go to the store; only image uploads and image reads
-/// fail): 200 with `"status": "degraded"`.
+/// fail): 200 with `"status": "degraded"`. Only states are shown (why a dependency is down goes to the log, not to
+/// whoever asks), and the answer is reused for a second, so asking often costs the dependencies nothing more.
 #[utoipa::path(get, path = "/ready", tag = "health",
     responses((status = 200, description = "`status` is `ready` or `degraded`, with each dependency's state", body = serde_json::Value),
         (status = 503, description = "`status: unavailable`: the store, revocations or the supervisors are down", body = serde_json::Value)))]
 async fn ready(State(state): State<AppState>) -> Response {
+    let (code, body) = state.ready.get_or_probe(|| probe_all(&state)).await;
+    (code, Json(body)).into_response()
+}
+
+/// The last `/ready` answer, reused for [`ReadyCache::FRESH`].
+#[derive(Clone, Default)]
+pub struct ReadyCache(Arc<Mutex<Option<(Instant, StatusCode, Value)>>>);
+
+impl ReadyCache {
+    const FRESH: Duration = Duration::from_secs(1);
+
+    async fn get_or_probe<F: std::future::Future<Output = (StatusCode, Value)>>(
+        &self,
+        probe: impl FnOnce() -> F,
+    ) -> (StatusCode, Value) {
+        let cached = self.0.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        if let Some((_, code, body)) = cached.filter(|(at, ..)| at.elapsed() < Self::FRESH) {
+            return (code, body);
+        }
+        let (code, body) = probe().await;
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some((Instant::now(), code, body.clone()));
+        (code, body)
+    }
+}
+
+async fn probe_all(state: &AppState) -> (StatusCode, Value) {
     let deps = &state.dependencies;
     let within = |what: &'static str| move |_| Err(format!("{what} did not answer within {} ms", PROBE.as_millis()));
     let probe_key = ["ready-probe".to_string()];
@@ -68,8 +96,15 @@ async fn ready(State(state): State<AppState>) -> Response {
         "media": probe(Some(state.media.backend()), &media),
         "supervisors": if supervisors { "up" } else { "down" },
     });
+    for (what, result) in
+        [("store", &store), ("revocations", &revocations), ("bus", &bus), ("cache", &cache), ("media", &media)]
+    {
+        if let Err(error) = result {
+            tracing::warn!(dependency = what, %error, "readiness probe: down");
+        }
+    }
     let code = if serving { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (code, Json(body)).into_response()
+    (code, body)
 }
 
 /// How long `/ready` waits for each dependency.
@@ -79,9 +114,6 @@ fn probe(backend: Option<&str>, result: &Result<(), String>) -> Value {
     let mut state = json!({ "status": if result.is_ok() { "up" } else { "down" } });
     if let Some(backend) = backend {
         state["backend"] = backend.into();
-    }
-    if let Err(error) = result {
-        state["error"] = error.as_str().into();
     }
     state
 }

@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, Method};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use utoipa_axum::router::OpenApiRouter;
@@ -16,15 +16,6 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(render))
 }
 
-/// The listener of `telemetry.metrics_addr`: `/metrics` and nothing else.
-pub fn own_listener() -> axum::Router {
-    axum::Router::new().route("/metrics", axum::routing::get(|| async { text() }))
-}
-
-fn text() -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], metrics::render()).into_response()
-}
-
 /// Prometheus metrics in the text format (README: Observability), when served with the API
 /// (`telemetry.metrics_addr` empty); 404 when `telemetry.metrics` is off or they have a listener of their own.
 #[utoipa::path(get, path = "/metrics", tag = "health",
@@ -35,7 +26,7 @@ async fn render(State(state): State<AppState>) -> Response {
         return ApiError::not_found("not_found", "metrics are not served here (telemetry.metrics_addr)")
             .into_response();
     }
-    text()
+    metrics::text_response()
 }
 
 /// Counts and times a request under its route template (`/api/products/{id}`), never its raw path, so ids do not

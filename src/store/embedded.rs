@@ -28,6 +28,9 @@ pub(super) const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("use
 pub(super) const USER_EMAILS: TableDefinition<&str, &str> = TableDefinition::new("user_emails");
 pub(super) const REFRESH: TableDefinition<&str, &[u8]> = TableDefinition::new("refresh_tokens");
 pub(super) const REVOKED: TableDefinition<&str, i64> = TableDefinition::new("revocations");
+/// `(expiry in seconds, key)` of refresh tokens (by hash) and revocations, for purging what has expired.
+pub(super) const REFRESH_BY_EXPIRY: TableDefinition<(i64, &str), ()> = TableDefinition::new("refresh_tokens_by_expiry");
+pub(super) const REVOKED_BY_UNTIL: TableDefinition<(i64, &str), ()> = TableDefinition::new("revocations_by_until");
 pub(super) const ORDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("orders");
 /// Orders newest first: `(user id, order key)` and `order key` (see `sales::order_key`) to the order's id.
 pub(super) const ORDERS_BY_USER: TableDefinition<(&str, &str), &str> = TableDefinition::new("orders_by_user");
@@ -61,6 +64,8 @@ pub struct EmbeddedStore {
     db: Arc<Database>,
     /// Journal commits and the writes event sinks make go to the group committer (see [`group_commit`]).
     commits: std::sync::mpsc::Sender<Queued>,
+    /// Writes handed to the committer, for tests that count what a call writes.
+    writes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// A write waiting for the group committer, which says how it went.
@@ -199,6 +204,7 @@ impl EmbeddedStore {
             for table in [ORDERS, PAYMENTS, COUPONS] {
                 txn.open_table(table).map_err(db_err)?;
             }
+            accounts::prepare(&txn)?;
             sales::prepare(&txn)?;
             sales::prepare_payments(&txn)?;
             notifications::prepare(&txn)?;
@@ -213,7 +219,7 @@ impl EmbeddedStore {
             .name("store-commits".into())
             .spawn(move || group_commit(&committer, &queue))
             .map_err(|e| io("start the committer for", e))?;
-        Ok(Self { db, commits })
+        Ok(Self { db, commits, writes: Arc::default() })
     }
 
     pub fn close_watch(&self) -> CloseWatch {
@@ -228,6 +234,7 @@ impl EmbeddedStore {
         F: FnOnce(&redb::WriteTransaction) -> Result<T, StoreError> + Send + 'static,
     {
         let (reply, done) = tokio::sync::oneshot::channel();
+        self.writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let pending = Box::new(Pending { write: Some(write), value: None, reply });
         self.commits.send(pending).map_err(|_| StoreError::Unavailable("the store is closed".into()))?;
         done.await.map_err(|_| StoreError::Unavailable("the store committer stopped".into()))?

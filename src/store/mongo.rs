@@ -102,6 +102,7 @@ impl MongoStore {
             (PAYMENTS, sales::payment_indexes()),
             (USERS, accounts::user_indexes()),
             (REVOKED, accounts::revocation_indexes()),
+            (REFRESH, accounts::refresh_token_indexes()),
             (NOTIFICATIONS, notifications::notification_indexes()),
             (EMAILS, notifications::email_indexes()),
         ];

@@ -1,4 +1,5 @@
-//! Prometheus metrics: the names this node reports, what each means, and the recorder `GET /metrics` renders.
+//! Prometheus metrics: the names this node reports, what each means, the recorder `GET /metrics` renders, and the
+//! listener of `telemetry.metrics_addr` that serves it apart from the API.
 //!
 //! Instruments call the `metrics` macros with these names where the thing happens (the HTTP layer, the entity
 //! actors and their supervisors, the outbox relay, the saga, sign-in, the product cache). The recorder is global to
@@ -69,6 +70,17 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
 /// The metrics in the Prometheus text format.
 pub fn render() -> String {
     handle().map(PrometheusHandle::render).unwrap_or_default()
+}
+
+/// `GET /metrics`'s answer: the text format with its content type.
+pub fn text_response() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], render()).into_response()
+}
+
+/// What the listener of `telemetry.metrics_addr` serves: `GET /metrics`, and 404 for anything else.
+pub fn listener_app() -> axum::Router {
+    axum::Router::new().route("/metrics", axum::routing::get(|| async { text_response() }))
 }
 
 /// Folds recorded histogram samples into their buckets; run every few seconds so samples never pile up between

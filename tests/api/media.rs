@@ -164,6 +164,9 @@ async fn an_unreachable_bucket_degrades_the_node_and_fails_only_images() {
         (ready.body["media"]["backend"].as_str(), ready.body["media"]["status"].as_str()),
         (Some("s3"), Some("down"))
     );
+    // Security review L2: states only; why it is down (addresses, statuses) goes to the log.
+    assert_eq!(ready.body["media"], serde_json::json!({"backend": "s3", "status": "down"}));
+    assert!(!ready.body.to_string().contains("127.0.0.1"), "{:?}", ready.body);
 
     let admin = app.admin().await;
     let product = app.create_product(&admin, "Lamp", 4990, 3).await;

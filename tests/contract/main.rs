@@ -105,4 +105,5 @@ contract! {
     sales_listed_newest_first => crate::store::sales_are_listed_newest_first,
     notifications_numbered_once => crate::store::notifications_are_numbered_once_per_event_and_user,
     emails_stored_once => crate::store::emails_are_stored_once_per_event_and_template,
+    expired_refresh_tokens_purged => crate::store::expired_refresh_tokens_are_purged,
 }

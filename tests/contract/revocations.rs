@@ -34,6 +34,17 @@ pub async fn a_revocation_holds_until_its_expiry(store: &dyn RevocationStore) {
     assert!(store.any_revoked(&keys(&["jti:a"])).await.unwrap());
 }
 
+/// Security review L3: revocations past their `until` are deleted by a purge (Redis expires them by itself), and a
+/// purge never forgets one still in force.
+pub async fn expired_revocations_are_purged(store: &dyn RevocationStore) {
+    store.revoke("jti:old", in_ms(-60_000)).await.unwrap();
+    store.revoke("fam:live", in_ms(3_600_000)).await.unwrap();
+    store.purge_expired(Utc::now()).await.unwrap();
+    assert!(!store.any_revoked(&keys(&["jti:old"])).await.unwrap());
+    assert!(store.any_revoked(&keys(&["fam:live"])).await.unwrap());
+    assert_eq!(store.purge_expired(Utc::now()).await.unwrap(), 0, "nothing left to purge");
+}
+
 pub async fn a_later_revocation_never_shortens_one(store: &dyn RevocationStore) {
     store.revoke("fam:f", in_ms(3_600_000)).await.unwrap();
     store.revoke("fam:f", in_ms(300)).await.unwrap();
@@ -43,6 +54,7 @@ pub async fn a_later_revocation_never_shortens_one(store: &dyn RevocationStore) 
 
 mod embedded {
     use commercex::store::embedded::EmbeddedStore;
+    use commercex::store::RevocationStore;
     use tempfile::TempDir;
 
     fn store() -> (TempDir, EmbeddedStore) {
@@ -68,6 +80,17 @@ mod embedded {
         let (_dir, store) = store();
         super::a_later_revocation_never_shortens_one(&store).await;
     }
+
+    #[tokio::test]
+    async fn expired_revocations_are_purged() {
+        let (_dir, store) = store();
+        super::expired_revocations_are_purged(&store).await;
+        // What the purge deleted, it deleted from the file.
+        let (dir, store) = (_dir, store);
+        drop(store);
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        assert_eq!(store.purge_expired(chrono::Utc::now() + chrono::Duration::hours(2)).await.unwrap(), 1);
+    }
 }
 
 mod redis {
@@ -92,6 +115,12 @@ mod redis {
     #[ignore = "needs the real servers: scripts/test.sh"]
     async fn a_later_revocation_never_shortens_one() {
         super::a_later_revocation_never_shortens_one(&RedisRevocations::new(redis("revocations-longest"))).await;
+    }
+
+    #[tokio::test]
+    #[ignore = "needs the real servers: scripts/test.sh"]
+    async fn expired_revocations_are_purged() {
+        super::expired_revocations_are_purged(&RedisRevocations::new(redis("revocations-purge"))).await;
     }
 
     #[tokio::test]
@@ -158,6 +187,12 @@ mod mongodb {
     #[ignore = "needs the real servers: scripts/test.sh"]
     async fn a_later_revocation_never_shortens_one() {
         on_mongodb(|store| async move { super::a_later_revocation_never_shortens_one(&store).await }).await;
+    }
+
+    #[tokio::test]
+    #[ignore = "needs the real servers: scripts/test.sh"]
+    async fn expired_revocations_are_purged() {
+        on_mongodb(|store| async move { super::expired_revocations_are_purged(&store).await }).await;
     }
 
     /// Expired revocations no longer count, whenever the server's TTL monitor gets to removing them.

@@ -434,3 +434,24 @@ pub async fn emails_are_stored_once_per_event_and_template(store: Arc<dyn Store>
     assert_eq!((second.items.len(), second.total), (1, 3));
     assert_eq!(second.items[0].template, "order_confirmation");
 }
+
+fn refresh(user: &str, expires_at: commercex::domain::Timestamp) -> RefreshToken {
+    RefreshToken { user_id: user.into(), family_id: format!("fam-{user}"), expires_at, used: false }
+}
+
+/// Security review L3: refresh tokens were kept for good. A purge deletes the expired ones, used or not, and keeps
+/// the rest.
+pub async fn expired_refresh_tokens_are_purged(store: Arc<dyn Store>) {
+    let now = chrono::Utc::now();
+    let hour = chrono::Duration::hours(1);
+    store.insert_refresh_token("h-old", &refresh("u1", now - hour)).await.unwrap();
+    store.insert_refresh_token("h-old-used", &refresh("u2", now - hour)).await.unwrap();
+    store.use_refresh_token("h-old-used").await.unwrap();
+    store.insert_refresh_token("h-live", &refresh("u3", now + hour)).await.unwrap();
+    assert_eq!(store.purge_expired_refresh_tokens(now).await.unwrap(), 2);
+    assert_eq!(store.refresh_token("h-old").await.unwrap(), None);
+    assert_eq!(store.refresh_token("h-old-used").await.unwrap(), None);
+    let live = store.refresh_token("h-live").await.unwrap().expect("an unexpired token stays");
+    assert_eq!(live.user_id, "u3");
+    assert_eq!(store.purge_expired_refresh_tokens(now).await.unwrap(), 0, "nothing twice");
+}

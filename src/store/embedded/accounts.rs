@@ -1,12 +1,66 @@
-//! Users, refresh tokens and revocations in the embedded store.
+//! Users, refresh tokens and revocations in the embedded store. Refresh tokens and revocations are also indexed by
+//! when they expire, so that a purge reads only what has expired.
 
 use async_trait::async_trait;
 use redb::ReadableTable;
 
-use super::{db_err, decode, encode, read_all, read_doc, EmbeddedStore, REFRESH, REVOKED, USERS, USER_EMAILS};
+use super::{
+    db_err, decode, encode, read_all, read_doc, EmbeddedStore, COUNTERS, REFRESH, REVOKED, USERS, USER_EMAILS,
+};
+use super::{REFRESH_BY_EXPIRY, REVOKED_BY_UNTIL};
 use crate::domain::user::User;
 use crate::domain::Timestamp;
 use crate::store::{page_of, Page, RefreshToken, RefreshUse, RevocationStore, StoreError, UserStore};
+
+/// Bumped when the expiry indexes change, so the next start rebuilds them.
+const EXPIRY_INDEX_VERSION: u64 = 1;
+const EXPIRY_INDEX_VERSION_KEY: &str = "expiry_index_version";
+
+/// Opens the account tables, indexing stored refresh tokens and revocations by expiry when this version has not.
+pub(super) fn prepare(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let mut counters = txn.open_table(COUNTERS).map_err(db_err)?;
+    if counters.get(EXPIRY_INDEX_VERSION_KEY).map_err(db_err)?.map(|v| v.value()) == Some(EXPIRY_INDEX_VERSION) {
+        txn.open_table(REFRESH_BY_EXPIRY).map_err(db_err)?;
+        txn.open_table(REVOKED_BY_UNTIL).map_err(db_err)?;
+        return Ok(());
+    }
+    txn.delete_table(REFRESH_BY_EXPIRY).map_err(db_err)?;
+    txn.delete_table(REVOKED_BY_UNTIL).map_err(db_err)?;
+    let mut by_expiry = txn.open_table(REFRESH_BY_EXPIRY).map_err(db_err)?;
+    for row in txn.open_table(REFRESH).map_err(db_err)?.iter().map_err(db_err)? {
+        let (hash, token) = row.map_err(db_err)?;
+        let token: RefreshToken = decode(token.value())?;
+        by_expiry.insert((token.expires_at.timestamp(), hash.value()), ()).map_err(db_err)?;
+    }
+    let mut by_until = txn.open_table(REVOKED_BY_UNTIL).map_err(db_err)?;
+    for row in txn.open_table(REVOKED).map_err(db_err)?.iter().map_err(db_err)? {
+        let (key, until) = row.map_err(db_err)?;
+        by_until.insert((until.value(), key.value()), ()).map_err(db_err)?;
+    }
+    counters.insert(EXPIRY_INDEX_VERSION_KEY, EXPIRY_INDEX_VERSION).map_err(db_err)?;
+    Ok(())
+}
+
+/// Deletes from `table` the keys `index` lists as expired by `now` (seconds), and their index entries.
+fn purge<V: redb::Value + 'static>(
+    txn: &redb::WriteTransaction,
+    index: redb::TableDefinition<(i64, &str), ()>,
+    table: redb::TableDefinition<&str, V>,
+    now: i64,
+) -> Result<u64, StoreError> {
+    let mut index = txn.open_table(index).map_err(db_err)?;
+    let mut table = txn.open_table(table).map_err(db_err)?;
+    let expired: Vec<(i64, String)> = index
+        .range((i64::MIN, "")..(now, ""))
+        .map_err(db_err)?
+        .map(|row| row.map(|(k, _)| (k.value().0, k.value().1.to_string())).map_err(db_err))
+        .collect::<Result<_, _>>()?;
+    for (at, key) in &expired {
+        index.remove((*at, key.as_str())).map_err(db_err)?;
+        table.remove(key.as_str()).map_err(db_err)?;
+    }
+    Ok(expired.len() as u64)
+}
 
 #[async_trait]
 impl UserStore for EmbeddedStore {
@@ -97,6 +151,8 @@ impl UserStore for EmbeddedStore {
                     return Err(StoreError::Duplicate("refresh token"));
                 }
                 table.insert(hash.as_str(), encode(&token)?.as_slice()).map_err(db_err)?;
+                let mut by_expiry = txn.open_table(REFRESH_BY_EXPIRY).map_err(db_err)?;
+                by_expiry.insert((token.expires_at.timestamp(), hash.as_str()), ()).map_err(db_err)?;
             }
             txn.commit().map_err(db_err)
         })
@@ -131,6 +187,10 @@ impl UserStore for EmbeddedStore {
         })
         .await
     }
+
+    async fn purge_expired_refresh_tokens(&self, now: Timestamp) -> Result<u64, StoreError> {
+        self.write(move |txn| purge(txn, REFRESH_BY_EXPIRY, REFRESH, now.timestamp())).await
+    }
 }
 
 #[async_trait]
@@ -140,8 +200,16 @@ impl RevocationStore for EmbeddedStore {
         self.run(move |db| {
             let txn = db.begin_write().map_err(db_err)?;
             {
+                // A later revocation never shortens an earlier one.
                 let mut table = txn.open_table(REVOKED).map_err(db_err)?;
-                table.insert(key.as_str(), until.timestamp()).map_err(db_err)?;
+                let mut by_until = txn.open_table(REVOKED_BY_UNTIL).map_err(db_err)?;
+                let before = table.get(key.as_str()).map_err(db_err)?.map(|v| v.value());
+                let until = before.map_or(until.timestamp(), |b| b.max(until.timestamp()));
+                if let Some(before) = before {
+                    by_until.remove((before, key.as_str())).map_err(db_err)?;
+                }
+                table.insert(key.as_str(), until).map_err(db_err)?;
+                by_until.insert((until, key.as_str()), ()).map_err(db_err)?;
             }
             txn.commit().map_err(db_err)
         })
@@ -161,5 +229,9 @@ impl RevocationStore for EmbeddedStore {
             Ok(false)
         })
         .await
+    }
+
+    async fn purge_expired(&self, now: Timestamp) -> Result<u64, StoreError> {
+        self.write(move |txn| purge(txn, REVOKED_BY_UNTIL, REVOKED, now.timestamp())).await
     }
 }

@@ -343,6 +343,28 @@ mod tests {
         assert_eq!(reads_of_a_page(&large), (first, tenth, after), "20x the table, the same reads");
     }
 
+    /// Security review M3: marking read what is not the caller's, or is read already, wrote (and fsynced) anyway.
+    #[tokio::test]
+    async fn marking_read_writes_only_a_change() {
+        let (_dir, store) = filled(10);
+        let txn = store.db.begin_read().unwrap();
+        let (page, _) = user_page(&txn, "me", 1, 1, &mut Reads::default()).unwrap();
+        drop(txn);
+        let mine = page.items[0].id;
+        let writes = || store.writes.load(std::sync::atomic::Ordering::Relaxed);
+        let before = writes();
+        for id in [1, 2, 999_999, 0] {
+            assert!(!store.mark_read("me", id).await.unwrap(), "{id} is not mine");
+        }
+        assert_eq!(writes(), before, "nothing of mine: nothing written");
+        assert!(store.mark_read("me", mine).await.unwrap());
+        assert_eq!(writes(), before + 1);
+        assert!(store.mark_read("me", mine).await.unwrap(), "read already: still mine");
+        assert_eq!(writes(), before + 1, "read already: nothing written");
+        let (_, unread) = store.list_notifications("me", 1, 1).await.unwrap();
+        assert_eq!(unread, 29);
+    }
+
     #[test]
     fn catch_up_merges_own_and_public_notifications_in_order() {
         let dir = tempfile::tempdir().unwrap();

@@ -25,6 +25,12 @@ pub(super) fn revocation_indexes() -> Vec<IndexModel> {
     vec![index(doc! {"until": 1}, Some(ttl))]
 }
 
+/// Refresh tokens expire the same way, by `expiry` (the token's `expiresAt` as a BSON date, which TTL indexes need).
+pub(super) fn refresh_token_indexes() -> Vec<IndexModel> {
+    let ttl = IndexOptions::builder().expire_after(std::time::Duration::ZERO).build();
+    vec![index(doc! {"expiry": 1}, Some(ttl))]
+}
+
 fn user_document(user: &User) -> Result<Document, StoreError> {
     let mut d = to_doc(user)?;
     d.insert("_id", &user.id);
@@ -92,6 +98,7 @@ impl UserStore for MongoStore {
     async fn insert_refresh_token(&self, hash: &str, token: &RefreshToken) -> Result<(), StoreError> {
         let mut d = to_doc(token)?;
         d.insert("_id", hash);
+        d.insert("expiry", date(&token.expires_at));
         match self.coll(REFRESH).insert_one(d).await {
             Ok(_) => Ok(()),
             Err(e) if is_duplicate(&e) => Err(StoreError::Duplicate("refresh token")),
@@ -119,6 +126,13 @@ impl UserStore for MongoStore {
             Some(token) => RefreshUse::Reused(token),
             None => RefreshUse::Unknown,
         })
+    }
+
+    /// The TTL index removes them too, about a minute late; this removes them now (a server without a TTL monitor
+    /// relies on it).
+    async fn purge_expired_refresh_tokens(&self, now: Timestamp) -> Result<u64, StoreError> {
+        let deleted = self.coll(REFRESH).delete_many(doc! {"expiry": {"$lt": date(&now)}}).await.map_err(store_err)?;
+        Ok(deleted.deleted_count)
     }
 }
 
@@ -149,5 +163,10 @@ impl RevocationStore for MongoStore {
             .await
             .map_err(store_err)?;
         Ok(found.is_some())
+    }
+
+    async fn purge_expired(&self, now: Timestamp) -> Result<u64, StoreError> {
+        let deleted = self.coll(REVOKED).delete_many(doc! {"until": {"$lt": date(&now)}}).await.map_err(store_err)?;
+        Ok(deleted.deleted_count)
     }
 }
