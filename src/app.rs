@@ -302,6 +302,17 @@ impl Application {
         if let Some(admin) = &config.auth.bootstrap_admin {
             if auth.ensure_admin(&admin.email, &admin.password).await.context("creating auth.bootstrap_admin")? {
                 tracing::info!(email = %admin.email, "bootstrap admin account created");
+            } else {
+                // The email is taken: by the administrator an earlier start created, or by someone else, whom this
+                // setting must not silently leave as the only way to an administrator that never comes.
+                let email = crate::domain::user::normalize_email(&admin.email).context("auth.bootstrap_admin.email")?;
+                let existing = store.user_by_email(&email).await.context("reading auth.bootstrap_admin's account")?;
+                if existing.is_some_and(|u| u.role != crate::domain::user::Role::Admin) {
+                    anyhow::bail!(
+                        "auth.bootstrap_admin.email {email} belongs to an account that is not an administrator; \
+                         choose another email for the bootstrap admin"
+                    );
+                }
             }
         }
 
@@ -339,6 +350,7 @@ impl Application {
             metrics: config.telemetry.metrics && config.telemetry.metrics_addr.is_empty(),
             media,
             max_image_bytes: config.media.max_image_bytes,
+            web_policy: http::web_policy(&config.media.image_origins),
         });
         let metrics_listener = match (config.telemetry.metrics, config.telemetry.metrics_addr.as_str()) {
             (false, _) | (true, "") => None,

@@ -483,6 +483,8 @@ pub struct MediaConfig {
     pub backend: MediaBackend,
     /// Largest accepted product image, in bytes.
     pub max_image_bytes: usize,
+    /// Origins (`https://cdn.example.com`) besides this one the web app may show product images from.
+    pub image_origins: Vec<String>,
     pub s3: S3Config,
 }
 
@@ -519,9 +521,23 @@ impl std::fmt::Debug for S3Config {
     }
 }
 
+/// `https://cdn.example.com` or `http://127.0.0.1:9000`: what a `Content-Security-Policy` source list may hold,
+/// and nothing that could end or extend it.
+fn is_origin(s: &str) -> bool {
+    let Some(rest) = s.strip_prefix("https://").or_else(|| s.strip_prefix("http://")) else { return false };
+    let (host, port) = rest.rsplit_once(':').map_or((rest, None), |(h, p)| (h, Some(p)));
+    let host_ok = !host.is_empty() && host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+    host_ok && port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
 impl Default for MediaConfig {
     fn default() -> Self {
-        Self { backend: MediaBackend::Local, max_image_bytes: 5 * 1024 * 1024, s3: S3Config::default() }
+        Self {
+            backend: MediaBackend::Local,
+            max_image_bytes: 5 * 1024 * 1024,
+            image_origins: Vec::new(),
+            s3: S3Config::default(),
+        }
     }
 }
 
@@ -885,6 +901,14 @@ impl Config {
             }
             kafka.validate_security()?;
         }
+        for origin in &self.media.image_origins {
+            if !is_origin(origin) {
+                return Err(key_error(
+                    "media.image_origins",
+                    format!("`{origin}` is not an origin: scheme http or https, a host, an optional port, no path"),
+                ));
+            }
+        }
         if self.media.backend == MediaBackend::S3 {
             let s3 = &self.media.s3;
             if s3.bucket.is_empty() {
@@ -1071,6 +1095,19 @@ mod tests {
             "[auth.bootstrap_admin]\nemail = \"root@example.com\"\npassword = \"x\"".parse().unwrap();
         let err = Config::from_sources(Some(file), env(&[])).unwrap_err();
         assert!(err.to_string().contains("auth.bootstrap_admin.password"), "{err}");
+    }
+
+    #[test]
+    fn image_origins_and_trusted_proxies_are_checked() {
+        let with = |key: &str, value: &str| Config::from_sources(None, env(&[(key, value)]));
+        assert!(with("COMMERCEX__MEDIA__IMAGE_ORIGINS", "https://cdn.example.com,http://127.0.0.1:9000").is_ok());
+        for bad in ["cdn.example.com", "https://cdn.example.com/x", "https://a.com; script-src *", "https://a.com:x"] {
+            let err = with("COMMERCEX__MEDIA__IMAGE_ORIGINS", bad).unwrap_err();
+            assert!(err.to_string().contains("media.image_origins"), "{bad}: {err}");
+        }
+        assert!(with("COMMERCEX__HTTP__TRUSTED_PROXIES", "10.0.0.0/8,2001:db8::/32,192.0.2.7").is_ok());
+        let err = with("COMMERCEX__HTTP__TRUSTED_PROXIES", "10.0.0.0/33").unwrap_err();
+        assert!(err.to_string().contains("http.trusted_proxies"), "{err}");
     }
 
     /// The documented root `config.toml` lists exactly the defaults of the code.

@@ -1,7 +1,8 @@
 //! `commercex seed-demo`: a small catalog, a coupon and two accounts, so a new user has something to click through.
 //! Everything goes through the same services as the API (product, coupon and account rules, events, read models).
 //! Run again, it adds nothing twice: the catalog only into an empty catalog, the accounts and the coupon only when
-//! missing.
+//! missing. It creates an administrator whose password is published here, so it refuses a store holding accounts
+//! other than its own (a shop's) unless forced.
 
 use crate::domain::coupon::{CouponCommand, CouponError, CouponTerms, Discount};
 use crate::domain::product::ProductDetails;
@@ -37,8 +38,26 @@ pub struct Seeded {
     pub coupon: bool,
 }
 
-/// Seeds through `services`.
-pub async fn seed(services: &AppServices) -> anyhow::Result<Seeded> {
+/// Seeds through `services`; unless `force`, only a store whose accounts, if any, are the demo's own.
+pub async fn seed(services: &AppServices, force: bool) -> anyhow::Result<Seeded> {
+    if !force {
+        let others = services.auth.list_users(1, 3).await?;
+        let foreign: Vec<&str> = others
+            .items
+            .iter()
+            .map(|u| u.email.as_str())
+            .filter(|email| *email != ADMIN.0 && *email != SHOPPER.0)
+            .collect();
+        if !foreign.is_empty() {
+            anyhow::bail!(
+                "this store has accounts of its own ({}{}); seed-demo would add an administrator with a published \
+                 password ({}). Pass --force to seed it anyway",
+                foreign.join(", "),
+                if others.total > 3 { ", ..." } else { "" },
+                ADMIN.0
+            );
+        }
+    }
     let mut seeded = Seeded::default();
     let present = services.catalog.list(&ProductQuery { page: 1, limit: 1, ..Default::default() }).await?.total;
     seeded.products_present = present;
@@ -67,6 +86,7 @@ pub async fn seed(services: &AppServices) -> anyhow::Result<Seeded> {
     let terms = CouponTerms {
         discount: Discount::Percent { percent: 10 },
         min_order: Some(2_000),
+        min_order_currency: Some("USD".into()),
         expires_at: None,
         usage_limit: None,
         per_user_limit: Some(1),

@@ -42,6 +42,7 @@ use utoipa_axum::router::OpenApiRouter;
 
 pub use error::ApiError;
 pub use health::ReadyCache;
+pub use web::app_policy as web_policy;
 pub use ws::SocketLimits;
 
 use crate::auth::AuthService;
@@ -101,6 +102,8 @@ pub struct AppServices {
     pub metrics: bool,
     /// Product images (`media.*`).
     pub media: crate::media::MediaStore,
+    /// The web app's `Content-Security-Policy`, naming `media.image_origins`.
+    pub web_policy: HeaderValue,
     /// Largest accepted image upload (`media.max_image_bytes`); every other body is bounded by `http.body_limit_bytes`.
     pub max_image_bytes: usize,
 }
@@ -136,6 +139,7 @@ pub fn app(state: AppState) -> Router {
             HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
         ))
         .layer(SetResponseHeaderLayer::if_not_present(header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
+        .layer(middleware::from_fn(strict_transport_security))
         .option_layer(cors)
         .layer(middleware::from_fn_with_state(
             BodyLimits { default: http.body_limit_bytes, image: state.max_image_bytes },
@@ -224,6 +228,18 @@ async fn refuse_declared_oversize(State(limits): State<BodyLimits>, req: Request
         return ApiError::payload_too_large().into_response();
     }
     next.run(req).await
+}
+
+/// `Strict-Transport-Security` on answers to requests that came over HTTPS (as the TLS-terminating proxy says):
+/// the browser then never tries plain HTTP for this host for a year. Not on plain HTTP, where it means nothing and
+/// would pin a development host.
+async fn strict_transport_security(req: Request, next: Next) -> Response {
+    let https = extract::request_is_https(req.headers());
+    let mut response = next.run(req).await;
+    if https {
+        response.headers_mut().insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static("max-age=31536000"));
+    }
+    response
 }
 
 /// Answers 503 when a request runs past its deadline.

@@ -25,7 +25,7 @@ async fn main() -> ExitCode {
         }
         Command::CheckConfig => config().map(|config| print!("{}", config.masked_toml())),
         Command::SeedDemo => match config() {
-            Ok(config) => seed_demo(config).await,
+            Ok(config) => seed_demo(config, args.force).await,
             Err(e) => Err(e),
         },
         Command::Serve => match config() {
@@ -49,11 +49,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 }
 
 /// Builds the node without serving anyone (a listener on a free loopback port), seeds, and shuts down the usual way.
-async fn seed_demo(config: Config) -> anyhow::Result<()> {
+async fn seed_demo(config: Config, force: bool) -> anyhow::Result<()> {
     let _traces = commercex::telemetry::init(&config).context("telemetry")?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let app = commercex::app::Application::with_listener(config, listener).await.context("opening the store")?;
-    let seeded = commercex::demo::seed(app.state()).await;
+    let seeded = commercex::demo::seed(app.state(), force).await;
     app.run_until(async {}).await?;
     println!("{}", seeded?);
     Ok(())

@@ -14,7 +14,7 @@ use axum::body::Bytes;
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::{BackoffConfig, ClientOptions, ObjectStore, PutPayload, RetryConfig};
+use object_store::{Attribute, BackoffConfig, ClientOptions, ObjectStore, PutOptions, PutPayload, RetryConfig};
 use sha2::{Digest, Sha256};
 
 use crate::config::{MediaBackend, MediaConfig};
@@ -153,7 +153,15 @@ impl MediaStore {
         }
         let hash = crate::auth::tokens::hex(&Sha256::digest(&bytes)[..16]);
         let name = format!("products/{product_id}/{hash}.{}", format.extension());
-        self.store.put(&Path::from(name.as_str()), PutPayload::from(bytes)).await?;
+        // In a bucket the object carries its type and `inline`, so a public bucket or a CDN in front serves it as
+        // the image it is, never as something a browser would sniff. Files of a local directory have no metadata;
+        // this server gives them their type from the name's extension.
+        let mut options = PutOptions::default();
+        if self.backend == "s3" {
+            options.attributes.insert(Attribute::ContentType, format.content_type().into());
+            options.attributes.insert(Attribute::ContentDisposition, "inline".into());
+        }
+        self.store.put_opts(&Path::from(name.as_str()), PutPayload::from(bytes), options).await?;
         Ok(StoredImage { name, format })
     }
 
@@ -164,7 +172,8 @@ impl MediaStore {
         match self.store.get(&path).await {
             Ok(found) => {
                 let size = found.meta.size;
-                Ok(Some(Image { format, size, stream: found.into_stream() }))
+                let stored_type = found.attributes.get(&Attribute::ContentType).map(|v| v.to_string());
+                Ok(Some(Image { format, size, stored_type, stream: found.into_stream() }))
             }
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(e.into()),
@@ -186,6 +195,8 @@ impl MediaStore {
 pub struct Image {
     pub format: ImageFormat,
     pub size: u64,
+    /// The object's `Content-Type` as the store keeps it (a bucket's; a local file has none).
+    pub stored_type: Option<String>,
     pub stream: futures_util::stream::BoxStream<'static, object_store::Result<Bytes>>,
 }
 

@@ -1,7 +1,7 @@
 // The admin console: products (with stock and images), orders, users, coupons, payments, emails, the cluster.
 // Every action is an API call an administrator may make; the API decides who is one, and the console says so.
 import { api, currentUser, fractionDigits, money, toMinor } from './api.js';
-import { badge, field, h, mount, onSubmit, pager, table, toast, when, words } from './ui.js';
+import { badge, decodeSegment, field, h, mount, onSubmit, pager, table, toast, when, words } from './ui.js';
 
 const view = document.getElementById('view');
 const SECTIONS = [
@@ -14,7 +14,7 @@ let me = null;
 
 function route() {
   const [path, query = ''] = location.hash.replace(/^#\/?/, '').split('?');
-  const [section, id] = path.split('/').map(decodeURIComponent);
+  const [section, id] = path.split('/').map(decodeSegment);
   return { section: SECTIONS.some(([s]) => s === section) ? section : 'products', id, params: new URLSearchParams(query) };
 }
 
@@ -47,7 +47,7 @@ function showSignIn(message) {
     field('Password', { name: 'password', type: 'password', required: true, autocomplete: 'current-password' }),
     h('button', { type: 'submit', class: 'primary' }, 'Sign in'));
   onSubmit(form, async (v) => {
-    const session = await api('POST', '/api/users/signin', v);
+    const session = await api('POST', '/api/users/signin?session=cookie', v);
     me = session.user;
     render();
   });
@@ -237,7 +237,7 @@ function orderDetails(o) {
 // ---- users -------------------------------------------------------------------------------------------------------
 
 async function users(params) {
-  const found = await api('GET', `/api/admin/users?page=${params.get('page') ?? 1}&limit=20`);
+  const found = await api('GET', `/api/admin/users?page=${encodeURIComponent(params.get('page') ?? 1)}&limit=20`);
   const toggle = (u) => onSubmit(h('form', { class: 'inline' },
     h('button', { type: 'submit', 'aria-label': `${u.status === 'blocked' ? 'Unblock' : 'Block'} ${u.email}` },
       u.status === 'blocked' ? 'Unblock' : 'Block')), async () => {
@@ -258,14 +258,14 @@ function discountText(d) {
 }
 
 async function coupons(params) {
-  const found = await api('GET', `/api/admin/coupons?page=${params.get('page') ?? 1}&limit=20`);
+  const found = await api('GET', `/api/admin/coupons?page=${encodeURIComponent(params.get('page') ?? 1)}&limit=20`);
   const create = h('form', { class: 'panel', 'aria-labelledby': 'new-coupon' },
     h('h2', { id: 'new-coupon' }, 'New coupon'),
     h('div', { class: 'row' },
       field('Code', { name: 'code', required: true, pattern: '[A-Za-z0-9_-]{3,32}' }),
       field('Kind', { tag: 'select', name: 'kind', options: [['percent', 'Percent off'], ['fixed', 'Amount off']] }),
       field('Percent or amount', { name: 'value', inputmode: 'decimal', required: true }),
-      field('Currency (amount off)', { name: 'currency', maxlength: 3, value: 'USD' }),
+      field('Currency (amount off, minimum)', { name: 'currency', maxlength: 3, value: 'USD' }),
       field('Minimum order', { name: 'minOrder', inputmode: 'decimal' }),
       field('Uses in all', { name: 'usageLimit', type: 'number', min: 1 }),
       field('Uses per customer', { name: 'perUserLimit', type: 'number', min: 1 }),
@@ -277,7 +277,10 @@ async function coupons(params) {
       ? { kind: 'percent', percent: Number(v.value) }
       : { kind: 'fixed', amount: toMinor(v.value, currency), currency };
     const body = { code: v.code, discount };
-    if (v.minOrder) body.minOrder = toMinor(v.minOrder, currency);
+    if (v.minOrder) {
+      body.minOrder = toMinor(v.minOrder, currency);
+      body.minOrderCurrency = currency;
+    }
     if (v.usageLimit) body.usageLimit = Number(v.usageLimit);
     if (v.perUserLimit) body.perUserLimit = Number(v.perUserLimit);
     if (v.expiresAt) body.expiresAt = new Date(v.expiresAt).toISOString();
@@ -288,7 +291,7 @@ async function coupons(params) {
   mount(view, h('h1', {}, 'Coupons'),
     table(['Code', 'Discount', 'Minimum', 'Uses', 'Limit', 'Expires', 'Active'], found.items.map((c) => h('tr', {},
       h('th', { scope: 'row' }, h('code', {}, c.code)), h('td', {}, discountText(c.discount)),
-      h('td', {}, c.minOrder != null ? String(c.minOrder) : ''), h('td', { class: 'num' }, c.uses),
+      h('td', {}, c.minOrder != null ? money(c.minOrder, c.minOrderCurrency ?? 'USD') : ''), h('td', { class: 'num' }, c.uses),
       h('td', {}, [c.usageLimit ?? '∞', c.perUserLimit ? ` (${c.perUserLimit} each)` : '']),
       h('td', {}, when(c.expiresAt)), h('td', {}, c.active ? 'yes' : 'no')))),
     pager(found, paged('coupons', params)), create);
@@ -298,7 +301,7 @@ async function coupons(params) {
 
 async function payments(params) {
   const status = params.get('status') ?? '';
-  const found = await api('GET', `/api/admin/payments?page=${params.get('page') ?? 1}&limit=20${status ? `&status=${status}` : ''}`);
+  const found = await api('GET', `/api/admin/payments?page=${encodeURIComponent(params.get('page') ?? 1)}&limit=20${status ? `&status=${encodeURIComponent(status)}` : ''}`);
   mount(view, h('h1', {}, 'Payments'),
     table(['Payment', 'Order', 'Amount', 'Method', 'Status', 'Attempts', 'Failure', 'Updated'], found.items.map((p) =>
       h('tr', {}, h('th', { scope: 'row' }, h('code', {}, p.id)), h('td', {}, h('code', {}, p.orderId)),
@@ -308,7 +311,7 @@ async function payments(params) {
 }
 
 async function emails(params) {
-  const found = await api('GET', `/api/admin/emails?page=${params.get('page') ?? 1}&limit=20`);
+  const found = await api('GET', `/api/admin/emails?page=${encodeURIComponent(params.get('page') ?? 1)}&limit=20`);
   mount(view, h('h1', {}, 'Emails'),
     h('ul', { class: 'emails' }, found.items.map((e) => h('li', {},
       h('details', {}, h('summary', {}, h('strong', {}, e.subject), ` to ${e.to} · ${when(e.createdAt)}`),

@@ -1,7 +1,7 @@
 // The storefront: catalog, product pages, cart, checkout, orders that update live, notifications, account.
 // Routes are URL fragments (#/product/ID), so every page has an address and the back button works.
 import { api, currentUser, LiveNotifications, money, toMinor } from './api.js';
-import { badge, field, h, mount, onSubmit, pager, table, toast, when, words } from './ui.js';
+import { badge, decodeSegment, field, h, mount, onSubmit, pager, table, toast, when, words } from './ui.js';
 
 const view = document.getElementById('view');
 const state = { user: null, unread: 0, cartCount: 0 };
@@ -34,7 +34,7 @@ function onNotification(n) {
 
 function parseRoute() {
   const [path, query = ''] = location.hash.replace(/^#/, '').split('?');
-  const parts = path.split('/').filter(Boolean).map(decodeURIComponent);
+  const parts = path.split('/').filter(Boolean).map(decodeSegment);
   const params = new URLSearchParams(query);
   const [first, id] = parts;
   const names = { product: 'product', cart: 'cart', orders: id ? 'order' : 'orders', signin: 'signin',
@@ -391,7 +391,7 @@ function showSignIn(params) {
     h('button', { type: 'submit', class: 'primary' }, 'Sign in'),
     h('p', {}, 'New here? ', h('a', { href: `#/signup?${params}` }, 'Create an account')));
   onSubmit(form, async (v) => {
-    const session = await api('POST', '/api/users/signin', { email: v.email, password: v.password });
+    const session = await api('POST', '/api/users/signin?session=cookie', { email: v.email, password: v.password });
     await signedIn(session.user);
     toast(`Welcome back, ${session.user.name}`);
     afterSignIn(params);
@@ -409,7 +409,7 @@ function showSignUp(params) {
     h('button', { type: 'submit', class: 'primary' }, 'Sign up'),
     h('p', {}, 'Already have an account? ', h('a', { href: `#/signin?${params}` }, 'Sign in')));
   onSubmit(form, async (v) => {
-    const session = await api('POST', '/api/users/signup', v);
+    const session = await api('POST', '/api/users/signup?session=cookie', v);
     await signedIn(session.user);
     toast(`Welcome, ${session.user.name}`);
     afterSignIn(params);

@@ -1,6 +1,16 @@
 // Small DOM helpers shared by the storefront and the admin console. Text always goes in as text, never as HTML.
 
 /** h('button', {class: 'primary', onclick}, 'Save') builds an element; children may be strings, nodes or arrays. */
+/** One segment of a route in the location's hash, decoded; a malformed `%` sequence is left as it is rather than
+ * throwing (which would leave the page blank). */
+export function decodeSegment(segment) {
+  try {
+    return decodeURIComponent(segment);
+  } catch {
+    return segment;
+  }
+}
+
 export function h(tag, attrs = {}, ...children) {
   const el = document.createElement(tag);
   for (const [key, value] of Object.entries(attrs ?? {})) {

@@ -23,6 +23,10 @@ pub struct Coupon {
     pub code: String,
     pub discount: Discount,
     pub min_order: Option<i64>,
+    /// The currency `min_order` is in: orders in another currency do not qualify. Coupons stored before it existed
+    /// have none, and compare `min_order` with any order's subtotal as they always did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_order_currency: Option<String>,
     pub expires_at: Option<Timestamp>,
     pub usage_limit: Option<u32>,
     pub per_user_limit: Option<u32>,
@@ -42,6 +46,9 @@ pub struct CouponState {
 pub struct CouponTerms {
     pub discount: Discount,
     pub min_order: Option<i64>,
+    /// Required with `min_order` on a percent coupon; a fixed coupon's minimum is in its own currency.
+    #[serde(default)]
+    pub min_order_currency: Option<String>,
     pub expires_at: Option<Timestamp>,
     pub usage_limit: Option<u32>,
     pub per_user_limit: Option<u32>,
@@ -143,6 +150,9 @@ impl Coupon {
             }
         }
         if let Some(minimum) = self.min_order {
+            if let Some(wanted) = self.min_order_currency.as_ref().filter(|c| *c != currency) {
+                return Err(CouponError::CurrencyMismatch(wanted.clone()));
+            }
             if subtotal < minimum {
                 return Err(CouponError::MinimumNotMet { minimum });
             }
@@ -173,6 +183,24 @@ fn check_terms(t: &CouponTerms) -> Result<(), CouponError> {
     if t.min_order.is_some_and(|m| m < 0) {
         return invalid("minOrder".into(), "must not be negative");
     }
+    match (&t.discount, t.min_order, &t.min_order_currency) {
+        (Discount::Percent { .. }, Some(_), None) => {
+            return invalid(
+                "minOrderCurrency".into(),
+                "is required with minOrder on a percent coupon: a minimum is an amount in one currency",
+            )
+        }
+        (Discount::Fixed { currency, .. }, _, Some(c)) if c != currency => {
+            return invalid("minOrderCurrency".into(), "must be the currency of the amount off")
+        }
+        (_, _, Some(c)) => {
+            text::check("minOrderCurrency", c, Lines::Single)?;
+            if !currency::is_active(c) {
+                return invalid("minOrderCurrency".into(), "must be an active ISO 4217 currency code");
+            }
+        }
+        _ => {}
+    }
     if t.usage_limit == Some(0) || t.per_user_limit == Some(0) {
         return invalid("usageLimit".into(), "limits must be at least 1 when set");
     }
@@ -196,6 +224,11 @@ impl Aggregate for CouponState {
                     code: code.to_string(),
                     discount: terms.discount.clone(),
                     min_order: terms.min_order,
+                    // A fixed coupon's minimum is in the currency of its amount.
+                    min_order_currency: terms.min_order.and_then(|_| match &terms.discount {
+                        Discount::Fixed { currency, .. } => Some(currency.clone()),
+                        Discount::Percent { .. } => terms.min_order_currency.clone(),
+                    }),
                     expires_at: terms.expires_at,
                     usage_limit: terms.usage_limit,
                     per_user_limit: terms.per_user_limit,
@@ -283,7 +316,16 @@ mod tests {
 
     fn coupon(discount: Discount, usage_limit: Option<u32>, per_user_limit: Option<u32>) -> CouponState {
         let mut s = CouponState::default();
-        let terms = CouponTerms { discount, min_order: Some(1000), expires_at: None, usage_limit, per_user_limit };
+        // A percent coupon's minimum is in dollars; a fixed coupon's in the currency of its amount.
+        let min_order_currency = matches!(discount, Discount::Percent { .. }).then(|| "USD".to_string());
+        let terms = CouponTerms {
+            discount,
+            min_order: Some(1000),
+            min_order_currency,
+            expires_at: None,
+            usage_limit,
+            per_user_limit,
+        };
         for e in s.decide("SAVE10", &CouponCommand::Create(terms), chrono::Utc::now()).unwrap() {
             s.apply(&e);
         }
@@ -314,11 +356,54 @@ mod tests {
         assert_eq!(fixed.discount_for("o", "u", 1200, "EUR", now), Err(CouponError::CurrencyMismatch("USD".into())));
     }
 
+    /// Security review L5: a percent coupon's minimum was compared in raw minor units whatever the order's
+    /// currency, so 10,000 (meant as $100) let a ¥10,000 order qualify.
+    #[test]
+    fn a_minimum_is_an_amount_in_one_currency() {
+        let now = chrono::Utc::now();
+        let pct = coupon(Discount::Percent { percent: 20 }, None, None).coupon.unwrap();
+        assert_eq!(pct.min_order_currency.as_deref(), Some("USD"));
+        assert_eq!(pct.discount_for("o", "u", 10_000, "JPY", now), Err(CouponError::CurrencyMismatch("USD".into())));
+        assert_eq!(pct.discount_for("o", "u", 10_000, "USD", now), Ok(2_000));
+        let fixed = coupon(Discount::Fixed { amount: 500, currency: "EUR".into() }, None, None).coupon.unwrap();
+        assert_eq!(fixed.min_order_currency.as_deref(), Some("EUR"), "a fixed coupon's minimum is in its currency");
+        let create = |discount, min_order_currency: Option<&str>| {
+            let terms = CouponTerms {
+                discount,
+                min_order: Some(1000),
+                min_order_currency: min_order_currency.map(str::to_string),
+                expires_at: None,
+                usage_limit: None,
+                per_user_limit: None,
+            };
+            CouponState::default().decide("C", &CouponCommand::Create(terms), now)
+        };
+        let field_of = |r: Result<Vec<CouponEvent>, CouponError>| match r {
+            Err(CouponError::Invalid { field, .. }) => field.to_string(),
+            other => format!("{other:?}"),
+        };
+        assert_eq!(field_of(create(Discount::Percent { percent: 5 }, None)), "minOrderCurrency");
+        assert_eq!(field_of(create(Discount::Percent { percent: 5 }, Some("ZZZ"))), "minOrderCurrency");
+        assert_eq!(
+            field_of(create(Discount::Fixed { amount: 5, currency: "EUR".into() }, Some("USD"))),
+            "minOrderCurrency"
+        );
+        // Coupons stored before the currency existed keep comparing as they did.
+        let old = Coupon { min_order_currency: None, ..pct };
+        assert_eq!(old.discount_for("o", "u", 10_000, "JPY", now), Ok(2_000));
+    }
+
     #[test]
     fn fixed_discounts_need_an_active_currency() {
         let create = |discount| {
-            let terms =
-                CouponTerms { discount, min_order: None, expires_at: None, usage_limit: None, per_user_limit: None };
+            let terms = CouponTerms {
+                discount,
+                min_order: None,
+                min_order_currency: None,
+                expires_at: None,
+                usage_limit: None,
+                per_user_limit: None,
+            };
             CouponState::default().decide("C", &CouponCommand::Create(terms), chrono::Utc::now())
         };
         assert!(create(Discount::Fixed { amount: 500, currency: "JPY".into() }).is_ok());

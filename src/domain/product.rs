@@ -421,7 +421,14 @@ fn resolve(details: &ProductDetails, base: Option<&Product>) -> Result<Resolved,
     if let Some(url) = &image_url {
         text::check("imageUrl", url, Lines::Single)?;
         // An image elsewhere, or one uploaded here (`POST /api/products/{id}/image`, served under `/media/`).
-        let ok = (url.starts_with("https://") || url.starts_with("http://") || url.starts_with("/media/"))
+        // A `/media/` path names an image only: no `..` or `.` segment, `?`, `#`, `\` or `%` that could make it
+        // another path of this server.
+        let media_path_ok = |path: &str| {
+            !path.contains(['?', '#', '\\', '%']) && path.split('/').all(|segment| segment != ".." && segment != ".")
+        };
+        let ok = (url.starts_with("https://")
+            || url.starts_with("http://")
+            || url.strip_prefix("/media/").is_some_and(media_path_ok))
             && url.len() <= 2000
             && !url.contains(char::is_whitespace);
         if !ok {

@@ -24,6 +24,8 @@ pub struct CouponView {
     code: String,
     discount: Discount,
     min_order: Option<i64>,
+    /// The currency of `minOrder`; orders in another currency do not qualify.
+    min_order_currency: Option<String>,
     #[schema(value_type = Option<String>, format = DateTime)]
     expires_at: Option<Timestamp>,
     usage_limit: Option<u32>,
@@ -44,6 +46,7 @@ impl From<Coupon> for CouponView {
             code: c.code,
             discount: c.discount,
             min_order: c.min_order,
+            min_order_currency: c.min_order_currency,
             expires_at: c.expires_at,
             usage_limit: c.usage_limit,
             per_user_limit: c.per_user_limit,
@@ -61,7 +64,10 @@ struct CreateBody {
     /// Letters, digits, `-` and `_`, 3 to 32; compared ignoring case.
     code: String,
     discount: Discount,
+    /// The smallest subtotal the coupon applies to, in minor units of `minOrderCurrency`.
     min_order: Option<i64>,
+    /// Required with `minOrder` on a percent coupon; a fixed coupon's minimum is in the currency of its amount.
+    min_order_currency: Option<String>,
     #[schema(value_type = Option<String>, format = DateTime)]
     expires_at: Option<Timestamp>,
     usage_limit: Option<u32>,
@@ -86,6 +92,7 @@ async fn create(
     let terms = CouponTerms {
         discount: b.discount,
         min_order: b.min_order,
+        min_order_currency: b.min_order_currency.map(|c| c.trim().to_ascii_uppercase()),
         expires_at: b.expires_at,
         usage_limit: b.usage_limit,
         per_user_limit: b.per_user_limit,

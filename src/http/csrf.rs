@@ -13,7 +13,7 @@ use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::extract::{cookie, request_is_https, ACCESS_COOKIE, REFRESH_COOKIE};
+use super::extract::{request_is_https, session_cookie, ACCESS_COOKIE, REFRESH_COOKIE};
 use super::{ApiError, AppState};
 
 /// Refuses cookie-authenticated unsafe requests from foreign origins.
@@ -35,7 +35,7 @@ pub fn cookie_authenticated(headers: &HeaderMap) -> bool {
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer "));
-    !bearer && (cookie(headers, ACCESS_COOKIE).is_some() || cookie(headers, REFRESH_COOKIE).is_some())
+    !bearer && (session_cookie(headers, ACCESS_COOKIE).is_some() || session_cookie(headers, REFRESH_COOKIE).is_some())
 }
 
 /// `Ok` when the request's `Origin` (else `Referer`) is the server's own or an allowed one, or when it has neither.

@@ -86,6 +86,26 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T>
 pub const ACCESS_COOKIE: &str = "access_token";
 pub const REFRESH_COOKIE: &str = "refresh_token";
 
+/// The name a session cookie is set under: with the `__Host-` prefix where cookies are `Secure`, so that no other
+/// host of the domain (a sibling subdomain) can set or shadow it: the browser accepts a `__Host-` cookie only with
+/// `Secure`, `Path=/` and no `Domain`.
+pub fn cookie_name(name: &'static str, secure: bool) -> String {
+    if secure {
+        format!("__Host-{name}")
+    } else {
+        name.to_string()
+    }
+}
+
+/// A session cookie (`access_token` or `refresh_token`): its `__Host-` form, or the plain one on a request that
+/// did not come over HTTPS (where `Secure` cookies are not sent anyway). Over HTTPS a plain-named cookie is
+/// ignored: another host of the domain could have set it.
+pub fn session_cookie<'a>(headers: &'a axum::http::HeaderMap, name: &'static str) -> Option<&'a str> {
+    cookie(headers, &cookie_name(name, true))
+        .or_else(|| if request_is_https(headers) { None } else { cookie(headers, name) })
+        .filter(|v| !v.is_empty())
+}
+
 /// The value of cookie `name`, if the request carries it.
 pub fn cookie<'a>(parts: &'a axum::http::HeaderMap, name: &str) -> Option<&'a str> {
     parts
@@ -124,7 +144,7 @@ fn access_token(parts: &Parts) -> Result<&str, AuthError> {
             Err(AuthError::InvalidToken)
         };
     }
-    cookie(&parts.headers, ACCESS_COOKIE).filter(|t| !t.is_empty()).ok_or(AuthError::MissingToken)
+    session_cookie(&parts.headers, ACCESS_COOKIE).ok_or(AuthError::MissingToken)
 }
 
 /// A signed-in user (any role).

@@ -129,7 +129,8 @@ async fn mine(
     Ok(Json(PageView::from(state.orders.list(&query).await?.map(OrderView::from))))
 }
 
-/// One of the caller's orders (an administrator's: any).
+/// One of the caller's own orders. Anyone else's is `order_not_found`, for an administrator too (administrators
+/// find any order in `GET /api/admin/orders`).
 #[utoipa::path(get, path = "/api/orders/{id}", tag = "orders", params(("id" = String, Path)), security(("bearer" = []), ("cookie" = [])),
     responses((status = 200, body = OrderView), (status = 401, body = ErrorBody),
         (status = 404, description = "`order_not_found`", body = ErrorBody)))]

@@ -8,7 +8,10 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::extract::{cookie, optional_json, request_is_https, CurrentUser, Json, ACCESS_COOKIE, REFRESH_COOKIE};
+use super::extract::{
+    cookie_name, optional_json, request_is_https, session_cookie, CurrentUser, Json, Query, ACCESS_COOKIE,
+    REFRESH_COOKIE,
+};
 use super::openapi::ErrorBody;
 use super::{auth_rate_limit, check_limit, ApiError, AppState};
 use crate::auth::{ProfilePatch, Session};
@@ -73,6 +76,24 @@ struct SigninBody {
     password: String,
 }
 
+/// How a client keeps its session: `tokens` (the default) returns the tokens in the body as well as in the cookies;
+/// `cookie` (the web app) leaves them out of the body, so no script on the page ever holds one.
+#[derive(Deserialize, Default, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct SessionParams {
+    /// `cookie` or `tokens` (the default).
+    session: Option<SessionMode>,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Default, ToSchema)]
+#[serde(rename_all = "snake_case")]
+enum SessionMode {
+    #[default]
+    Tokens,
+    Cookie,
+}
+
 /// The refresh token, unless it comes as the `refresh_token` cookie (then the body may be empty).
 #[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -80,8 +101,11 @@ struct RefreshBody {
     refresh_token: Option<String>,
 }
 
-fn cookie_header(name: &str, value: &str, path: &str, max_age: u64, secure: bool) -> Option<HeaderValue> {
-    let secure = if secure { "; Secure" } else { "" };
+/// A session cookie: `__Host-`-named at `Path=/` where it is `Secure`; otherwise plain, the refresh token's at
+/// `/api/users` only.
+fn cookie_header(name: &'static str, value: &str, max_age: u64, secure: bool) -> Option<HeaderValue> {
+    let path = if name == REFRESH_COOKIE && !secure { "/api/users" } else { "/" };
+    let (name, secure) = (cookie_name(name, secure), if secure { "; Secure" } else { "" });
     HeaderValue::from_str(&format!("{name}={value}; Path={path}; Max-Age={max_age}; HttpOnly; SameSite=Strict{secure}"))
         .ok()
 }
@@ -91,35 +115,40 @@ fn secure_cookies(state: &AppState, headers: &HeaderMap) -> bool {
     state.cookie_secure || request_is_https(headers)
 }
 
-/// A session: the user and its tokens (also set as HTTP-only cookies, `access_token` and `refresh_token`).
+/// A session: the user and its tokens, also set as HTTP-only cookies (`access_token` and `refresh_token`, named
+/// `__Host-access_token` and `__Host-refresh_token` where they are `Secure`). The tokens are left out of the body
+/// for a client that keeps its session in the cookies (`?session=cookie`, or a refresh by cookie).
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct SessionView {
     user: UserView,
-    access_token: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    access_token: Option<String>,
     /// Always `Bearer`.
     token_type: &'static str,
     /// Seconds the access token lives.
     expires_in: u64,
     /// Single use: refreshing returns a new one, and presenting a used one revokes the whole sign-in.
-    refresh_token: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refresh_token: Option<String>,
     refresh_expires_in: u64,
 }
 
-/// The session as JSON plus the same tokens as HTTP-only cookies.
-fn session_response(status: StatusCode, session: Session, secure: bool) -> Response {
+/// The session as JSON (with the tokens unless `mode` is `cookie`) plus the tokens as HTTP-only cookies.
+fn session_response(status: StatusCode, session: Session, secure: bool, mode: SessionMode) -> Response {
+    let in_body = |token: &String| (mode == SessionMode::Tokens).then(|| token.clone());
     let body = SessionView {
         user: UserView::from(session.user),
-        access_token: session.access_token.clone(),
+        access_token: in_body(&session.access_token),
         token_type: "Bearer",
         expires_in: session.access_ttl_secs,
-        refresh_token: session.refresh_token.clone(),
+        refresh_token: in_body(&session.refresh_token),
         refresh_expires_in: session.refresh_ttl_secs,
     };
     let mut response = (status, Json(body)).into_response();
     let cookies = [
-        cookie_header(ACCESS_COOKIE, &session.access_token, "/", session.access_ttl_secs, secure),
-        cookie_header(REFRESH_COOKIE, &session.refresh_token, "/api/users", session.refresh_ttl_secs, secure),
+        cookie_header(ACCESS_COOKIE, &session.access_token, session.access_ttl_secs, secure),
+        cookie_header(REFRESH_COOKIE, &session.refresh_token, session.refresh_ttl_secs, secure),
     ];
     for c in cookies.into_iter().flatten() {
         response.headers_mut().append(header::SET_COOKIE, c);
@@ -127,22 +156,24 @@ fn session_response(status: StatusCode, session: Session, secure: bool) -> Respo
     response
 }
 
-#[utoipa::path(post, path = "/api/users/signup", tag = "users", request_body = SignupBody,
+#[utoipa::path(post, path = "/api/users/signup", tag = "users", request_body = SignupBody, params(SessionParams),
     responses((status = 201, description = "Signed up and signed in", body = SessionView),
         (status = 409, description = "`email_taken`", body = ErrorBody),
         (status = 422, description = "`invalid_email`, `weak_password`, `invalid_text`", body = ErrorBody),
         (status = 429, description = "`rate_limited` (per client address)", body = ErrorBody)))]
 async fn signup(
     State(state): State<AppState>,
+    Query(params): Query<SessionParams>,
     headers: HeaderMap,
     Json(body): Json<SignupBody>,
 ) -> Result<Response, ApiError> {
     let session = state.auth.signup(&body.email, &body.password, &body.name).await?;
     tracing::info!(user_id = %session.user.id, "user signed up");
-    Ok(session_response(StatusCode::CREATED, session, secure_cookies(&state, &headers)))
+    let mode = params.session.unwrap_or_default();
+    Ok(session_response(StatusCode::CREATED, session, secure_cookies(&state, &headers), mode))
 }
 
-#[utoipa::path(post, path = "/api/users/signin", tag = "users", request_body = SigninBody,
+#[utoipa::path(post, path = "/api/users/signin", tag = "users", request_body = SigninBody, params(SessionParams),
     responses((status = 200, body = SessionView),
         (status = 401, description = "`invalid_credentials`", body = ErrorBody),
         (status = 403, description = "`account_blocked`", body = ErrorBody),
@@ -151,6 +182,7 @@ async fn signup(
         (status = 503, description = "`auth_busy`", body = ErrorBody)))]
 async fn signin(
     State(state): State<AppState>,
+    Query(params): Query<SessionParams>,
     headers: HeaderMap,
     Json(body): Json<SigninBody>,
 ) -> Result<Response, ApiError> {
@@ -161,23 +193,29 @@ async fn signin(
         check_limit(state.limits.signin_per_account.as_ref(), "signin_account", &account).await?;
     }
     let session = state.auth.signin(&body.email, &body.password).await?;
-    Ok(session_response(StatusCode::OK, session, secure_cookies(&state, &headers)))
+    let mode = params.session.unwrap_or_default();
+    Ok(session_response(StatusCode::OK, session, secure_cookies(&state, &headers), mode))
 }
 
-/// Refresh token from the JSON body (`refreshToken`) or the `refresh_token` cookie.
+/// Refresh token from the JSON body (`refreshToken`) or the `refresh_token` cookie. Renewed by the cookie, the new
+/// tokens go only into the cookies: a script on the page (an injected one included) cannot mint a token it can read.
 #[utoipa::path(post, path = "/api/users/refresh", tag = "users", request_body(content = Option<RefreshBody>),
     responses((status = 200, body = SessionView),
         (status = 401, description = "`unauthenticated`, `invalid_token`, `token_expired`, `refresh_token_reused`", body = ErrorBody),
         (status = 429, body = ErrorBody)))]
 async fn refresh(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
     let body: RefreshBody = optional_json(&body)?;
-    let token = body
-        .refresh_token
-        .or_else(|| cookie(&headers, REFRESH_COOKIE).map(str::to_string))
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", "a refresh token is required"))?;
+    let (token, mode) = match body.refresh_token.filter(|t| !t.is_empty()) {
+        Some(token) => (token, SessionMode::Tokens),
+        None => match session_cookie(&headers, REFRESH_COOKIE) {
+            Some(token) => (token.to_string(), SessionMode::Cookie),
+            None => {
+                return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", "a refresh token is required"))
+            }
+        },
+    };
     let session = state.auth.refresh(&token).await?;
-    Ok(session_response(StatusCode::OK, session, secure_cookies(&state, &headers)))
+    Ok(session_response(StatusCode::OK, session, secure_cookies(&state, &headers), mode))
 }
 
 #[utoipa::path(post, path = "/api/users/signout", tag = "users", security(("bearer" = []), ("cookie" = [])),
@@ -191,8 +229,8 @@ async fn signout(
     state.auth.signout(&principal).await?;
     let mut response = StatusCode::NO_CONTENT.into_response();
     let secure = secure_cookies(&state, &headers);
-    for (name, path) in [(ACCESS_COOKIE, "/"), (REFRESH_COOKIE, "/api/users")] {
-        if let Some(c) = cookie_header(name, "", path, 0, secure) {
+    for name in [ACCESS_COOKIE, REFRESH_COOKIE] {
+        if let Some(c) = cookie_header(name, "", 0, secure) {
             response.headers_mut().append(header::SET_COOKIE, c);
         }
     }

@@ -137,7 +137,7 @@ async fn upgrade(
     };
     // Credentials on the upgrade request are checked now; a bad token is refused before upgrading.
     let has_credentials = parts.headers.contains_key(axum::http::header::AUTHORIZATION)
-        || super::extract::cookie(&parts.headers, super::extract::ACCESS_COOKIE).is_some();
+        || super::extract::session_cookie(&parts.headers, super::extract::ACCESS_COOKIE).is_some();
     let principal = if has_credentials {
         match <CurrentUser as axum::extract::FromRequestParts<AppState>>::from_request_parts(&mut parts, &state).await {
             Ok(CurrentUser(p)) => Some(p),

@@ -83,6 +83,59 @@ async fn cookies_carry_the_session() {
     let rotated =
         app.client.post(format!("{}/api/users/refresh", app.base)).header("cookie", &refresh).send().await.unwrap();
     assert_eq!(rotated.status(), 200);
+    // Security review L4: renewed by the cookie, the tokens stay in the cookies; a script on the page (an injected
+    // one too) cannot mint a refresh token it can read.
+    assert_eq!(rotated.headers().get_all("set-cookie").iter().count(), 2);
+    let body: serde_json::Value = rotated.json().await.unwrap();
+    assert!(body.get("accessToken").is_none() && body.get("refreshToken").is_none(), "{body}");
+    assert_eq!(body["user"]["email"], "cookie@example.com");
+}
+
+/// Security review L4: a client that keeps its session in cookies (the web app) gets no token in the body; over
+/// HTTPS the cookies are `__Host-` named (no other host of the domain can set or shadow them), plain-named ones are
+/// ignored there, and every answer carries `Strict-Transport-Security`.
+#[tokio::test]
+async fn cookie_sessions_keep_tokens_out_of_scripts_and_use_host_cookies_over_https() {
+    let app = spawn_app().await;
+    let post = |path: &str, body: serde_json::Value| {
+        app.client.post(format!("{}{path}", app.base)).header("x-forwarded-proto", "https").json(&body).send()
+    };
+    let res = post(
+        "/api/users/signup?session=cookie",
+        json!({"email": "host@example.com", "password": "pass-word-1", "name": "H"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 201);
+    assert_eq!(res.headers()["strict-transport-security"], "max-age=31536000");
+    let cookies: Vec<String> =
+        res.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_string()).collect();
+    for name in ["__Host-access_token=", "__Host-refresh_token="] {
+        let c = cookies.iter().find(|c| c.starts_with(name)).unwrap_or_else(|| panic!("{name} in {cookies:?}"));
+        assert!(c.contains("; Path=/;") && c.contains("; Secure") && !c.contains("Domain"), "{c}");
+    }
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert!(body.get("accessToken").is_none() && body.get("refreshToken").is_none(), "{body}");
+    let access = cookies.iter().find(|c| c.starts_with("__Host-access_token=")).unwrap().split(';').next().unwrap();
+    let token = access.split_once('=').unwrap().1;
+    let me = |cookie: String| {
+        app.client
+            .get(format!("{}/api/users/me", app.base))
+            .header("x-forwarded-proto", "https")
+            .header("cookie", cookie)
+            .send()
+    };
+    assert_eq!(me(access.to_string()).await.unwrap().status(), 200);
+    // The same token under the plain name, as a sibling host could set it: not a session over HTTPS.
+    assert_eq!(me(format!("access_token={token}")).await.unwrap().status(), 401);
+    // Plain HTTP answers carry no HSTS.
+    let plain = app.client.get(format!("{}/health", app.base)).send().await.unwrap();
+    assert!(plain.headers().get("strict-transport-security").is_none());
+    // Without `session=cookie`, an API client gets its tokens in the body as before.
+    let signin =
+        post("/api/users/signin", json!({"email": "host@example.com", "password": "pass-word-1"})).await.unwrap();
+    let body: serde_json::Value = signin.json().await.unwrap();
+    assert!(body["accessToken"].is_string() && body["refreshToken"].is_string());
 }
 
 fn forge(claims: serde_json::Value, secret: &str) -> String {

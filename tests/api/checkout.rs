@@ -360,7 +360,7 @@ async fn coupons_are_applied_by_the_server_and_counted_once_per_paid_order() {
     let admin = app.admin().await;
     let p = app.create_product(&admin, "Desk", 20000, 10).await["id"].as_str().unwrap().to_string();
     let c = app
-        .post("/api/admin/coupons", Some(&admin), json!({"code": "save10", "discount": {"kind": "percent", "percent": 10}, "usageLimit": 1, "minOrder": 10000}))
+        .post("/api/admin/coupons", Some(&admin), json!({"code": "save10", "discount": {"kind": "percent", "percent": 10}, "usageLimit": 1, "minOrder": 10000, "minOrderCurrency": "USD"}))
         .await;
     assert_eq!((c.status, c.body["code"].as_str()), (201, Some("SAVE10")));
     let dup = app

@@ -8,9 +8,14 @@ use commercex::demo::{self, ADMIN, COUPON, SHOPPER};
 #[tokio::test]
 async fn the_demo_shopper_buys_a_demo_product_with_the_demo_coupon() {
     let app = spawn_app().await;
-    let first = demo::seed(&app.state).await.unwrap();
+    // Security review L8: the demo's administrator has a published password, so a store with accounts of its own
+    // (here the suite's administrator) is refused unless forced.
+    let refused = demo::seed(&app.state, false).await.unwrap_err().to_string();
+    assert!(refused.contains("--force") && refused.contains(crate::helpers::ADMIN_EMAIL), "{refused}");
+    assert_eq!(app.get("/api/products", None).await.body["total"], 0, "nothing seeded");
+    let first = demo::seed(&app.state, true).await.unwrap();
     assert_eq!((first.products, first.accounts.len(), first.coupon), (12, 2, true));
-    let again = demo::seed(&app.state).await.unwrap();
+    let again = demo::seed(&app.state, true).await.unwrap();
     assert_eq!((again.products, again.products_present, again.accounts.len(), again.coupon), (0, 12, 0, false));
 
     let listed = app.get("/api/products?category=kitchen&sort=price_desc", None).await;

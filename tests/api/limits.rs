@@ -184,7 +184,7 @@ async fn checkouts_and_coupon_codes_are_limited_per_user() {
     }
     // An unknown code and a code that exists but does not apply get the same answer.
     let admin = app.admin().await;
-    let coupon = json!({"code": "BIGSPEND", "discount": {"kind": "percent", "percent": 10}, "minOrder": 1_000_000});
+    let coupon = json!({"code": "BIGSPEND", "discount": {"kind": "percent", "percent": 10}, "minOrder": 1_000_000, "minOrderCurrency": "USD"});
     assert_eq!(app.post("/api/admin/coupons", Some(&admin), coupon).await.status, 201);
     let mut answers = Vec::new();
     for (key, code) in [("k2", "NOSUCHCODE"), ("k3", "BIGSPEND")] {

@@ -97,6 +97,11 @@ async fn uploads_that_are_not_images_or_not_allowed_change_nothing() {
     // An image URL may name an uploaded image, not any path of this server.
     let r = app.patch(&format!("/api/products/{id}"), Some(&admin), json!({"version": 1, "imageUrl": "/admin"})).await;
     assert_eq!((r.status, r.code()), (422, "validation_failed"));
+    // Security review L6: nor, through `..` or an escape, another path under /media/.
+    for url in ["/media/../api/users/me", "/media/products/../../admin", "/media/%2E%2E/admin", "/media/./x.png?y"] {
+        let r = app.patch(&format!("/api/products/{id}"), Some(&admin), json!({"version": 1, "imageUrl": url})).await;
+        assert_eq!((r.status, r.code()), (422, "validation_failed"), "{url}");
+    }
 
     for path in [
         format!("/media/products/{id}/{}.png", "0".repeat(32)),
@@ -181,4 +186,21 @@ async fn an_unreachable_bucket_degrades_the_node_and_fails_only_images() {
     // The rest of the shop works: the product, unchanged, and the catalog.
     assert_eq!(app.get(&format!("/api/products/{id}"), None).await.body["version"], 1);
     assert_eq!(app.get("/api/products", None).await.status, 200);
+}
+
+/// Security review L6: the web app's pages show images from this origin and the configured image origins only, so a
+/// product's `imageUrl` elsewhere cannot turn every product view into a request to a third party.
+#[tokio::test]
+async fn the_pages_show_images_only_from_here_and_the_configured_origins() {
+    let policy = |app: &TestApp| {
+        let app = app.base.clone();
+        async move {
+            let res = reqwest::get(format!("{app}/")).await.unwrap();
+            let csp = res.headers()[header::CONTENT_SECURITY_POLICY].to_str().unwrap().to_string();
+            csp.split(';').map(str::trim).find(|d| d.starts_with("img-src")).unwrap().to_string()
+        }
+    };
+    assert_eq!(policy(&spawn_app().await).await, "img-src 'self' data:");
+    let cdn = spawn_app_with(|c| c.media.image_origins = vec!["https://cdn.example.com".into()]).await;
+    assert_eq!(policy(&cdn).await, "img-src 'self' data: https://cdn.example.com");
 }

@@ -173,3 +173,22 @@ async fn the_bootstrap_admin_email_is_normalised_too() {
         .await;
     assert_eq!((r.status, r.code()), (409, "email_taken"));
 }
+
+/// Security review L8: a bootstrap admin whose email belongs to an account that is not an administrator stops the
+/// start loudly, instead of doing nothing and leaving the shop without the administrator it was told to make.
+#[tokio::test]
+async fn a_bootstrap_admin_email_taken_by_a_shopper_stops_the_start() {
+    let app = crate::helpers::spawn_app().await;
+    app.signup("taken@example.com").await;
+    let dir = app.stop().await;
+    let mut config = crate::helpers::test_config(dir.path());
+    if let Some(admin) = &mut config.auth.bootstrap_admin {
+        admin.email = "Taken@Example.com".into();
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let error = match commercex::app::Application::with_listener(config, listener).await {
+        Ok(_) => panic!("the node started with a bootstrap admin that is a shopper"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(error.contains("auth.bootstrap_admin.email") && error.contains("not an administrator"), "{error}");
+}

@@ -307,6 +307,15 @@ describe('storefront and admin console in Chromium', () => {
     await shopper.locator('.toast', { hasText: /shipped/i }).waitFor({ timeout: 10000 });
   });
 
+  test('a link with a malformed escape in its route still shows a page', async () => {
+    const page = await newPage();
+    await ready(page, '/#/product/%E0%A4%A');
+    await page.getByRole('heading').first().waitFor();
+    await ready(page, '/admin#/orders/%');
+    await page.getByRole('heading').first().waitFor();
+    await page.context().close();
+  });
+
   test('the storefront fits a phone-width screen', async () => {
     const phone = await newPage({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true });
     await ready(phone, '/');

@@ -125,6 +125,7 @@ pub fn coupon(code: &str) -> Coupon {
         code: code.into(),
         discount: Discount::Percent { percent: 10 },
         min_order: Some(1_000),
+        min_order_currency: Some("USD".into()),
         expires_at: None,
         usage_limit: Some(3),
         per_user_limit: None,

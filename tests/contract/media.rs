@@ -30,6 +30,9 @@ pub async fn images_are_read_back_as_stored(media: MediaStore) {
     assert_eq!(stored.url(), format!("/media/{}", stored.name));
     let image = media.product_image(&id, file_of(&stored.name)).await.unwrap().expect("found");
     assert_eq!((image.format, image.size), (ImageFormat::Jpeg, jpeg.len() as u64));
+    // Security review L7: in a bucket the object carries its type (a local file has no metadata to carry).
+    let expected_type = (media.backend() == "s3").then(|| "image/jpeg".to_string());
+    assert_eq!(image.stored_type, expected_type);
     assert_eq!(image.bytes().await.unwrap(), jpeg);
     assert!(media.has_product_image(&id, file_of(&stored.name)).await.unwrap());
 

@@ -246,7 +246,9 @@ pub async fn users_are_unique_by_email_and_updated_by_version(store: Arc<dyn Sto
 }
 
 pub async fn refresh_tokens_are_used_once(store: Arc<dyn Store>) {
-    let token = RefreshToken { user_id: "u1".into(), family_id: "f1".into(), expires_at: at(86_400_000), used: false };
+    // Unexpired: a store may delete expired tokens at any time (MongoDB's TTL index does).
+    let tomorrow = chrono::DateTime::from_timestamp(chrono::Utc::now().timestamp() + 86_400, 0).unwrap();
+    let token = RefreshToken { user_id: "u1".into(), family_id: "f1".into(), expires_at: tomorrow, used: false };
     store.insert_refresh_token("hash-1", &token).await.unwrap();
     assert!(matches!(store.insert_refresh_token("hash-1", &token).await, Err(StoreError::Duplicate(_))));
     assert_eq!(store.refresh_token("hash-1").await.unwrap(), Some(token.clone()), "reading does not use it");

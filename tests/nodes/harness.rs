@@ -109,6 +109,13 @@ impl Deployment {
             ("LOG__LEVEL", "info".into()),
             // Several processes on one host: metrics with the API, where the tests scrape them.
             ("TELEMETRY__METRICS_ADDR", String::new()),
+            // Shoppers under load check out in loops from one address: per-user and per-address budgets aside.
+            ("CHECKOUT__CHECKOUTS_PER_USER_PER_MINUTE", "1000000".into()),
+            ("CHECKOUT__MAX_PENDING_ORDERS_PER_USER", "1000000".into()),
+            ("CHECKOUT__COUPON_ATTEMPTS_PER_USER_PER_MINUTE", "1000000".into()),
+            ("AUTH__SIGNIN_ATTEMPTS_PER_ACCOUNT_PER_MINUTE", "1000000".into()),
+            ("HTTP__REFRESH_RATE_LIMIT_PER_MINUTE", "1000000".into()),
+            ("NOTIFICATIONS__MAX_SOCKETS_PER_CLIENT", "1000000".into()),
         ];
         if self.clustered {
             env.push(("CLUSTER__ENABLED", "true".into()));
