@@ -83,10 +83,11 @@ struct SigninBody {
 #[into_params(parameter_in = Query)]
 struct SessionParams {
     /// `cookie` or `tokens` (the default).
+    #[param(value_type = Option<String>)]
     session: Option<SessionMode>,
 }
 
-#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Default, ToSchema)]
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
 enum SessionMode {
     #[default]

@@ -130,6 +130,10 @@ pub(super) fn prepare_payments(txn: &redb::WriteTransaction) -> Result<(), Store
     txn.delete_table(PAYMENTS_BY_TIME).map_err(db_err)?;
     txn.delete_table(PAYMENTS_BY_STATUS).map_err(db_err)?;
     txn.delete_table(PAYMENT_COUNTS).map_err(db_err)?;
+    // Created even when there is nothing to index: readers open them.
+    txn.open_table(PAYMENTS_BY_TIME).map_err(db_err)?;
+    txn.open_table(PAYMENTS_BY_STATUS).map_err(db_err)?;
+    txn.open_table(PAYMENT_COUNTS).map_err(db_err)?;
     let payments: Vec<Payment> = documents_in(txn, PAYMENTS)?;
     for p in &payments {
         index_payment(txn, None, p)?;
