@@ -4,6 +4,8 @@ COPY . .
 RUN cargo build --release --locked
 
 FROM debian:bookworm-slim
+# OpenSSL for TLS and SASL/SCRAM to Kafka; the CA certificates for TLS to managed services.
+RUN apt-get update && apt-get install -y --no-install-recommends libssl3 ca-certificates && rm -rf /var/lib/apt/lists/*
 RUN useradd --system --home /var/lib/commercex commercex && mkdir -p /var/lib/commercex && chown commercex /var/lib/commercex
 COPY --from=build /src/target/release/commercex /usr/local/bin/commercex
 COPY config.toml /etc/commercex/config.toml

@@ -21,6 +21,11 @@
 # under the target directory ($CARGO_TARGET_DIR or ./target), in infra/, or in $COMMERCEX_INFRA_RUN. Ports:
 # $COMMERCEX_INFRA_{REDIS,KAFKA,MONGO,S3}_PORT. The outage tests start private servers this way (their own run
 # directory and ports) and stop and restart them.
+#
+# A Kafka broker that authenticates its clients: $COMMERCEX_INFRA_KAFKA_USERS ("name:password ...") makes `up kafka`
+# create those SCRAM-SHA-256 and SCRAM-SHA-512 users and start the broker requiring SASL; with
+# $COMMERCEX_INFRA_KAFKA_TLS=1 it also listens with TLS only, on a certificate for 127.0.0.1 made for it
+# ($RUN/kafka/tls/cert.pem, which clients take as their CA).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -95,19 +100,45 @@ start_redis() {
   log "redis on 127.0.0.1:$REDIS_PORT"
 }
 
-start_kafka() {
-  mkdir -p "$RUN/kafka"
-  running "$RUN/kafka/pid" && return
+# Starts nisshi on $KAFKA_PORT with extra broker arguments $@; returns once the port answers.
+run_nisshi() {
   # nisshi is run from its data directory; the pid recorded is the broker's own.
   (
     cd "$RUN/kafka"
     GROUP_INITIAL_REBALANCE_DELAY=0s nohup "$NISSHI" broker \
       --listener-url "tcp://127.0.0.1:$KAFKA_PORT" --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-      --storage-engine sqlite://nisshi.db >log 2>&1 &
+      --storage-engine sqlite://nisshi.db "$@" >>log 2>&1 &
     echo $! >pid
   )
   wait_for 30 port_open "$KAFKA_PORT" || { log "nisshi did not answer; see $RUN/kafka/log"; exit 1; }
-  log "kafka (nisshi) on 127.0.0.1:$KAFKA_PORT"
+}
+
+start_kafka() {
+  mkdir -p "$RUN/kafka"
+  running "$RUN/kafka/pid" && return
+  local users="${COMMERCEX_INFRA_KAFKA_USERS:-}" auth=()
+  if [ -n "$users" ]; then
+    # Users are written through a broker that does not yet ask for them, into the storage the real one reads.
+    run_nisshi
+    for user in $users; do
+      for mechanism in scram256 scram512; do
+        "$NISSHI" user create --broker "tcp://127.0.0.1:$KAFKA_PORT" --mechanism "$mechanism" \
+          "${user%%:*}" "${user#*:}" >>"$RUN/kafka/log" 2>&1
+      done
+    done
+    stop_pid "$RUN/kafka/pid" nisshi
+    wait_for 10 bash -c "! (exec 3<>/dev/tcp/127.0.0.1/$KAFKA_PORT)"
+    auth+=(--authentication)
+  fi
+  if [ "${COMMERCEX_INFRA_KAFKA_TLS:-}" = 1 ]; then
+    local tls="$RUN/kafka/tls"
+    mkdir -p "$tls"
+    [ -f "$tls/cert.pem" ] || openssl req -x509 -newkey rsa:2048 -nodes -days 7 -subj "/CN=127.0.0.1" \
+      -addext "subjectAltName=IP:127.0.0.1" -keyout "$tls/key.pem" -out "$tls/cert.pem" >/dev/null 2>&1
+    auth+=(--cert "$tls/cert.pem" --key "$tls/key.pem")
+  fi
+  run_nisshi "${auth[@]}"
+  log "kafka (nisshi) on 127.0.0.1:$KAFKA_PORT${users:+, SASL/SCRAM required}${COMMERCEX_INFRA_KAFKA_TLS:+, TLS}"
 }
 
 start_mongo() {

@@ -641,3 +641,102 @@ mod kafka {
         forget(&settings).await;
     }
 }
+
+/// Against a broker that authenticates its clients and speaks only TLS: a private nisshi started through
+/// `scripts/infra.sh` with SCRAM users and a certificate of its own.
+mod kafka_authenticated {
+    use std::process::Command;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use commercex::bridge::kafka::{KafkaBus, KafkaSecurity, KafkaSettings};
+    use commercex::bridge::EventBus;
+
+    const USER: &str = "commercex";
+    const PASSWORD: &str = "scram-test-password-1";
+
+    /// The broker, stopped (by its pid, through the same script) when dropped.
+    struct Broker {
+        run: tempfile::TempDir,
+        port: u16,
+    }
+
+    impl Broker {
+        fn infra(&self, action: &str) -> Command {
+            let mut command = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/infra.sh"));
+            command
+                .args([action, "kafka"])
+                .env("COMMERCEX_INFRA_RUN", self.run.path())
+                .env("COMMERCEX_INFRA_KAFKA_PORT", self.port.to_string())
+                .env("COMMERCEX_INFRA_KAFKA_USERS", format!("{USER}:{PASSWORD}"))
+                .env("COMMERCEX_INFRA_KAFKA_TLS", "1");
+            command
+        }
+
+        fn start() -> Self {
+            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let broker = Self { run: tempfile::tempdir().unwrap(), port };
+            assert!(broker.infra("up").status().expect("runs scripts/infra.sh").success(), "the broker did not start");
+            broker
+        }
+
+        fn ca(&self) -> String {
+            self.run.path().join("kafka/tls/cert.pem").display().to_string()
+        }
+
+        /// A deployment of its own; a refused client gives up after `startup` (each start-up step's bound).
+        fn settings(&self, security: KafkaSecurity, startup: Duration) -> KafkaSettings {
+            let name = format!("t{}", uuid::Uuid::new_v4().simple());
+            let mut settings = KafkaSettings::new(format!("127.0.0.1:{}", self.port), name.clone(), 3, name);
+            settings.startup_timeout = startup;
+            settings.security = security;
+            settings
+        }
+    }
+
+    impl Drop for Broker {
+        fn drop(&mut self) {
+            let _ = self.infra("down").status();
+        }
+    }
+
+    fn scram(password: &str, ca: &str) -> KafkaSecurity {
+        KafkaSecurity {
+            protocol: "sasl_ssl".into(),
+            sasl_mechanism: "SCRAM-SHA-512".into(),
+            sasl_username: USER.into(),
+            sasl_password: password.into(),
+            ssl_ca_location: ca.into(),
+            ..KafkaSecurity::default()
+        }
+    }
+
+    /// `bus.kafka.security_protocol = "sasl_ssl"` with SCRAM: the configured user publishes and consumes over TLS;
+    /// a wrong password, no SASL, or no TLS gets nothing from the broker.
+    #[tokio::test]
+    #[ignore = "needs the real servers: scripts/test.sh"]
+    async fn only_the_configured_user_over_tls_gets_through() {
+        let broker = Broker::start();
+        let admitted = broker.settings(scram(PASSWORD, &broker.ca()), Duration::from_secs(20));
+        let bus: Arc<dyn EventBus> = match KafkaBus::connect(&admitted).await {
+            Ok(bus) => Arc::new(bus),
+            Err(error) => panic!("the configured user over TLS was refused: {error}"),
+        };
+        super::a_subscriber_receives_every_event(bus).await;
+
+        let refused = [
+            ("a wrong password", scram("not-the-password-1", &broker.ca())),
+            (
+                "TLS without SASL",
+                KafkaSecurity { protocol: "ssl".into(), ssl_ca_location: broker.ca(), ..KafkaSecurity::default() },
+            ),
+            ("SASL without TLS", KafkaSecurity { protocol: "sasl_plaintext".into(), ..scram(PASSWORD, "") }),
+            ("neither", KafkaSecurity::default()),
+        ];
+        for (what, security) in refused {
+            let settings = broker.settings(security, Duration::from_secs(4));
+            let connected = tokio::time::timeout(Duration::from_secs(30), KafkaBus::connect(&settings)).await;
+            assert!(matches!(connected, Ok(Err(_))), "{what}: connected anyway (or hung)");
+        }
+    }
+}
