@@ -54,6 +54,11 @@ fn config_for(backend: &str, dir: &std::path::Path, name: &str) -> Config {
     let mut config = Config::default();
     config.store.data_dir = dir.to_path_buf();
     config.http.auth_rate_limit_per_minute = 1_000_000;
+    // Every shopper checks out in a loop and keeps a socket open, all from one address.
+    config.checkout.checkouts_per_user_per_minute = 1_000_000;
+    config.checkout.max_pending_orders_per_user = 1_000_000;
+    config.notifications.max_sockets_per_client = 1_000_000;
+    config.http.max_connections_per_client = 1_000_000;
     config.auth.jwt_secret = "benchmark-secret-0123456789abcdef0123456789".into();
     config.auth.bootstrap_admin =
         Some(BootstrapAdmin { email: "admin@bench.test".into(), password: "admin-pass-1".into() });
