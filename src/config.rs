@@ -57,7 +57,7 @@ pub struct HttpConfig {
     pub max_connections_per_client: usize,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// HMAC secret for access tokens; empty means "generate one per data directory".
@@ -84,6 +84,25 @@ pub struct AuthConfig {
 pub struct BootstrapAdmin {
     pub email: String,
     pub password: String,
+}
+
+/// Everything but the JWT secret, which is never shown.
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secret = if self.jwt_secret.is_empty() { "" } else { "<redacted>" };
+        f.debug_struct("AuthConfig")
+            .field("jwt_secret", &secret)
+            .field("access_token_ttl_secs", &self.access_token_ttl_secs)
+            .field("refresh_token_ttl_secs", &self.refresh_token_ttl_secs)
+            .field("cookie_secure", &self.cookie_secure)
+            .field("argon2_memory_kib", &self.argon2_memory_kib)
+            .field("argon2_iterations", &self.argon2_iterations)
+            .field("hash_workers", &self.hash_workers)
+            .field("hash_queue", &self.hash_queue)
+            .field("signin_attempts_per_account_per_minute", &self.signin_attempts_per_account_per_minute)
+            .field("bootstrap_admin", &self.bootstrap_admin)
+            .finish()
+    }
 }
 
 impl std::fmt::Debug for BootstrapAdmin {
@@ -1095,6 +1114,14 @@ mod tests {
             "[auth.bootstrap_admin]\nemail = \"root@example.com\"\npassword = \"x\"".parse().unwrap();
         let err = Config::from_sources(Some(file), env(&[])).unwrap_err();
         assert!(err.to_string().contains("auth.bootstrap_admin.password"), "{err}");
+    }
+
+    #[test]
+    fn the_jwt_secret_is_never_in_debug_output() {
+        let secret = "a-jwt-secret-of-at-least-32-characters-0123";
+        let c = Config::from_sources(None, env(&[("COMMERCEX__AUTH__JWT_SECRET", secret)])).unwrap();
+        let shown = format!("{c:?}");
+        assert!(!shown.contains(secret) && shown.contains("<redacted>"), "{shown}");
     }
 
     #[test]

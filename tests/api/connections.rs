@@ -200,3 +200,40 @@ async fn readers_that_never_read_lose_their_connection_after_the_send_timeout() 
         sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Security review H1 (and M2): one client address may hold at most `http.max_connections_per_client`
+/// connections, so it cannot take every place of the server; a trusted proxy, which carries many clients, is not
+/// held to it.
+#[tokio::test]
+async fn one_client_address_holds_a_bounded_number_of_connections() {
+    let app = spawn_app_with(|c| c.http.max_connections_per_client = 2).await;
+    let _open = [raw_connect(&app).await, raw_connect(&app).await];
+    sleep(Duration::from_millis(100)).await;
+    let mut third = raw_connect(&app).await;
+    let reply = read_until_closed(&mut third, Duration::from_secs(5)).await;
+    assert!(reply.text.starts_with("HTTP/1.1 503"), "a third connection from one address: {reply:?}");
+    drop(_open);
+    let start = Instant::now();
+    loop {
+        let mut conn = raw_connect(&app).await;
+        conn.write_all(GET_HEALTH).await.unwrap();
+        if read_response(&mut conn, Duration::from_secs(1)).await.map(|r| r.0) == Some(200) {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "closing connections gave no room back");
+        sleep(Duration::from_millis(20)).await;
+    }
+
+    let behind_proxy = spawn_app_with(|c| {
+        c.http.max_connections_per_client = 2;
+        c.http.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+    })
+    .await;
+    let mut open = Vec::new();
+    for _ in 0..4 {
+        let mut conn = raw_connect(&behind_proxy).await;
+        conn.write_all(GET_HEALTH).await.unwrap();
+        assert_eq!(read_response(&mut conn, Duration::from_secs(5)).await.map(|r| r.0), Some(200));
+        open.push(conn);
+    }
+}
