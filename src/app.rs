@@ -53,6 +53,8 @@ use crate::store::RevocationStore;
 use crate::store::{EventRecord, Store};
 
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for each background task, and for the bus to close.
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 /// How often active entities (sagas in progress, reservations to expire) are checked to be running.
 const RESUME_EVERY: Duration = Duration::from_secs(5);
 
@@ -65,7 +67,8 @@ pub struct Application {
     store_closed: Option<CloseWatch>,
     bus: Arc<dyn EventBus>,
     stop_background: watch::Sender<bool>,
-    background: Vec<JoinHandle<()>>,
+    /// The background tasks, by name, for shutdown to wait on (and name the one that does not stop).
+    background: Vec<(&'static str, JoinHandle<()>)>,
 }
 
 impl Application {
@@ -278,13 +281,13 @@ impl Application {
             tokio::spawn(crate::telemetry::metrics::upkeep(stop.clone()))
         });
         let background = vec![
-            relay.spawn(stop.clone()),
-            spawn_cache_invalidation(bus.subscribe(), catalog.clone(), stop.clone()),
-            resumer.spawn(RESUME_EVERY, resume_now, stop.clone()),
-            spawn_purge(store.clone(), revocations.clone(), stop.clone()),
-            chaos.spawn(killable, stop),
+            ("outbox relay", relay.spawn(stop.clone())),
+            ("cache invalidation", spawn_cache_invalidation(bus.subscribe(), catalog.clone(), stop.clone())),
+            ("resumer", resumer.spawn(RESUME_EVERY, resume_now, stop.clone())),
+            ("purge", spawn_purge(store.clone(), revocations.clone(), stop.clone())),
+            ("chaos", chaos.spawn(killable, stop)),
         ];
-        let background: Vec<JoinHandle<()>> = background.into_iter().chain(metrics).collect();
+        let background = background.into_iter().chain(metrics.map(|task| ("metrics upkeep", task))).collect();
 
         let (memory, iterations) = (config.auth.argon2_memory_kib, config.auth.argon2_iterations);
         let (workers, queue) = (config.hash_workers(), config.auth.hash_queue);
@@ -421,12 +424,19 @@ impl Application {
         state.carts.router().shutdown(DRAIN_TIMEOUT).await;
         state.catalog.router().shutdown(DRAIN_TIMEOUT).await;
         drop(state);
+        // Each step is bounded, so a SIGTERM always ends the process; a step that runs out of time is named in the
+        // log. What it leaves is safe: events still in the outbox are published on the next start, and an event a
+        // consumer did not mark handled is delivered again.
         let _ = self.stop_background.send(true);
-        for task in self.background {
-            let _ = task.await;
+        for (name, task) in self.background {
+            if tokio::time::timeout(STOP_TIMEOUT, task).await.is_err() {
+                tracing::warn!(task = name, timeout = ?STOP_TIMEOUT, "a background task did not stop in time; left behind");
+            }
         }
         // The relay has stopped: consumers finish the event in hand and commit, the producer delivers the rest.
-        self.bus.close().await;
+        if tokio::time::timeout(STOP_TIMEOUT, self.bus.close()).await.is_err() {
+            tracing::warn!(timeout = ?STOP_TIMEOUT, "the bus did not close in time; its consumers' last events come again");
+        }
         // Actors release the store as their tasks wind down; wait for the file to be closed.
         let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
         if let Some(closed) = &self.store_closed {

@@ -13,6 +13,20 @@ use crate::helpers::{raw_connect, read_response, read_until_closed, spawn_app_wi
 
 const GET_HEALTH: &[u8] = b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n";
 
+/// Waits until a new connection is served `GET /health`, failing with `what` after `within`.
+async fn served_within(app: &crate::helpers::TestApp, within: Duration, what: &str) {
+    let start = Instant::now();
+    loop {
+        let mut conn = raw_connect(app).await;
+        conn.write_all(GET_HEALTH).await.unwrap();
+        if read_response(&mut conn, Duration::from_secs(1)).await.map(|r| r.0) == Some(200) {
+            return;
+        }
+        assert!(start.elapsed() < within, "{what}");
+        sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn slow_or_silent_request_heads_are_cut_off() {
     let app = spawn_app_with(|c| c.http.header_read_timeout_ms = 1000).await;
@@ -117,16 +131,7 @@ async fn connections_past_the_cap_are_refused_while_open_ones_keep_working() {
 
     // Closing the WebSocket makes room for a new connection.
     drop(ws);
-    let start = Instant::now();
-    loop {
-        let mut conn = raw_connect(&app).await;
-        conn.write_all(GET_HEALTH).await.unwrap();
-        if read_response(&mut conn, Duration::from_secs(1)).await.map(|r| r.0) == Some(200) {
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(5), "no room for a new connection after one closed");
-        sleep(Duration::from_millis(20)).await;
-    }
+    served_within(&app, Duration::from_secs(5), "no room for a new connection after one closed").await;
 }
 
 #[tokio::test]
@@ -189,16 +194,7 @@ async fn readers_that_never_read_lose_their_connection_after_the_send_timeout() 
     assert!(reply.text.starts_with("HTTP/1.1 503"), "the readers hold both places: {reply:?}");
 
     // Well past the send timeout, long before the keep-alive one (60 s), a new visitor is served again.
-    let start = Instant::now();
-    loop {
-        let mut conn = raw_connect(&app).await;
-        conn.write_all(GET_HEALTH).await.unwrap();
-        if read_response(&mut conn, Duration::from_secs(1)).await.map(|r| r.0) == Some(200) {
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(10), "readers that never read still hold every connection");
-        sleep(Duration::from_millis(100)).await;
-    }
+    served_within(&app, Duration::from_secs(10), "readers that never read still hold every connection").await;
 }
 
 /// Security review H1 (and M2): one client address may hold at most `http.max_connections_per_client`
@@ -213,16 +209,7 @@ async fn one_client_address_holds_a_bounded_number_of_connections() {
     let reply = read_until_closed(&mut third, Duration::from_secs(5)).await;
     assert!(reply.text.starts_with("HTTP/1.1 503"), "a third connection from one address: {reply:?}");
     drop(_open);
-    let start = Instant::now();
-    loop {
-        let mut conn = raw_connect(&app).await;
-        conn.write_all(GET_HEALTH).await.unwrap();
-        if read_response(&mut conn, Duration::from_secs(1)).await.map(|r| r.0) == Some(200) {
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(5), "closing connections gave no room back");
-        sleep(Duration::from_millis(20)).await;
-    }
+    served_within(&app, Duration::from_secs(5), "closing connections gave no room back").await;
 
     let behind_proxy = spawn_app_with(|c| {
         c.http.max_connections_per_client = 2;

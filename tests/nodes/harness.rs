@@ -356,11 +356,21 @@ impl Node {
         assert!(status.success(), "kill {signal} {}", self.name);
     }
 
-    /// SIGTERM, then waits for the process to end (a graceful stop).
+    /// SIGTERM, then waits for the process to end (a graceful stop), for at most a minute: a node that does not
+    /// stop is killed and the test fails, pointing at its log, rather than waiting forever.
     pub fn terminate(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while std::time::Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
             let _ = child.wait();
+            panic!("{} did not stop within 60 s of SIGTERM; see {}", self.api.name, self.log.display());
         }
     }
 
