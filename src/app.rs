@@ -417,12 +417,21 @@ impl Application {
         if let Some(cluster) = &state.cluster {
             cluster.leave().await;
         }
-        // Orders first: they are the ones calling the other entities.
-        state.orders.router().shutdown(DRAIN_TIMEOUT).await;
-        state.payments.shutdown(DRAIN_TIMEOUT).await;
-        state.coupons.shutdown(DRAIN_TIMEOUT).await;
-        state.carts.router().shutdown(DRAIN_TIMEOUT).await;
-        state.catalog.router().shutdown(DRAIN_TIMEOUT).await;
+        // Orders first: they are the ones calling the other entities. Each kind's drain is bounded by itself; the
+        // bound here names a kind whose drain did not end at all.
+        type Drain<'a> = std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+        let drains: [(&str, Drain<'_>); 5] = [
+            ("order", Box::pin(state.orders.router().shutdown(DRAIN_TIMEOUT))),
+            ("payment", Box::pin(state.payments.shutdown(DRAIN_TIMEOUT))),
+            ("coupon", Box::pin(state.coupons.shutdown(DRAIN_TIMEOUT))),
+            ("cart", Box::pin(state.carts.router().shutdown(DRAIN_TIMEOUT))),
+            ("product", Box::pin(state.catalog.router().shutdown(DRAIN_TIMEOUT))),
+        ];
+        for (kind, drain) in drains {
+            if tokio::time::timeout(STOP_TIMEOUT, drain).await.is_err() {
+                tracing::warn!(kind, timeout = ?STOP_TIMEOUT, "entity actors did not drain in time; left behind");
+            }
+        }
         drop(state);
         // Each step is bounded, so a SIGTERM always ends the process; a step that runs out of time is named in the
         // log. What it leaves is safe: events still in the outbox are published on the next start, and an event a
