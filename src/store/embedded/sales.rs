@@ -253,8 +253,8 @@ impl SalesStore for EmbeddedStore {
                         ids.push(row.map_err(db_err)?.1.value().to_string());
                     }
                     let counts = txn.open_table(PAYMENT_COUNTS).map_err(db_err)?;
-                    let count = counts.get(status).map_err(db_err)?.map_or(0, |v| v.value());
-                    count
+                    let total = counts.get(status).map_err(db_err)?.map_or(0, |v| v.value());
+                    total
                 }
                 None => {
                     let index = txn.open_table(PAYMENTS_BY_TIME).map_err(db_err)?;
