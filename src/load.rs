@@ -9,6 +9,7 @@
 //! | [`listener`] | a user's notification WebSocket, read by its own task |
 //! | [`api`]      | requests and answers, tokens |
 //! | [`stats`]    | latency histograms, errors by answer, orders settled, the final report |
+//! | [`cost`]     | the nodes' cost counters (MongoDB, Kafka, Redis, forwarded calls) per paid order |
 //!
 //! A run: check every node answers `/health`, prepare the catalog on the first node, sign up the users (user `i`
 //! on node `i % nodes`), then let every user loop over the mix for the duration. At its end no user starts
@@ -16,6 +17,7 @@
 
 pub mod api;
 pub mod args;
+pub mod cost;
 pub mod listener;
 pub mod scenario;
 pub mod setup;
@@ -149,6 +151,7 @@ pub async fn run(options: Options, interrupt: impl Future<Output = ()>) -> Resul
         think: options.think,
         run,
     });
+    let metrics_before = cost::scrape(&http, &options.metrics).await?;
     let (phase, phase_rx) = watch::channel(Phase::Running);
     let users = signed_up.users.len();
     let started = Instant::now();
@@ -187,6 +190,11 @@ pub async fn run(options: Options, interrupt: impl Future<Output = ()>) -> Resul
 
     let (operations, errors, orders) = recorder.report(window);
     let requests = recorder.totals().requests;
+    let cost = if options.metrics.is_empty() {
+        Vec::new()
+    } else {
+        cost::growth(&metrics_before, &cost::scrape(&http, &options.metrics).await?, orders.paid)
+    };
     Ok(Report {
         urls: options.urls,
         users,
@@ -200,6 +208,7 @@ pub async fn run(options: Options, interrupt: impl Future<Output = ()>) -> Resul
         operations,
         errors,
         orders,
+        cost,
     })
 }
 

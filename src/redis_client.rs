@@ -108,12 +108,17 @@ impl RedisClient {
         if let Some(error) = self.cooling_down() {
             return Err(Error::Unavailable(error));
         }
+        let sent = || ::metrics::counter!(crate::telemetry::metrics::REDIS_COMMANDS, "op" => what).increment(1);
         let result = async {
             let manager = self.manager().await?;
+            sent();
             match op(manager.clone()).await {
                 // The manager is already reconnecting (Redis restarted, the connection dropped): one more try
                 // waits for the new connection instead of failing this call too.
-                Err(e) if e.is_unrecoverable_error() => op(manager).await,
+                Err(e) if e.is_unrecoverable_error() => {
+                    sent();
+                    op(manager).await
+                }
                 other => other,
             }
         }

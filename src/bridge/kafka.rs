@@ -377,7 +377,10 @@ impl EventBus for KafkaBus {
         // librdkafka fails the message after `message.timeout.ms`; the outer bound only guards against it not doing so.
         let bound = self.settings.publish_timeout + Duration::from_secs(2);
         match tokio::time::timeout(bound, producer.send(record, Timeout::After(Duration::ZERO))).await {
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(_)) => {
+                crate::telemetry::metrics::kafka_records(topic, "produced", 1);
+                Ok(())
+            }
             Ok(Err((error, _))) => {
                 self.replace_if_fatal(&producer);
                 Err(unavailable(&format!("kafka did not take {}", event.id), error))

@@ -442,6 +442,7 @@ impl ClusterNode {
         while !self.stop.load(Ordering::SeqCst) {
             match consumer.poll(POLL) {
                 Some(Ok(message)) => {
+                    crate::telemetry::metrics::kafka_records(&self.replies, "consumed", 1);
                     let at = format!("{}@{}", self.replies, message.offset());
                     let answer = match message.payload().map(serde_json::from_slice::<Answer>) {
                         Some(Ok(answer)) => answer,
@@ -496,6 +497,7 @@ impl ClusterNode {
             }
             match polled {
                 Some(Ok(message)) => {
+                    crate::telemetry::metrics::kafka_records(&self.commands, "consumed", 1);
                     self.positions
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
@@ -604,8 +606,11 @@ impl ClusterNode {
             answer.sig = answer.signature(&node.signer, &envelope.reply_to);
             let Ok(payload) = serde_json::to_vec(&answer) else { return };
             let record = FutureRecord::<(), _>::to(&envelope.reply_to).partition(0).payload(&payload);
-            if let Err((error, _)) = node.producer.send(record, node.timeout).await {
-                tracing::warn!(%error, to = %envelope.reply_to, "could not answer a forwarded request");
+            match node.producer.send(record, node.timeout).await {
+                Ok(_) => crate::telemetry::metrics::kafka_records(&envelope.reply_to, "produced", 1),
+                Err((error, _)) => {
+                    tracing::warn!(%error, to = %envelope.reply_to, "could not answer a forwarded request")
+                }
             }
         };
         self.runtime.spawn(tracing::Instrument::instrument(serve, span));
@@ -696,6 +701,21 @@ impl Placement for ClusterNode {
     }
 
     async fn forward(&self, kind: &'static str, id: &str, request: Request) -> Result<Value, RemoteError> {
+        let result = self.call(kind, id, request).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(RemoteError::Rejected { .. }) => "rejected",
+            Err(RemoteError::Unavailable { .. }) => "unavailable",
+        };
+        ::metrics::counter!(crate::telemetry::metrics::CLUSTER_FORWARDED, "kind" => kind, "outcome" => outcome)
+            .increment(1);
+        result
+    }
+}
+
+impl ClusterNode {
+    /// Sends `request` to the node hosting the entity on the commands topic and waits for its answer.
+    async fn call(&self, kind: &'static str, id: &str, request: Request) -> Result<Value, RemoteError> {
         let unavailable = |reason: String| RemoteError::Unavailable { reason };
         let call = uuid::Uuid::new_v4().to_string();
         let timeout_ms = i64::try_from(self.timeout.as_millis()).unwrap_or(i64::MAX);
@@ -720,6 +740,7 @@ impl Placement for ClusterNode {
             forgotten(self);
             return Err(unavailable(format!("could not forward to the node hosting {kind} {id}: {error}")));
         }
+        crate::telemetry::metrics::kafka_records(&self.commands, "produced", 1);
         match tokio::time::timeout(self.timeout, answer).await {
             Ok(Ok(result)) => result,
             _ => {

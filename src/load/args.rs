@@ -32,6 +32,9 @@ Options:
   --think D              pause between a user's operations; 0 drives the server as hard as the users can
                          [default: 0ms]
   --signup-concurrency N sign-ups in flight at once (they are slow on purpose) [default: 8]
+  --metrics URL          a node's metrics endpoint (http://host:port/metrics; repeat for each node): scraped
+                         before and after the run, its MongoDB commands, Kafka records, Redis requests and
+                         forwarded calls are reported per paid order
   --json                 also print the final report as one line of JSON on stdout
   -h, --help             this text
 
@@ -48,6 +51,8 @@ pub struct Options {
     pub ws_share: f64,
     pub think: Duration,
     pub signup_concurrency: usize,
+    /// Metrics endpoints scraped before and after the run.
+    pub metrics: Vec<String>,
     pub json: bool,
 }
 
@@ -63,6 +68,7 @@ impl Default for Options {
             ws_share: 0.5,
             think: Duration::ZERO,
             signup_concurrency: 8,
+            metrics: Vec::new(),
             json: false,
         }
     }
@@ -132,6 +138,7 @@ pub fn parse(
             "--ws-share" => options.ws_share = parse_share(&value).map_err(bad)?,
             "--think" => options.think = parse_duration(&value).map_err(bad)?,
             "--signup-concurrency" => options.signup_concurrency = parse_count(&value).map_err(bad)?,
+            "--metrics" => options.metrics.push(parse_metrics_url(&value).map_err(bad)?),
             _ => unreachable!("every flag taking a value is matched above"),
         }
     }
@@ -146,7 +153,7 @@ pub fn parse(
     Ok(Command::Run(Box::new(options)))
 }
 
-const FLAGS_WITH_VALUES: [&str; 10] = [
+const FLAGS_WITH_VALUES: [&str; 11] = [
     "--url",
     "--users",
     "--duration",
@@ -157,6 +164,7 @@ const FLAGS_WITH_VALUES: [&str; 10] = [
     "--ws-share",
     "--think",
     "--signup-concurrency",
+    "--metrics",
 ];
 
 /// `30s`, `2m`, `500ms`, `1h`; a bare number is seconds.
@@ -200,6 +208,14 @@ fn parse_url(text: &str) -> Result<String, String> {
         return Err(format!("expected http://host:port with no path, got `{text}`"));
     }
     Ok(text.trim_end_matches('/').to_string())
+}
+
+/// `http://host:port/path` (plain HTTP only).
+fn parse_metrics_url(text: &str) -> Result<String, String> {
+    match text.strip_prefix("http://") {
+        Some(rest) if !rest.is_empty() && !rest.starts_with('/') => Ok(text.to_string()),
+        _ => Err(format!("expected http://host:port/metrics (plain HTTP only), got `{text}`")),
+    }
 }
 
 #[cfg(test)]
@@ -261,6 +277,8 @@ mod tests {
             "20ms",
             "--signup-concurrency",
             "4",
+            "--metrics",
+            "http://127.0.0.1:9464/metrics",
             "--json",
         ])
         .unwrap();
@@ -269,6 +287,7 @@ mod tests {
         assert_eq!(o.admin, Some(("a@b.test".into(), "pw".into())));
         assert_eq!(o.mix, "checkout=3,browse=1".parse().unwrap());
         assert_eq!((o.ws_share, o.think, o.signup_concurrency, o.json), (0.25, Duration::from_millis(20), 4, true));
+        assert_eq!(o.metrics, ["http://127.0.0.1:9464/metrics"]);
     }
 
     #[test]
@@ -295,6 +314,7 @@ mod tests {
             &["--url", "http://127.0.0.1:8000/api"],
             &["--mix", "browse=1,dance=2"],
             &["--json=yes"],
+            &["--metrics", "127.0.0.1:9464/metrics"],
         ] {
             assert!(matches!(run(bad), Err(ArgsError::BadValue { .. })), "{bad:?}");
         }

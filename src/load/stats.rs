@@ -368,6 +368,8 @@ pub struct Report {
     pub operations: Vec<OpRow>,
     pub errors: Vec<ErrorRow>,
     pub orders: Orders,
+    /// The nodes' cost counters over the run (with `--metrics`).
+    pub cost: Vec<super::cost::CostRow>,
 }
 
 fn ms(latency: Option<Latency>, pick: impl Fn(&Latency) -> f64) -> String {
@@ -464,6 +466,14 @@ impl fmt::Display for Report {
             write!(f, "; sockets ended {}", counts(&o.sockets_closed))?;
         }
         writeln!(f)?;
+        if !self.cost.is_empty() {
+            writeln!(f, "cost, summed over the nodes scraped: {:>12} {:>16}", "in all", "per paid order")?;
+            for row in &self.cost {
+                let name = if row.labels.is_empty() { row.metric.clone() } else { format!("  {}", row.labels) };
+                let per = row.per_paid_order.map_or_else(|| "-".into(), |p| format!("{p:.2}"));
+                writeln!(f, "  {name:<50} {:>12} {per:>16}", row.total)?;
+            }
+        }
         if errors == 0 {
             writeln!(f, "errors: none")
         } else {

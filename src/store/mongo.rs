@@ -77,6 +77,13 @@ impl MongoStore {
         options.server_selection_timeout = Some(SERVER_SELECTION_TIMEOUT);
         options.connect_timeout = Some(SERVER_SELECTION_TIMEOUT);
         options.app_name.get_or_insert_with(|| "commercex".to_string());
+        // Every command counted by name: the store's cost per order, as the server sees it.
+        options.command_event_handler = Some(mongodb::event::EventHandler::callback(|event| {
+            if let mongodb::event::command::CommandEvent::Started(started) = event {
+                ::metrics::counter!(crate::telemetry::metrics::MONGODB_COMMANDS, "command" => started.command_name)
+                    .increment(1);
+            }
+        }));
         let client = Client::with_options(options).map_err(|e| StoreError::Unavailable(redact(uri, &e.to_string())))?;
         let store = Self { db: client.database(database) };
         store.create_indexes().await.map_err(|e| redact_err(uri, e))?;

@@ -35,6 +35,10 @@ pub const SIGNINS: &str = "commercex_signins_total";
 pub const RATE_LIMITED: &str = "commercex_rate_limited_total";
 pub const PRODUCT_CACHE: &str = "commercex_product_cache_lookups_total";
 pub const CLUSTER_REFUSED: &str = "commercex_cluster_refused_total";
+pub const MONGODB_COMMANDS: &str = "commercex_mongodb_commands_total";
+pub const KAFKA_RECORDS: &str = "commercex_kafka_records_total";
+pub const REDIS_COMMANDS: &str = "commercex_redis_commands_total";
+pub const CLUSTER_FORWARDED: &str = "commercex_cluster_forwarded_total";
 
 /// Buckets of every `*_seconds` histogram: 100 µs to 10 s.
 const SECONDS: [f64; 15] =
@@ -132,6 +136,33 @@ fn describe() {
         "messages refused on the Kafka topics (forwarded calls, their answers, events), by channel (commands, answers, \
          events) and reason (unsigned, signature, expired, deadline, reply_to, malformed)"
     );
+    describe_counter!(MONGODB_COMMANDS, "commands sent to MongoDB (the driver's command monitoring), by command name");
+    describe_counter!(
+        KAFKA_RECORDS,
+        "Kafka records produced and consumed, by topic (without the deployment's prefix; every node's reply topic is \
+         `replies`) and direction (produced, consumed)"
+    );
+    describe_counter!(REDIS_COMMANDS, "requests sent to Redis (a pipeline or script counts once), by operation");
+    describe_counter!(
+        CLUSTER_FORWARDED,
+        "calls this node forwarded to the node hosting the entity, by entity kind and outcome (ok, rejected, \
+         unavailable)"
+    );
+}
+
+/// A Kafka topic as [`KAFKA_RECORDS`] labels it: its name without the deployment's prefix, and `replies` for every
+/// node's reply topic, so that the label's values do not grow with the nodes.
+pub fn topic_label(topic: &str) -> &str {
+    if topic.contains(".replies.") {
+        return "replies";
+    }
+    topic.rsplit('.').next().unwrap_or(topic)
+}
+
+/// Counts `n` Kafka records `direction` (`produced`, `consumed`) on `topic`.
+pub fn kafka_records(topic: &str, direction: &'static str, n: u64) {
+    ::metrics::counter!(KAFKA_RECORDS, "topic" => topic_label(topic).to_string(), "direction" => direction)
+        .increment(n);
 }
 
 #[cfg(test)]
@@ -140,7 +171,7 @@ mod tests {
 
     use super::*;
 
-    const ALL: [&str; 24] = [
+    const ALL: [&str; 28] = [
         HTTP_REQUESTS,
         HTTP_DURATION,
         ENTITIES_LIVE,
@@ -165,6 +196,10 @@ mod tests {
         RATE_LIMITED,
         PRODUCT_CACHE,
         CLUSTER_REFUSED,
+        MONGODB_COMMANDS,
+        KAFKA_RECORDS,
+        REDIS_COMMANDS,
+        CLUSTER_FORWARDED,
     ];
 
     /// The dashboard in the repository reads every metric this node reports, and only those.

@@ -181,6 +181,7 @@ impl Consumer {
                 seen_rebalances = rebalanced;
                 held.release_all(&consumer, self.name);
             }
+            crate::telemetry::metrics::kafka_records(message.topic(), "consumed", 1);
             let partition = (message.topic().to_string(), message.partition());
             if held.is_paused(&partition) {
                 // Fetched before the pause; it comes again when the partition resumes.
