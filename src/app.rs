@@ -39,7 +39,7 @@ use crate::domain::product::ProductState;
 use crate::faults::{Chaos, FaultPoints, Killable};
 use crate::http::{self, AppServices, AppState, Dependencies};
 use crate::media::MediaStore;
-use crate::notify::{Emailer, NotificationHub, Notifier, RecordingMailer};
+use crate::notify::{Emailer, NotificationHub, Notifier, RecordingMailer, Remembered, StoredNotifications};
 use crate::orders::{CheckoutPolicy, OrderSaga, Orders};
 use crate::payments::{PaymentEffects, PaymentProvider, SimulatedProvider};
 use crate::ratelimit::{Budgets, RateLimits};
@@ -214,9 +214,13 @@ impl Application {
         );
 
         let hub = NotificationHub::new(1024);
-        let notifier = Notifier { notifications: store.clone(), sales: store.clone(), hub: hub.clone() };
+        let watchers = hub.watchers();
+        let remembered = Arc::new(Remembered::new(store.clone()));
+        let stored = StoredNotifications::default();
+        let notifier = Notifier::pusher(store.clone(), remembered.clone(), hub.clone(), stored.clone());
+        let keeper = Notifier::keeper(store.clone(), remembered.clone(), hub.clone(), stored);
         let emailer = Emailer {
-            sales: store.clone(),
+            sales: remembered,
             users: store.clone(),
             mailer: Arc::new(RecordingMailer { store: store.clone() }),
         };
@@ -237,9 +241,10 @@ impl Application {
                 Arc::new(bus)
             }
         };
-        // Every process pushes notifications to the WebSockets it holds (storing them is idempotent by event);
-        // an email is sent once per deployment.
-        bus.attach(Sinks { every_process: vec![Arc::new(notifier)], once: vec![Arc::new(emailer)] })
+        // Notifications are stored once per deployment (the keeper), and every process pushes them to the
+        // WebSockets it holds (storing them first if its keeper has not: storing is idempotent by event); an email
+        // is sent once per deployment.
+        bus.attach(Sinks { every_process: vec![Arc::new(notifier)], once: vec![Arc::new(keeper), Arc::new(emailer)] })
             .await
             .context("attaching the notifier and the emailer to the bus")?;
         let (stop_background, stop) = watch::channel(false);
@@ -267,7 +272,14 @@ impl Application {
                 Arc::new(orders),
             ],
         );
-        let relay = OutboxRelay::new(journal, Arc::new(ChaosBus::new(bus.clone(), chaos.clone())), committed);
+        let mut relay = OutboxRelay::new(journal, Arc::new(ChaosBus::new(bus.clone(), chaos.clone())), committed);
+        if let Some(node) = &cluster {
+            // Each event is published by the node hosting its entity, not by every node reading the shared outbox.
+            let node = node.clone();
+            relay = relay.scoped(crate::store::OutboxScope::Hosted(Arc::new(move |stream: &str| {
+                node.shards().hosts(crate::bridge::kind_and_id(stream).1)
+            })));
+        }
         let killable: Vec<Arc<dyn Killable>> = vec![
             Arc::new(catalog.router().clone()),
             Arc::new(carts_service.router().clone()),
@@ -336,6 +348,7 @@ impl Application {
             sockets: http::SocketLimits::new(
                 config.notifications.max_sockets_per_user,
                 config.notifications.max_sockets_per_client,
+                watchers,
             ),
             ctx,
             limits,

@@ -42,6 +42,7 @@ use utoipa_axum::router::OpenApiRouter;
 
 pub use error::ApiError;
 pub use health::ReadyCache;
+pub use open_counts::OpenCounts;
 pub use web::app_policy as web_policy;
 pub use ws::SocketLimits;
 

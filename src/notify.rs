@@ -1,7 +1,10 @@
-//! Notifications and transactional emails, derived from committed events, in two sinks of the event bus:
-//! - the [`Notifier`] runs in every process. It stores each event's notifications (the store keeps one per event and
-//!   user, whichever process comes first, and hands that same one to the others) and pushes them live to the
-//!   WebSocket clients connected to its process through the [`NotificationHub`];
+//! Notifications and transactional emails, derived from committed events, in sinks of the event bus:
+//! - the [`Notifier`] runs twice. As the *keeper*, once per deployment, it stores each event's notifications; as the
+//!   *pusher*, in every process, it pushes them live to the WebSocket clients connected to its process through the
+//!   [`NotificationHub`], storing them first if they are not yet (the store keeps one per event and user, whichever
+//!   comes first, and hands that same one to the others), and only for users with a socket open there. Within a
+//!   process the two share [`StoredNotifications`], so a notification is stored by one of them and not looked up by
+//!   the other;
 //! - the [`Emailer`] runs once per deployment. It renders emails from templates and hands them to a [`MailSender`];
 //!   the default sender records them in the store, dropping a repeat for the same event and template.
 
@@ -11,24 +14,96 @@ use async_trait::async_trait;
 use serde_json::json;
 use tokio::sync::broadcast;
 
-use crate::bridge::recent::RecentIds;
+use crate::bridge::recent::{RecentIds, RecentMap};
 use crate::bridge::EventSink;
 use crate::domain::order::{Order, OrderStatus};
+use crate::domain::payment::Payment;
+use crate::http::OpenCounts;
 use crate::store::{Email, EventRecord, Notification, NotificationStore, SalesStore, StoreError, UserStore};
 
 /// Notification ids remembered per process so that an event handled again pushes nothing twice.
 const PUSHED_IDS: usize = 4096;
+/// Orders and payments remembered from the events that created them.
+const REMEMBERED: usize = 20_000;
+
+/// What the sinks need of an order or a payment, learnt from the event that created it (`order.placed` carries the
+/// order, `payment.requested` the payment): who it belongs to, its lines and amounts, none of which change later. A
+/// later event of the same entity reads the store only when its creation was handled before this process started.
+pub struct Remembered {
+    sales: Arc<dyn SalesStore>,
+    orders: Mutex<RecentMap<String, Arc<Order>>>,
+    payments: Mutex<RecentMap<String, Arc<Payment>>>,
+}
+
+impl Remembered {
+    pub fn new(sales: Arc<dyn SalesStore>) -> Self {
+        Self { sales, orders: Mutex::new(RecentMap::new(REMEMBERED)), payments: Mutex::new(RecentMap::new(REMEMBERED)) }
+    }
+
+    /// Remembers the order or payment an event creates.
+    fn learn(&self, event: &EventRecord) {
+        match event.event_type.as_str() {
+            "order.placed" => {
+                if let Ok(order) = serde_json::from_value::<Order>(event.payload["order"].clone()) {
+                    self.orders.lock().unwrap_or_else(|p| p.into_inner()).insert(order.id.clone(), Arc::new(order));
+                }
+            }
+            "payment.requested" => {
+                if let Ok(payment) = serde_json::from_value::<Payment>(event.payload["payment"].clone()) {
+                    let mut payments = self.payments.lock().unwrap_or_else(|p| p.into_inner());
+                    payments.insert(payment.id.clone(), Arc::new(payment));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The order as placed: its owner, lines, total and currency.
+    async fn order(&self, id: &str) -> Result<Option<Arc<Order>>, String> {
+        if let Some(order) = self.orders.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
+            return Ok(Some(order));
+        }
+        Ok(self.sales.order(id).await.map_err(|e| e.to_string())?.map(Arc::new))
+    }
+
+    /// The payment as requested: its owner, order, amount and currency.
+    async fn payment(&self, id: &str) -> Result<Option<Arc<Payment>>, String> {
+        if let Some(payment) = self.payments.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
+            return Ok(Some(payment));
+        }
+        Ok(self.sales.payment(id).await.map_err(|e| e.to_string())?.map(Arc::new))
+    }
+}
 
 /// Live feed of stored notifications for the WebSocket sessions of this process.
 #[derive(Clone)]
 pub struct NotificationHub {
     sender: broadcast::Sender<Notification>,
     pushed: Arc<Mutex<RecentIds<u64>>>,
+    /// The sockets open per user in this process.
+    watchers: OpenCounts,
 }
 
 impl NotificationHub {
     pub fn new(capacity: usize) -> Self {
-        Self { sender: broadcast::channel(capacity).0, pushed: Arc::new(Mutex::new(RecentIds::new(PUSHED_IDS))) }
+        Self {
+            sender: broadcast::channel(capacity).0,
+            pushed: Arc::new(Mutex::new(RecentIds::new(PUSHED_IDS))),
+            watchers: OpenCounts::default(),
+        }
+    }
+
+    /// The sockets open per user, counted by the WebSocket sessions ([`crate::http::SocketLimits`]).
+    pub fn watchers(&self) -> OpenCounts {
+        self.watchers.clone()
+    }
+
+    /// Whether a socket of `user_id` (of anybody, for `None`: a notification for everyone) is open here.
+    fn watched(&self, user_id: Option<&str>) -> bool {
+        match user_id {
+            Some(user) => self.watchers.is_open(user),
+            None => self.watchers.any_open(),
+        }
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Notification> {
@@ -124,14 +199,46 @@ const ORDER_REFUNDED: Template = Template {
 
 /// Stores and pushes notifications; one in every process ([`crate::bridge::Sinks::every_process`]).
 pub struct Notifier {
-    pub notifications: Arc<dyn NotificationStore>,
-    pub sales: Arc<dyn SalesStore>,
-    pub hub: NotificationHub,
+    notifications: Arc<dyn NotificationStore>,
+    sales: Arc<Remembered>,
+    hub: NotificationHub,
+    stored: StoredNotifications,
+    /// The keeper stores every notification; the pusher only those it pushes.
+    keeps: bool,
+}
+
+/// Notifications stored (or being stored) lately by this process, by event and user: the keeper and the pusher
+/// share it, so that whichever comes second waits for the first one's write instead of repeating it.
+#[derive(Clone)]
+pub struct StoredNotifications(Arc<Mutex<RecentMap<String, Arc<tokio::sync::OnceCell<Notification>>>>>);
+
+impl Default for StoredNotifications {
+    fn default() -> Self {
+        Self(Arc::new(Mutex::new(RecentMap::new(PUSHED_IDS))))
+    }
+}
+
+impl StoredNotifications {
+    async fn store(&self, store: &dyn NotificationStore, n: Notification) -> Result<Notification, StoreError> {
+        let key = format!("{}|{}", n.event_id, n.user_id.as_deref().unwrap_or_default());
+        let cell = {
+            let mut stored = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            match stored.get(&key) {
+                Some(cell) => cell,
+                None => {
+                    let cell = Arc::new(tokio::sync::OnceCell::new());
+                    stored.insert(key, cell.clone());
+                    cell
+                }
+            }
+        };
+        cell.get_or_try_init(|| store.insert_notification(n)).await.cloned()
+    }
 }
 
 /// Sends transactional emails; one per deployment ([`crate::bridge::Sinks::once`]).
 pub struct Emailer {
-    pub sales: Arc<dyn SalesStore>,
+    pub sales: Arc<Remembered>,
     pub users: Arc<dyn UserStore>,
     pub mailer: Arc<dyn MailSender>,
 }
@@ -153,6 +260,26 @@ fn order_status(event: &EventRecord) -> Result<Option<(OrderStatus, Option<&str>
 }
 
 impl Notifier {
+    /// The sink of every process: pushes to the sockets open here.
+    pub fn pusher(
+        notifications: Arc<dyn NotificationStore>,
+        sales: Arc<Remembered>,
+        hub: NotificationHub,
+        stored: StoredNotifications,
+    ) -> Self {
+        Self { notifications, sales, hub, stored, keeps: false }
+    }
+
+    /// The sink of one process per event: stores every notification (and pushes it here too).
+    pub fn keeper(
+        notifications: Arc<dyn NotificationStore>,
+        sales: Arc<Remembered>,
+        hub: NotificationHub,
+        stored: StoredNotifications,
+    ) -> Self {
+        Self { notifications, sales, hub, stored, keeps: true }
+    }
+
     async fn notify(
         &self,
         event: &EventRecord,
@@ -172,13 +299,16 @@ impl Notifier {
             read: false,
             created_at: event.recorded_at,
         };
-        let stored = self.notifications.insert_notification(n).await.map_err(|e| e.to_string())?;
+        if !self.keeps && !self.hub.watched(user_id) {
+            return Ok(());
+        }
+        let stored = self.stored.store(self.notifications.as_ref(), n).await.map_err(|e| e.to_string())?;
         self.hub.publish(stored);
         Ok(())
     }
 
     async fn order_status(&self, event: &EventRecord, status: OrderStatus, reason: Option<&str>) -> Result<(), String> {
-        let Some(order) = self.sales.order(entity_id(event)).await.map_err(|e| e.to_string())? else { return Ok(()) };
+        let Some(order) = self.sales.order(entity_id(event)).await? else { return Ok(()) };
         let label = status.as_str().replace('_', " ");
         let body = match reason {
             Some(r) => format!("Order {} is now {label}: {r}.", order.id),
@@ -189,7 +319,7 @@ impl Notifier {
     }
 
     async fn payment(&self, event: &EventRecord) -> Result<(), String> {
-        let Some(p) = self.sales.payment(entity_id(event)).await.map_err(|e| e.to_string())? else { return Ok(()) };
+        let Some(p) = self.sales.payment(entity_id(event)).await? else { return Ok(()) };
         let (title, body) = match event.event_type.as_str() {
             "payment.captured" => {
                 ("Payment received", format!("We received {} for order {}.", money(p.amount, &p.currency), p.order_id))
@@ -215,6 +345,7 @@ impl Notifier {
 #[async_trait]
 impl EventSink for Notifier {
     async fn handle(&self, event: &EventRecord) -> Result<(), String> {
+        self.sales.learn(event);
         if let Some((status, reason)) = order_status(event)? {
             return self.order_status(event, status, reason).await;
         }
@@ -269,6 +400,7 @@ impl Emailer {
 #[async_trait]
 impl EventSink for Emailer {
     async fn handle(&self, event: &EventRecord) -> Result<(), String> {
+        self.sales.learn(event);
         let Some((status, reason)) = order_status(event)? else { return Ok(()) };
         let template = match status {
             OrderStatus::Paid => &ORDER_CONFIRMATION,
@@ -277,7 +409,7 @@ impl EventSink for Emailer {
             OrderStatus::Refunded => &ORDER_REFUNDED,
             _ => return Ok(()),
         };
-        let Some(order) = self.sales.order(entity_id(event)).await.map_err(|e| e.to_string())? else { return Ok(()) };
+        let Some(order) = self.sales.order(entity_id(event)).await? else { return Ok(()) };
         self.email(event, &order, template, reason).await
     }
 }

@@ -93,12 +93,33 @@ pub struct OutboxEntry {
     pub event: EventRecord,
 }
 
+/// Whose events an outbox relay publishes.
+#[derive(Clone, Default)]
+pub enum OutboxScope {
+    /// Every pending event: one process, or processes that each relay everything (consumers drop the repeats).
+    #[default]
+    All,
+    /// The events of the streams (`kind:id`) the predicate covers: in a cluster, those of the entities this node
+    /// hosts, so that each event is published once, by the node that wrote it, or after a crash by the node that
+    /// took its shard over.
+    Hosted(std::sync::Arc<dyn Fn(&str) -> bool + Send + Sync>),
+}
+
+impl OutboxScope {
+    pub fn covers(&self, stream: &str) -> bool {
+        match self {
+            Self::All => true,
+            Self::Hosted(hosts) => hosts(stream),
+        }
+    }
+}
+
 #[async_trait]
 pub trait EventStore: Send + Sync {
     async fn commit(&self, commit: Commit) -> Result<(), StoreError>;
     async fn history(&self, stream: &str) -> Result<History, StoreError>;
-    /// Committed events not yet handed to the bus, oldest first.
-    async fn outbox_pending(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError>;
+    /// Committed events not yet handed to the bus, oldest first, of the streams `scope` covers.
+    async fn outbox_pending(&self, limit: usize, scope: &OutboxScope) -> Result<Vec<OutboxEntry>, StoreError>;
     async fn outbox_ack(&self, positions: &[u64]) -> Result<(), StoreError>;
     /// Streams whose last commit left them with work to do, as `kind:id`.
     async fn active_streams(&self) -> Result<Vec<String>, StoreError>;

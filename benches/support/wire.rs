@@ -82,10 +82,19 @@ async fn read_message(from: &mut (impl AsyncReadExt + Unpin)) -> std::io::Result
 fn command_name(message: &[u8]) -> String {
     let opcode = message.get(12..16).map(|b| i32::from_le_bytes(b.try_into().unwrap())).unwrap_or(0);
     // OP_MSG: header (16), flag bits (4), then a kind-0 section: kind byte, BSON document (size 4, type 1, key).
+    // With `COUNT_BY_COLLECTION` set, the collection a command names (a string value) is counted apart.
     if opcode == 2013 && message.get(20) == Some(&0) {
         if let Some(rest) = message.get(26..) {
             let end = rest.iter().position(|b| *b == 0).unwrap_or(0);
-            return String::from_utf8_lossy(&rest[..end]).into_owned();
+            let name = String::from_utf8_lossy(&rest[..end]).into_owned();
+            let by_collection = std::env::var_os("COUNT_BY_COLLECTION").is_some();
+            if by_collection && message.get(25) == Some(&2) {
+                if let Some(value) = rest.get(end + 5..) {
+                    let stop = value.iter().position(|b| *b == 0).unwrap_or(0);
+                    return format!("{name} {}", String::from_utf8_lossy(&value[..stop]));
+                }
+            }
+            return name;
         }
     }
     format!("opcode {opcode}")

@@ -10,20 +10,29 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 use super::EventBus;
-use crate::store::{EventRecord, EventStore};
+use crate::store::{EventRecord, EventStore, OutboxScope};
 use crate::telemetry::metrics::{BUS_PUBLISH_DURATION, BUS_PUBLISH_ERRORS, OUTBOX_PENDING};
 
 const BATCH: usize = 256;
+/// How long the relay waits after a commit woke it, for the commits right behind it.
+const GATHER: Duration = Duration::from_millis(2);
 
 pub struct OutboxRelay {
     store: Arc<dyn EventStore>,
     bus: Arc<dyn EventBus>,
     committed: Arc<Notify>,
+    scope: OutboxScope,
 }
 
 impl OutboxRelay {
     pub fn new(store: Arc<dyn EventStore>, bus: Arc<dyn EventBus>, committed: Arc<Notify>) -> Self {
-        Self { store, bus, committed }
+        Self { store, bus, committed, scope: OutboxScope::All }
+    }
+
+    /// Publishes only the events of the streams `scope` covers (a cluster node: the entities it hosts).
+    pub fn scoped(mut self, scope: OutboxScope) -> Self {
+        self.scope = scope;
+        self
     }
 
     /// Runs until `stop` flips to true, then publishes whatever is still pending and returns.
@@ -39,7 +48,8 @@ impl OutboxRelay {
                     }
                 }
                 tokio::select! {
-                    _ = self.committed.notified() => {}
+                    // Commits landing just after this one go out in the same round.
+                    _ = self.committed.notified() => tokio::time::sleep(GATHER).await,
                     _ = tokio::time::sleep(backoff.max(Duration::from_secs(1))) => {}
                     _ = stop.changed() => break,
                 }
@@ -54,7 +64,7 @@ impl OutboxRelay {
     pub async fn flush(&self) -> Result<usize, Box<dyn std::error::Error + Send + Sync>> {
         let mut published = 0;
         loop {
-            let batch = self.store.outbox_pending(BATCH).await?;
+            let batch = self.store.outbox_pending(BATCH, &self.scope).await?;
             metrics::gauge!(OUTBOX_PENDING).set(batch.len() as f64);
             if batch.is_empty() {
                 return Ok(published);
@@ -90,7 +100,7 @@ mod tests {
     use super::*;
     use crate::bridge::BusError;
     use crate::store::embedded::EmbeddedStore;
-    use crate::store::{Commit, EventRecord};
+    use crate::store::{Commit, EventRecord, OutboxScope};
 
     /// Refuses one event once, accepting everything else, and records what it accepted.
     struct RefusingBus {
@@ -148,12 +158,16 @@ mod tests {
         let relay = OutboxRelay::new(store.clone(), bus.clone(), Arc::new(Notify::new()));
 
         assert!(relay.flush().await.is_err());
-        assert_eq!(store.outbox_pending(10).await.unwrap().len(), 4, "nothing acknowledged while the bus refuses");
+        assert_eq!(
+            store.outbox_pending(10, &OutboxScope::All).await.unwrap().len(),
+            4,
+            "nothing acknowledged while the bus refuses"
+        );
         assert_eq!(relay.flush().await.unwrap(), 4);
         // Another entity's event may be published again (a duplicate); an entity's events are never reordered.
         assert_eq!(published(&bus, "a:1"), ["a:1/1", "a:1/2", "a:1/3"]);
         assert!(published(&bus, "b:1").iter().all(|id| id == "b:1/1"));
-        assert!(store.outbox_pending(10).await.unwrap().is_empty());
+        assert!(store.outbox_pending(10, &OutboxScope::All).await.unwrap().is_empty());
         assert_eq!(relay.flush().await.unwrap(), 0);
     }
 
@@ -175,7 +189,11 @@ mod tests {
 
         assert!(relay.flush().await.is_err());
         assert!(published(&bus, "b:1").is_empty(), "nothing of the entity after its refused event was published");
-        assert_eq!(store.outbox_pending(10).await.unwrap().len(), 3, "the refused event and those after it stay");
+        assert_eq!(
+            store.outbox_pending(10, &OutboxScope::All).await.unwrap().len(),
+            3,
+            "the refused event and those after it stay"
+        );
         assert_eq!(relay.flush().await.unwrap(), 3);
         assert_eq!(published(&bus, "b:1"), ["b:1/1", "b:1/2"]);
         // Published beside the refused one, `a:1/2` stayed in the outbox behind it and is published again.

@@ -1,7 +1,8 @@
-//! A bounded memory of recently seen ids, for dropping repeats that arrive soon after the original.
+//! Bounded memories of what was seen recently: ids, for dropping repeats that arrive soon after the original, and
+//! values by key, for what a later event needs of an earlier one.
 
 use std::borrow::Borrow;
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::Hash;
 
 /// The last `capacity` ids inserted. Memory grows with the ids held, not with the capacity.
@@ -40,9 +41,55 @@ impl<T: Eq + Hash + Clone> RecentIds<T> {
     }
 }
 
+/// The last `capacity` values inserted, by key. Memory grows with the values held, not with the capacity.
+pub struct RecentMap<K, V> {
+    order: VecDeque<K>,
+    values: HashMap<K, V>,
+    capacity: usize,
+}
+
+impl<K: Eq + Hash + Clone, V: Clone> RecentMap<K, V> {
+    pub fn new(capacity: usize) -> Self {
+        Self { order: VecDeque::new(), values: HashMap::new(), capacity }
+    }
+
+    pub fn get<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Eq + Hash + ?Sized,
+    {
+        self.values.get(key).cloned()
+    }
+
+    /// Remembers `value` under `key` (replacing what was there), forgetting the oldest key when full.
+    pub fn insert(&mut self, key: K, value: V) {
+        if self.values.insert(key.clone(), value).is_some() {
+            return;
+        }
+        if self.order.len() == self.capacity {
+            if let Some(oldest) = self.order.pop_front() {
+                self.values.remove(&oldest);
+            }
+        }
+        self.order.push_back(key);
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::RecentIds;
+    use super::{RecentIds, RecentMap};
+
+    #[test]
+    fn recent_values_forget_the_oldest_beyond_capacity() {
+        let mut recent = RecentMap::new(2);
+        recent.insert("a", 1);
+        recent.insert("b", 2);
+        recent.insert("a", 3);
+        assert_eq!((recent.get("a"), recent.get("b")), (Some(3), Some(2)));
+        recent.insert("c", 4);
+        assert_eq!((recent.get("a"), recent.get("b"), recent.get("c")), (None, Some(2), Some(4)));
+        assert_eq!(recent.values.len(), 2);
+    }
 
     #[test]
     fn recent_ids_forget_the_oldest_beyond_capacity() {

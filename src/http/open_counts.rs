@@ -24,6 +24,16 @@ impl OpenCounts {
         *open += 1;
         Some(Held { counts: self.clone(), key: key.to_string() })
     }
+
+    /// Whether anything is open under `key`.
+    pub fn is_open(&self, key: &str) -> bool {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).contains_key(key)
+    }
+
+    /// Whether anything is open under any key.
+    pub fn any_open(&self) -> bool {
+        !self.0.lock().unwrap_or_else(PoisonError::into_inner).is_empty()
+    }
 }
 
 impl Drop for Held {

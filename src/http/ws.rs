@@ -65,8 +65,10 @@ pub struct SocketLimits {
 }
 
 impl SocketLimits {
-    pub fn new(per_user: usize, per_client: usize) -> Self {
-        Self { per_user, per_client, by_user: OpenCounts::default(), by_client: OpenCounts::default() }
+    /// `by_user`: the sockets open per user, shared with the [`crate::notify::NotificationHub`], which pushes only
+    /// to users with one open.
+    pub fn new(per_user: usize, per_client: usize, by_user: OpenCounts) -> Self {
+        Self { per_user, per_client, by_user, by_client: OpenCounts::default() }
     }
 
     fn hold_user(&self, user_id: &str) -> Option<Held> {

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::{Commit, EventStore, History, OutboxEntry, StoreError};
+use super::{Commit, EventStore, History, OutboxEntry, OutboxScope, StoreError};
 use crate::faults::Chaos;
 
 pub struct ChaosEventStore {
@@ -34,9 +34,9 @@ impl EventStore for ChaosEventStore {
         self.inner.history(stream).await
     }
 
-    async fn outbox_pending(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+    async fn outbox_pending(&self, limit: usize, scope: &OutboxScope) -> Result<Vec<OutboxEntry>, StoreError> {
         self.before("outbox_pending").await?;
-        self.inner.outbox_pending(limit).await
+        self.inner.outbox_pending(limit, scope).await
     }
 
     async fn outbox_ack(&self, positions: &[u64]) -> Result<(), StoreError> {

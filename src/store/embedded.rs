@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{de::DeserializeOwned, Serialize};
 
-use super::{Commit, EventRecord, EventStore, History, OutboxEntry, ReadModel, Snapshot, StoreError};
+use super::{Commit, EventRecord, EventStore, History, OutboxEntry, OutboxScope, ReadModel, Snapshot, StoreError};
 use crate::telemetry::metrics::{STORE_GROUP_COMMIT_DURATION, STORE_GROUP_COMMIT_WRITES};
 
 pub(super) const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
@@ -444,14 +444,21 @@ impl EventStore for EmbeddedStore {
         .await
     }
 
-    async fn outbox_pending(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+    async fn outbox_pending(&self, limit: usize, scope: &OutboxScope) -> Result<Vec<OutboxEntry>, StoreError> {
+        let scope = scope.clone();
         self.run(move |db| {
             let txn = db.begin_read().map_err(db_err)?;
             let table = txn.open_table(OUTBOX).map_err(db_err)?;
             let mut out = Vec::new();
-            for row in table.iter().map_err(db_err)?.take(limit) {
+            for row in table.iter().map_err(db_err)? {
+                if out.len() == limit {
+                    break;
+                }
                 let (k, v) = row.map_err(db_err)?;
-                out.push(OutboxEntry { position: k.value(), event: decode(v.value())? });
+                let event: EventRecord = decode(v.value())?;
+                if scope.covers(&event.stream) {
+                    out.push(OutboxEntry { position: k.value(), event });
+                }
             }
             Ok(out)
         })
@@ -587,7 +594,7 @@ mod tests {
         assert_eq!(seqs(store.history("cart:a").await.unwrap()), [1, 2]);
         assert_eq!(seqs(store.history("cart:b").await.unwrap()), [1, 2]);
         assert!(store.history("cart:c").await.unwrap().events.is_empty(), "a refused commit writes nothing");
-        let outbox = store.outbox_pending(100).await.unwrap();
+        let outbox = store.outbox_pending(100, &OutboxScope::All).await.unwrap();
         assert_eq!(outbox.len(), 4, "one outbox entry per written event");
     }
 
@@ -610,7 +617,7 @@ mod tests {
             let h = store.history(&format!("cart:{e}")).await.unwrap();
             assert_eq!(h.events.iter().map(|e| e.seq).collect::<Vec<_>>(), (1..=20).collect::<Vec<_>>());
         }
-        assert_eq!(store.outbox_pending(10_000).await.unwrap().len(), 32 * 20);
+        assert_eq!(store.outbox_pending(10_000, &OutboxScope::All).await.unwrap().len(), 32 * 20);
     }
 
     #[tokio::test]
@@ -641,10 +648,10 @@ mod tests {
         let h = store.history("p:1").await.unwrap();
         assert_eq!(h.snapshot.unwrap().seq, 4);
         assert_eq!(h.events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![5, 6]);
-        let pending = store.outbox_pending(100).await.unwrap();
+        let pending = store.outbox_pending(100, &OutboxScope::All).await.unwrap();
         assert_eq!(pending.len(), 6);
         store.outbox_ack(&pending[..4].iter().map(|e| e.position).collect::<Vec<_>>()).await.unwrap();
-        let rest = store.outbox_pending(100).await.unwrap();
+        let rest = store.outbox_pending(100, &OutboxScope::All).await.unwrap();
         assert_eq!(rest.iter().map(|e| e.event.seq).collect::<Vec<_>>(), vec![5, 6]);
     }
 

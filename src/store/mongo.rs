@@ -26,6 +26,7 @@
 
 mod accounts;
 mod catalog;
+mod group;
 mod journal;
 mod notifications;
 mod sales;
@@ -64,6 +65,17 @@ const STREAM_SEQ: &str = "streamSeq";
 #[derive(Clone)]
 pub struct MongoStore {
     db: Database,
+    /// The group commit's queue and what the writer knows of the streams ([`group`]).
+    journal: std::sync::Arc<Journal>,
+}
+
+#[derive(Default)]
+struct Journal {
+    queue: group::Queue,
+    heads: group::Heads,
+    applied: group::Applied,
+    handed: group::HandedOut,
+    positions: group::Positions,
 }
 
 impl MongoStore {
@@ -85,7 +97,7 @@ impl MongoStore {
             }
         }));
         let client = Client::with_options(options).map_err(|e| StoreError::Unavailable(redact(uri, &e.to_string())))?;
-        let store = Self { db: client.database(database) };
+        let store = Self { db: client.database(database), journal: Default::default() };
         store.create_indexes().await.map_err(|e| redact_err(uri, e))?;
         store.repair().await.map_err(|e| redact_err(uri, e))?;
         Ok(store)

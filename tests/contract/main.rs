@@ -95,6 +95,7 @@ contract! {
     one_racing_writer_wins => crate::store::one_of_several_racing_writers_wins,
     history_after_latest_snapshot => crate::store::history_starts_after_the_latest_snapshot,
     outbox_in_commit_order_until_acknowledged => crate::store::the_outbox_hands_out_events_in_commit_order_until_acknowledged,
+    scoped_outbox => crate::store::a_scoped_outbox_hands_out_only_the_streams_it_covers,
     active_streams_follow_last_commit => crate::store::active_streams_are_those_whose_last_commit_left_work,
     read_models_follow_last_commit => crate::store::read_models_follow_the_last_commit_of_their_stream,
     catalog_listing_rules => crate::store::catalog::listing_follows_the_listing_rules,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use commercex::domain::product::Product;
 use commercex::store::mongo::MongoStore;
-use commercex::store::{CatalogStore, Commit, EventStore, ProductQuery, ReadModel, StoreError};
+use commercex::store::{CatalogStore, Commit, EventStore, OutboxScope, ProductQuery, ReadModel, StoreError};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
 
@@ -43,7 +43,7 @@ async fn a_commit_interrupted_after_its_journal_write_is_finished_before_its_eve
         assert!(history.events.is_empty());
         let err = store.commit(product_commit(&mug(2, 999), 1, false)).await.unwrap_err();
         assert!(matches!(err, StoreError::Conflict { expected: 1, actual: 2, .. }), "{err:?}");
-        let pending = store.outbox_pending(10).await.unwrap();
+        let pending = store.outbox_pending(10, &OutboxScope::All).await.unwrap();
         assert_eq!(pending.iter().map(|e| e.event.id.as_str()).collect::<Vec<_>>(), ["product:mug/1", "product:mug/2"]);
 
         // The outbox finished the commit before handing its events out, as the embedded store's one transaction

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use commercex::domain::order::OrderStatus;
 use commercex::domain::payment::PaymentStatus;
 use commercex::store::{
-    Email, EventRecord, Notification, OrderQuery, ReadModel, RefreshToken, RefreshUse, Store, StoreError,
+    Email, EventRecord, Notification, OrderQuery, OutboxScope, ReadModel, RefreshToken, RefreshUse, Store, StoreError,
 };
 use serde_json::json;
 
@@ -90,45 +90,63 @@ pub async fn history_starts_after_the_latest_snapshot(store: Arc<dyn Store>) {
 }
 
 pub async fn the_outbox_hands_out_events_in_commit_order_until_acknowledged(store: Arc<dyn Store>) {
-    assert!(store.outbox_pending(10).await.unwrap().is_empty());
+    assert!(store.outbox_pending(10, &OutboxScope::All).await.unwrap().is_empty());
     store.commit(commit("a:1", 0, 1..=2)).await.unwrap();
     store.commit(commit("b:1", 0, 1..=1)).await.unwrap();
     store.commit(commit("a:1", 2, 3..=5)).await.unwrap();
     store.commit(commit("b:1", 1, 2..=2)).await.unwrap();
     let order = ["a:1/1", "a:1/2", "b:1/1", "a:1/3", "a:1/4", "a:1/5", "b:1/2"];
 
-    let pending = store.outbox_pending(100).await.unwrap();
+    let pending = store.outbox_pending(100, &OutboxScope::All).await.unwrap();
     assert_eq!(pending.iter().map(|e| e.event.id.as_str()).collect::<Vec<_>>(), order);
     assert!(pending.windows(2).all(|w| w[0].position < w[1].position), "positions increase");
     assert_eq!(pending[2].event, event("b:1", 1));
-    let first_three = store.outbox_pending(3).await.unwrap();
+    let first_three = store.outbox_pending(3, &OutboxScope::All).await.unwrap();
     assert_eq!(
         first_three.iter().map(|e| e.position).collect::<Vec<_>>(),
         pending[..3].iter().map(|e| e.position).collect::<Vec<_>>()
     );
-    assert!(store.outbox_pending(0).await.unwrap().is_empty());
+    assert!(store.outbox_pending(0, &OutboxScope::All).await.unwrap().is_empty());
 
     // Acknowledging part of a commit leaves the rest of it pending, in order.
     let position = |id: &str| pending.iter().find(|e| e.event.id == id).unwrap().position;
     store.outbox_ack(&[position("a:1/1"), position("a:1/2"), position("a:1/4")]).await.unwrap();
-    let left = store.outbox_pending(100).await.unwrap();
+    let left = store.outbox_pending(100, &OutboxScope::All).await.unwrap();
     assert_eq!(left.iter().map(|e| e.event.id.as_str()).collect::<Vec<_>>(), ["b:1/1", "a:1/3", "a:1/5", "b:1/2"]);
     assert_eq!(left[1].position, position("a:1/3"));
 
     store.outbox_ack(&[]).await.unwrap();
     store.outbox_ack(&[position("a:1/3"), position("a:1/5")]).await.unwrap();
-    let left = store.outbox_pending(100).await.unwrap();
+    let left = store.outbox_pending(100, &OutboxScope::All).await.unwrap();
     assert_eq!(left.iter().map(|e| e.event.id.as_str()).collect::<Vec<_>>(), ["b:1/1", "b:1/2"]);
 
     // A later commit comes after everything committed before it, and acknowledging twice changes nothing.
     store.commit(commit("c:1", 0, 1..=1)).await.unwrap();
-    let all: Vec<u64> = store.outbox_pending(100).await.unwrap().iter().map(|e| e.position).collect();
+    let all: Vec<u64> =
+        store.outbox_pending(100, &OutboxScope::All).await.unwrap().iter().map(|e| e.position).collect();
     assert_eq!(all.len(), 3);
     assert!(all[2] > position("b:1/2"));
     store.outbox_ack(&all).await.unwrap();
     store.outbox_ack(&all).await.unwrap();
-    assert!(store.outbox_pending(100).await.unwrap().is_empty());
+    assert!(store.outbox_pending(100, &OutboxScope::All).await.unwrap().is_empty());
     assert_eq!(store.history("a:1").await.unwrap().events.len(), 5, "acknowledging keeps the journal");
+}
+
+pub async fn a_scoped_outbox_hands_out_only_the_streams_it_covers(store: Arc<dyn Store>) {
+    store.commit(commit("a:1", 0, 1..=2)).await.unwrap();
+    store.commit(commit("b:1", 0, 1..=1)).await.unwrap();
+    store.commit(commit("a:2", 0, 1..=1)).await.unwrap();
+    let hosted = OutboxScope::Hosted(Arc::new(|stream: &str| stream.starts_with("a:")));
+    let pending = store.outbox_pending(100, &hosted).await.unwrap();
+    assert_eq!(pending.iter().map(|e| e.event.id.as_str()).collect::<Vec<_>>(), ["a:1/1", "a:1/2", "a:2/1"]);
+    assert_eq!(store.outbox_pending(2, &hosted).await.unwrap().len(), 2, "the limit counts what is handed out");
+    store.outbox_ack(&pending.iter().map(|e| e.position).collect::<Vec<_>>()).await.unwrap();
+    let left = store.outbox_pending(100, &OutboxScope::All).await.unwrap();
+    assert_eq!(
+        left.iter().map(|e| e.event.id.as_str()).collect::<Vec<_>>(),
+        ["b:1/1"],
+        "the others stay for their host"
+    );
 }
 
 pub async fn active_streams_are_those_whose_last_commit_left_work(store: Arc<dyn Store>) {

@@ -16,8 +16,12 @@ use crate::domain::coupon::Coupon;
 use crate::domain::order::Order;
 use crate::domain::payment::Payment;
 use crate::domain::product::Product;
-use crate::store::{Commit, EventRecord, EventStore, History, OutboxEntry, ReadModel, Snapshot, StoreError};
+use crate::store::{
+    Commit, EventRecord, EventStore, History, OutboxEntry, OutboxScope, ReadModel, Snapshot, StoreError,
+};
 
+/// Commits a history reads first, newest first; a stream with more since its snapshot is read again in full.
+const RECENT_COMMITS: i64 = 256;
 /// Commits re-applied per batch by [`MongoStore::repair`], and batches per call.
 const REPAIR_BATCH: i64 = 128;
 const REPAIR_BATCHES: usize = 8;
@@ -34,7 +38,7 @@ pub(super) fn indexes() -> Vec<IndexModel> {
 /// A read model as kept in its commit document until applied.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "value", rename_all = "snake_case")]
-enum StoredReadModel {
+pub(super) enum StoredReadModel {
     Product(Product),
     Order(Box<Order>),
     Payment(Payment),
@@ -55,63 +59,70 @@ impl From<ReadModel> for StoredReadModel {
 /// One commit: the journal's unit, the outbox's unit, and until applied the record of what it derives.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct CommitDoc {
+pub(super) struct CommitDoc {
     /// `{stream}/{firstSeq}`, the id of its first event.
     #[serde(rename = "_id")]
-    id: String,
-    stream: String,
-    first_seq: u64,
-    last_seq: u64,
+    pub id: String,
+    pub stream: String,
+    pub first_seq: u64,
+    pub last_seq: u64,
     /// Outbox positions of the first and last events; the others follow one by one.
-    position: u64,
-    last_position: u64,
-    events: Vec<EventRecord>,
+    pub position: u64,
+    pub last_position: u64,
+    pub events: Vec<EventRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    snapshot: Option<Snapshot>,
+    pub snapshot: Option<Snapshot>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    read_model: Option<StoredReadModel>,
-    active: bool,
-    /// Whether the derived documents are written.
-    applied: bool,
+    pub read_model: Option<StoredReadModel>,
+    pub active: bool,
+    /// Whether the derived documents are known to be written (set with `published`; see [`super::group`]).
+    pub applied: bool,
     /// Whether every event was acknowledged by the relay.
-    published: bool,
+    pub published: bool,
     /// Positions acknowledged so far, while only some are. Written empty: some servers `$addToSet` only to an
     /// existing array.
     #[serde(default)]
-    acked: Vec<u64>,
+    pub acked: Vec<u64>,
 }
 
 /// What a commit derives, written after its commit document (and again by a repair).
-struct Derived {
+pub(super) struct Derived {
     /// The commit document, to mark applied afterwards (none for a commit without events).
-    commit_id: Option<String>,
-    stream: String,
+    pub commit_id: Option<String>,
+    pub stream: String,
     /// The stream sequence the commit leaves the stream at.
-    seq: u64,
-    snapshot: Option<Snapshot>,
-    read_model: Option<StoredReadModel>,
-    active: bool,
+    pub seq: u64,
+    pub snapshot: Option<Snapshot>,
+    pub read_model: Option<StoredReadModel>,
+    pub active: bool,
     /// A commit without events has no commit document, so nothing newer than its own sequence can exist yet;
     /// it replaces what was derived at that sequence, as the embedded store does.
-    replace_equal: bool,
+    pub replace_equal: bool,
 }
 
 impl MongoStore {
     /// The sequence the stream is at: the last event of its last commit.
-    async fn head(&self, stream: &str) -> Result<u64, StoreError> {
+    pub(super) async fn head(&self, stream: &str) -> Result<u64, StoreError> {
+        Ok(self.head_and_position(stream).await?.0)
+    }
+
+    /// The sequence the stream is at, and the outbox position of its last event (0 for a new stream).
+    pub(super) async fn head_and_position(&self, stream: &str) -> Result<(u64, u64), StoreError> {
         #[derive(Deserialize)]
         #[serde(rename_all = "camelCase")]
         struct Head {
             last_seq: u64,
+            #[serde(default)]
+            last_position: u64,
         }
         let last = self
             .coll(COMMITS)
             .find_one(doc! {"stream": stream})
             .sort(doc! {"firstSeq": -1})
-            .projection(doc! {"lastSeq": 1})
+            .projection(doc! {"lastSeq": 1, "lastPosition": 1})
             .await
             .map_err(store_err)?;
-        Ok(last.map(from_doc::<Head>).transpose()?.map_or(0, |h| h.last_seq))
+        Ok(last.map(from_doc::<Head>).transpose()?.map_or((0, 0), |h| (h.last_seq, h.last_position)))
     }
 
     async fn apply(&self, d: Derived) -> Result<(), StoreError> {
@@ -168,6 +179,9 @@ impl MongoStore {
             let full = batch.len() as i64 == REPAIR_BATCH;
             for document in batch {
                 let c: PendingApply = from_doc(document)?;
+                if self.journal.applied.contains(&c.id) {
+                    continue;
+                }
                 self.finish(Derived {
                     commit_id: Some(c.id),
                     stream: c.stream,
@@ -197,55 +211,43 @@ impl MongoStore {
 
     /// Checks the stream's head and writes the commit document; returns what it derives.
     async fn insert_commit(&self, commit: Commit) -> Result<Derived, StoreError> {
-        let Commit { stream, expected_seq, events, snapshot, read_model, active } = commit;
-        let mut seq = expected_seq;
-        for event in &events {
-            if event.seq != seq + 1 {
-                return Err(StoreError::Corrupt(format!("event {} does not follow sequence {seq}", event.id)));
-            }
-            seq = event.seq;
-        }
-        let n = events.len() as u64;
-        // The head check and the outbox positions do not depend on each other, so they are asked for together: one
-        // round trip of latency instead of two. Positions taken for a commit that is then refused leave a gap,
-        // which the outbox's order does not mind.
-        let (actual, last_position) = if n == 0 {
-            (self.head(&stream).await?, 0)
-        } else {
-            tokio::try_join!(self.head(&stream), self.take_numbers("outbox", n))?
-        };
+        let (stream, expected_seq) = (commit.stream.clone(), commit.expected_seq);
+        super::group::check_sequence(&commit)?;
+        let (actual, last_position) = self.head_and_position(&stream).await?;
         if actual != expected_seq {
             return Err(StoreError::Conflict { stream, expected: expected_seq, actual });
         }
-        let read_model = read_model.map(StoredReadModel::from);
-        if events.is_empty() {
-            return Ok(Derived { commit_id: None, stream, seq, snapshot, read_model, active, replace_equal: true });
-        }
-        let id = format!("{stream}/{}", expected_seq + 1);
-        let document = CommitDoc {
-            id: id.clone(),
-            stream: stream.clone(),
-            first_seq: expected_seq + 1,
-            last_seq: seq,
-            position: last_position + 1 - n,
-            last_position,
-            events,
-            snapshot: snapshot.clone(),
-            read_model: read_model.clone(),
-            active,
-            applied: false,
-            published: false,
-            acked: Vec::new(),
-        };
-        match self.coll(COMMITS).insert_one(to_doc(&document)?).await {
-            Ok(_) => {}
+        let first = self.journal.positions.take(commit.events.len() as u64, last_position);
+        let (derived, document) = super::group::commit_document(commit, first)?;
+        let Some(document) = document else { return Ok(derived) };
+        match self.coll(COMMITS).insert_one(document).await {
+            Ok(_) => Ok(derived),
             Err(e) if is_duplicate(&e) => {
                 let actual = self.head(&stream).await?;
-                return Err(StoreError::Conflict { stream, expected: expected_seq, actual });
+                Err(StoreError::Conflict { stream, expected: expected_seq, actual })
             }
-            Err(e) => return Err(store_err(e)),
+            Err(e) => Err(store_err(e)),
         }
-        Ok(Derived { commit_id: Some(id), stream, seq, snapshot, read_model, active, replace_equal: false })
+    }
+
+    /// The unpublished commits holding outbox positions from `min` to `max`, with what was acknowledged of them.
+    async fn commits_holding(&self, min: u64, max: u64) -> Result<Vec<super::group::Handed>, StoreError> {
+        let cursor = self
+            .coll(COMMITS)
+            .find(doc! {"published": false, "position": {"$lte": to_i64(max)?}, "lastPosition": {"$gte": to_i64(min)?}})
+            .projection(doc! {"position": 1, "lastPosition": 1, "acked": 1})
+            .await
+            .map_err(store_err)?;
+        Ok(collect::<Unpublished>(cursor)
+            .await?
+            .into_iter()
+            .map(|c| super::group::Handed {
+                id: c.id,
+                position: c.position,
+                last_position: c.last_position,
+                acked: c.acked,
+            })
+            .collect())
     }
 
     /// Marks published the commits whose events are all acknowledged.
@@ -254,10 +256,15 @@ impl MongoStore {
             return Ok(());
         }
         self.coll(COMMITS)
-            .update_many(doc! {"_id": {"$in": ids}}, doc! {"$set": {"published": true}, "$unset": {"acked": ""}})
+            .update_many(
+                doc! {"_id": {"$in": &ids}},
+                // A commit is published only once applied (by its writer, or by the outbox before it went out).
+                doc! {"$set": {"published": true, "applied": true}, "$unset": {"acked": "", "snapshot": "", "readModel": ""}},
+            )
             .await
-            .map(drop)
-            .map_err(store_err)
+            .map_err(store_err)?;
+        self.journal.applied.remove(&ids);
+        Ok(())
     }
 }
 
@@ -310,30 +317,54 @@ fn applied_unless_read() -> bool {
 #[async_trait]
 impl EventStore for MongoStore {
     async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
-        let derived = self.insert_commit(commit).await?;
-        self.finish(derived).await
+        self.group_commit(commit).await
     }
 
     async fn history(&self, stream: &str) -> Result<History, StoreError> {
         #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
         struct Committed {
+            first_seq: u64,
+            #[serde(default)]
+            last_position: u64,
             #[serde(default)]
             events: Vec<EventRecord>,
             #[serde(default)]
             snapshot: Option<Snapshot>,
         }
+        let projection = doc! {"firstSeq": 1, "lastPosition": 1, "events": 1, "snapshot": 1};
+        // The latest commits first: a stream without any is new, and then there is no snapshot to read either.
+        let cursor = self
+            .coll(COMMITS)
+            .find(doc! {"stream": stream})
+            .sort(doc! {"firstSeq": -1})
+            .limit(RECENT_COMMITS)
+            .projection(projection.clone())
+            .await
+            .map_err(store_err)?;
+        let mut commits: Vec<Committed> = collect(cursor).await?;
+        if commits.is_empty() {
+            self.journal.heads.set(stream, super::group::Head { seq: 0, active: None, position: 0 });
+            return Ok(History::default());
+        }
+        let position = commits[0].last_position;
+        commits.reverse();
         let stored = self.coll(SNAPSHOTS).find_one(doc! {"_id": stream}).await.map_err(store_err)?;
         let mut snapshot: Option<Snapshot> = stored.map(from_doc).transpose()?;
         let from = snapshot.as_ref().map_or(0, |s| s.seq);
-        let cursor = self
-            .coll(COMMITS)
-            .find(doc! {"stream": stream, "lastSeq": {"$gt": to_i64(from)?}})
-            .sort(doc! {"firstSeq": 1})
-            .projection(doc! {"events": 1, "snapshot": 1})
-            .await
-            .map_err(store_err)?;
+        if commits.len() as i64 == RECENT_COMMITS && commits[0].first_seq > from + 1 {
+            // More commits since the snapshot than the first read brought: all of them, from the snapshot on.
+            let cursor = self
+                .coll(COMMITS)
+                .find(doc! {"stream": stream, "lastSeq": {"$gt": to_i64(from)?}})
+                .sort(doc! {"firstSeq": 1})
+                .projection(projection)
+                .await
+                .map_err(store_err)?;
+            commits = collect(cursor).await?;
+        }
         let mut events = Vec::new();
-        for commit in collect::<Committed>(cursor).await? {
+        for commit in commits {
             events.extend(commit.events);
             // A snapshot whose own write a crash lost is still in its (unapplied) commit document.
             if let Some(s) = commit.snapshot {
@@ -344,10 +375,13 @@ impl EventStore for MongoStore {
         }
         let from = snapshot.as_ref().map_or(0, |s| s.seq);
         events.retain(|e| e.seq > from);
+        // The head the stream's next commit will expect, known without reading it again.
+        let seq = events.last().map_or(from, |e| e.seq);
+        self.journal.heads.set(stream, super::group::Head { seq, active: None, position });
         Ok(History { snapshot, events })
     }
 
-    async fn outbox_pending(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+    async fn outbox_pending(&self, limit: usize, scope: &OutboxScope) -> Result<Vec<OutboxEntry>, StoreError> {
         let mut out = Vec::new();
         if limit == 0 {
             return Ok(out);
@@ -365,10 +399,14 @@ impl EventStore for MongoStore {
             .map_err(store_err)?;
         let mut finished = Vec::new();
         let mut unapplied = Vec::new();
+        let mut handed = Vec::new();
         while out.len() < limit && cursor.advance().await.map_err(store_err)? {
             let document = cursor.deserialize_current().map_err(store_err)?;
             let mut c: Unpublished = from_doc(super::lenient_bools(document, &["applied", "active"]))?;
-            if !c.applied {
+            if !scope.covers(&c.stream) {
+                continue;
+            }
+            if !c.applied && !self.journal.applied.contains(&c.id) {
                 // A commit whose writer was cut off (an actor killed between the commit document and its read
                 // model) is finished before its events go out, as the embedded store's single transaction
                 // guarantees: a subscriber reacting to an event (a cache invalidation) must find the read model
@@ -383,7 +421,13 @@ impl EventStore for MongoStore {
                     replace_equal: false,
                 });
             }
-            let acked: BTreeSet<u64> = c.acked.into_iter().collect();
+            let acked: BTreeSet<u64> = c.acked.iter().copied().collect();
+            handed.push(super::group::Handed {
+                id: c.id.clone(),
+                position: c.position,
+                last_position: c.last_position,
+                acked: std::mem::take(&mut c.acked),
+            });
             if (c.position..=c.last_position).all(|p| acked.contains(&p)) {
                 // Acknowledged in parts by two relays at once: nothing left to publish.
                 finished.push(c.id);
@@ -395,6 +439,7 @@ impl EventStore for MongoStore {
             }
         }
         drop(cursor);
+        self.journal.handed.remember(handed);
         for derived in unapplied {
             self.finish(derived).await?;
         }
@@ -405,15 +450,17 @@ impl EventStore for MongoStore {
     async fn outbox_ack(&self, positions: &[u64]) -> Result<(), StoreError> {
         let positions: BTreeSet<u64> = positions.iter().copied().collect();
         let (Some(&min), Some(&max)) = (positions.first(), positions.last()) else { return Ok(()) };
-        let cursor = self
-            .coll(COMMITS)
-            .find(doc! {"published": false, "position": {"$lte": to_i64(max)?}, "lastPosition": {"$gte": to_i64(min)?}})
-            .projection(doc! {"position": 1, "lastPosition": 1, "acked": 1})
-            .await
-            .map_err(store_err)?;
+        // The commits the outbox just handed out hold these positions: no need to look them up.
+        let commits = match self.journal.handed.covering(&positions) {
+            Some(commits) => commits,
+            None => self.commits_holding(min, max).await?,
+        };
         let mut complete = Vec::new();
-        for c in collect::<Unpublished>(cursor).await? {
+        for c in commits {
             let acked: Vec<u64> = positions.range(c.position..=c.last_position).copied().collect();
+            if acked.is_empty() {
+                continue;
+            }
             let covered = (c.position..=c.last_position).all(|p| positions.contains(&p) || c.acked.contains(&p));
             if covered {
                 complete.push(c.id);

@@ -37,8 +37,8 @@ fn notification(document: Document) -> Result<Notification, StoreError> {
 }
 
 impl MongoStore {
-    /// Inserts `document` under a fresh number from `counter` unless a document with its `key` exists; returns the
-    /// number, or `None` for a duplicate.
+    /// Inserts `document` under a fresh number from `counter` unless a document with its `key` exists (its unique
+    /// index refuses it; the number taken is then skipped); returns the number, or `None` for a duplicate.
     async fn insert_numbered(
         &self,
         collection: &str,
@@ -47,10 +47,6 @@ impl MongoStore {
         mut document: Document,
     ) -> Result<Option<u64>, StoreError> {
         let coll = self.coll(collection);
-        let taken = coll.find_one(doc! {"key": &key}).projection(doc! {"_id": 1}).await.map_err(store_err)?;
-        if taken.is_some() {
-            return Ok(None);
-        }
         let id = self.take_numbers(counter, 1).await?;
         document.insert("_id", to_i64(id)?);
         document.insert("id", to_i64(id)?);
@@ -70,11 +66,12 @@ impl NotificationStore for MongoStore {
         let key = format!("{}|{audience}", n.event_id);
         let mut document = to_doc(&n)?;
         document.insert("audience", audience);
+        // Inserted at once (the first to handle an event is the usual case); a duplicate key means it was stored
+        // before, by this process or another one handling the same event, and that one is returned.
         if let Some(id) = self.insert_numbered(NOTIFICATIONS, "notification", key.clone(), document).await? {
             n.id = id;
             return Ok(n);
         }
-        // Stored before, by this process or another one handling the same event.
         let stored = self.coll(NOTIFICATIONS).find_one(doc! {"key": &key}).await.map_err(store_err)?;
         notification(stored.ok_or_else(|| StoreError::Corrupt(format!("notification {key} vanished")))?)
     }
