@@ -136,6 +136,7 @@ impl Application {
             };
             // Signs the cluster's requests and answers, and every event on the Kafka bus.
             settings.signer = Signer::new(&config.cluster.secret);
+            settings.session_timeout = Duration::from_millis(config.cluster.session_timeout_ms);
             settings
         };
         let chaos = Chaos::new(&config.chaos);

@@ -1,8 +1,9 @@
 //! Cluster mode: several identical nodes share one MongoDB, Kafka and Redis, and each entity is hosted by exactly one
 //! node at a time. Nothing here decides membership: Kafka's consumer-group protocol does.
 //!
-//! - An entity's shard is the partition its id hashes to ([`shard::partition`], Kafka's default partitioner) on
-//!   the commands topic `{prefix}.commands`. Every node joins the group `{group_id}.commands` on that topic, and
+//! - An entity's shard is the partition its routing key hashes to ([`shard::partition`], Kafka's default
+//!   partitioner) on the commands topic `{prefix}.commands`: its id, or for a payment its order's id
+//!   ([`shard::routing_key`]). Every node joins the group `{group_id}.commands` on that topic, and
 //!   the partitions the group assigns to a node are the shards it hosts ([`Shards`]).
 //! - The entity router asks [`Shards`] whether it hosts an entity; if not, the call is sent as a request on the
 //!   commands topic, keyed and partitioned by the entity id, so the hosting node receives it. That node runs it
@@ -51,9 +52,9 @@ impl Shards {
         Self { partitions, owned: RwLock::new(BTreeSet::new()), lease: Mutex::new((Instant::now(), lease)) }
     }
 
-    /// The shard of an entity id.
+    /// The shard of an entity id (placed by its [`shard::routing_key`]).
     pub fn of(&self, id: &str) -> i32 {
-        shard::partition(id.as_bytes(), self.partitions)
+        shard::partition(shard::routing_key(id).as_bytes(), self.partitions)
     }
 
     pub fn hosts(&self, id: &str) -> bool {

@@ -300,6 +300,8 @@ pub struct ClusterConfig {
     pub node_id: String,
     /// How long a forwarded command may take before the caller gets a 503.
     pub request_timeout_ms: u64,
+    /// How long the group waits for a silent node before its shards (and its share of the event partitions) move.
+    pub session_timeout_ms: u64,
     /// Shared by every node, at least 32 characters; required when `enabled`. Signs (HMAC-SHA256) the requests and
     /// answers the nodes send each other, and every event on the Kafka bus (also without a cluster). Empty: events
     /// are neither signed nor checked. Never shown (`Debug`, `check-config`).
@@ -308,7 +310,13 @@ pub struct ClusterConfig {
 
 impl Default for ClusterConfig {
     fn default() -> Self {
-        Self { enabled: false, node_id: String::new(), request_timeout_ms: 5_000, secret: String::new() }
+        Self {
+            enabled: false,
+            node_id: String::new(),
+            request_timeout_ms: 5_000,
+            session_timeout_ms: 10_000,
+            secret: String::new(),
+        }
     }
 }
 
@@ -318,6 +326,7 @@ impl std::fmt::Debug for ClusterConfig {
             .field("enabled", &self.enabled)
             .field("node_id", &self.node_id)
             .field("request_timeout_ms", &self.request_timeout_ms)
+            .field("session_timeout_ms", &self.session_timeout_ms)
             .field("secret", &"<redacted>")
             .finish()
     }
@@ -326,6 +335,8 @@ impl std::fmt::Debug for ClusterConfig {
 /// The longest `cluster.request_timeout_ms`: a call's deadline (and twice it, the furthest ahead a node accepts one)
 /// stays a sane instant.
 const MAX_CLUSTER_REQUEST_TIMEOUT_MS: u64 = 3_600_000;
+/// The range of `cluster.session_timeout_ms` (Kafka brokers accept 6 s to 30 min by default).
+const CLUSTER_SESSION_TIMEOUT_MS: std::ops::RangeInclusive<u64> = 1_000..=300_000;
 
 impl Config {
     /// `cluster.node_id`, or the host name and HTTP port when it is empty.
@@ -940,6 +951,9 @@ impl Config {
             if s3.access_key_id.is_empty() != s3.secret_access_key.is_empty() {
                 return Err(key_error("media.s3.secret_access_key", "set both keys or neither"));
             }
+        }
+        if !CLUSTER_SESSION_TIMEOUT_MS.contains(&self.cluster.session_timeout_ms) {
+            return Err(key_error("cluster.session_timeout_ms", "must be from 1000 to 300000"));
         }
         if self.cluster.enabled {
             if self.store.backend != StoreBackend::Mongodb {

@@ -37,9 +37,17 @@ impl FaultPoints {
     }
 
     pub fn check(&self, point: &str) {
+        self.check_with(|| point.to_string());
+    }
+
+    /// [`FaultPoints::check`] with the point's name made only when some point is armed (it is checked on every
+    /// event an entity commits).
+    pub fn check_with(&self, point: impl FnOnce() -> String) {
         if !self.any_armed.load(Ordering::Relaxed) {
             return;
         }
+        let point = point();
+        let point = point.as_str();
         let fire = {
             let mut armed = self.armed.lock().unwrap_or_else(|p| p.into_inner());
             match armed.get_mut(point) {

@@ -80,23 +80,36 @@ where
 }
 
 impl OrderSaga {
-    /// Runs one command per product, in turn. Returns the products done and, if a product refused, which and why.
-    /// When a product is unavailable after some progress, the progress is kept and the step later resumes with the
-    /// rest; with no progress at all the step fails and is retried.
+    /// Runs one command per product, all at once (each product is its own actor; a checkout's lines wait for the
+    /// slowest one, not for their sum). Returns the products done and, if a product refused, the first in line
+    /// order that did, and why. When some products are unavailable after others made progress, the progress is kept
+    /// and the step later resumes with the rest; with no progress at all the step fails and is retried.
     async fn each_product(
         &self,
         commands: impl IntoIterator<Item = (String, ProductCommand)>,
     ) -> Result<(Vec<String>, Option<(String, String)>), String> {
+        let calls = commands.into_iter().map(|(product_id, command)| async move {
+            let outcome = self.products.apply(&product_id, command).await;
+            (product_id, outcome)
+        });
         let mut done = Vec::new();
-        for (product_id, command) in commands {
-            match self.products.apply(&product_id, command).await {
+        let (mut refused, mut failed) = (None, None);
+        for (product_id, outcome) in futures_util::future::join_all(calls).await {
+            match outcome {
                 Ok(_) => done.push(product_id),
-                Err(EntityError::Rejected(e)) => return Ok((done, Some((product_id, e.to_string())))),
-                Err(e) if done.is_empty() => return Err(unavailable(e)),
-                Err(_) => break,
+                Err(EntityError::Rejected(e)) => {
+                    refused.get_or_insert((product_id, e.to_string()));
+                }
+                Err(e) => {
+                    failed.get_or_insert(unavailable(e));
+                }
             }
         }
-        Ok((done, None))
+        match (refused, failed) {
+            (Some(refused), _) => Ok((done, Some(refused))),
+            (None, Some(error)) if done.is_empty() => Err(error),
+            _ => Ok((done, None)),
+        }
     }
 }
 

@@ -561,7 +561,7 @@ impl<A: Entity> EntityActor<A> {
         let Batch { events: records, replies, readers, commands, .. } = batch;
         let next = &state.aggregate;
         for record in &records {
-            self.ctx.faults.check(&format!("before_commit:{}", record.event_type));
+            self.ctx.faults.check_with(|| format!("before_commit:{}", record.event_type));
         }
         let new_seq = state.seq + records.len() as u64;
         let snapshot = (new_seq - state.snapshot_seq >= self.ctx.snapshot_every)
@@ -599,7 +599,7 @@ impl<A: Entity> EntityActor<A> {
                     observer.committed(&state.stream).await;
                 }
                 for event_type in &types {
-                    self.ctx.faults.check(&format!("after_commit:{event_type}"));
+                    self.ctx.faults.check_with(|| format!("after_commit:{event_type}"));
                 }
                 for (answer, outcome) in replies {
                     answer.send(outcome);

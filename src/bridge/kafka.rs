@@ -334,7 +334,7 @@ impl KafkaBus {
             .set("auto.commit.interval.ms", "1000")
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", millis(session))
-            .set("heartbeat.interval.ms", millis(session / 3))
+            .set("heartbeat.interval.ms", millis(session / 10))
             .set("enable.partition.eof", "false")
             .set("statistics.interval.ms", STATISTICS_EVERY_MS);
         let (joined, mut joined_rx) = watch::channel(false);

@@ -431,7 +431,7 @@ impl ClusterNode {
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", session.as_millis().to_string())
-            .set("heartbeat.interval.ms", (session / 3).as_millis().to_string())
+            .set("heartbeat.interval.ms", (session / 10).as_millis().to_string())
             .create_with_context(Membership { node: Arc::downgrade(self) })
             .map_err(|e| unavailable("cannot create the command consumer", e))?;
         consumer.subscribe(&[&self.commands]).map_err(|e| unavailable("cannot subscribe to the commands", e))?;

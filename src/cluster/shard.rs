@@ -33,6 +33,17 @@ pub fn murmur2(data: &[u8]) -> u32 {
     h
 }
 
+/// What an entity is placed by: its id, except for an order's payment (`pay-{order id}`), which lives on its order's
+/// shard, so that a checkout's charge and its wait for the outcome are calls within one node. The other entities a
+/// checkout touches are placed by their own ids: a cart by its user, a product and a coupon by themselves, since
+/// many orders share them (placing them with any one order would make that shard hot).
+pub fn routing_key(id: &str) -> &str {
+    match id.strip_prefix("pay-") {
+        Some(order) if order.starts_with("ord_") => order,
+        _ => id,
+    }
+}
+
 /// The partition, out of `partitions`, of a record keyed `key`.
 pub fn partition(key: &[u8], partitions: i32) -> i32 {
     let positive = (murmur2(key) & 0x7fff_ffff) as i32;
@@ -56,6 +67,14 @@ mod tests {
         ];
         for (key, expected) in cases {
             assert_eq!(murmur2(key) as i32, expected, "{}", String::from_utf8_lossy(key));
+        }
+    }
+
+    #[test]
+    fn a_payment_is_placed_with_its_order() {
+        assert_eq!(routing_key("pay-ord_1f2e"), "ord_1f2e");
+        for other in ["ord_1f2e", "usr_1", "pay-x", "prod_1", "SUMMER"] {
+            assert_eq!(routing_key(other), other);
         }
     }
 

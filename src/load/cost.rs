@@ -68,7 +68,7 @@ pub fn growth(before: &Sample, after: &Sample, paid: u64) -> Vec<CostRow> {
             })
             .filter(|(_, grew)| *grew > 0.0)
             .collect();
-        let total: f64 = grown.iter().map(|(_, grew)| grew).sum();
+        let total = grown.iter().fold(0.0, |sum, (_, grew)| sum + grew);
         rows.push(CostRow { metric: metric.to_string(), labels: String::new(), total, per_paid_order: per(total) });
         rows.extend(grown.into_iter().map(|(labels, grew)| CostRow {
             metric: metric.to_string(),

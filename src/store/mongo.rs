@@ -3,21 +3,23 @@
 //! several writes, ordered so that a crash between any two of them is repaired by itself:
 //!
 //! 1. The commit document, one per commit in `commits`, is the source of truth. It carries the events, their outbox
-//!    positions and everything derived from the commit (snapshot, read model, whether the stream stays active). A
-//!    stream at another sequence than the writer expected is refused after reading the stream's last commit, and two
-//!    writers that both read the same head are told apart by the unique `(stream, firstSeq)` index: the second insert
-//!    fails with a duplicate key and becomes [`StoreError::Conflict`].
+//!    positions and everything derived from the commit (snapshot, read model, whether the stream stays active).
+//!    Two writers of one stream are told apart by the unique `(stream, firstSeq)` index: a writer whose head is
+//!    stale inserts a `firstSeq` that exists already and fails with a duplicate key, [`StoreError::Conflict`].
 //! 2. The derived documents (read model, snapshot, active-stream marker) are then written with version-guarded
 //!    upserts: each holds the stream sequence it was derived from and is replaced only by a higher one, so a late or
 //!    repeated write never takes a document back to an older version.
-//! 3. The commit document is marked `applied` (its copies of the derived documents are dropped). Commits left
-//!    unapplied by a crash are applied again at start-up and before every `active_streams` (the resumer asks every
-//!    few seconds).
+//! 3. The commit is known applied to the process that wrote it, and marked `applied` with `published`. A commit a
+//!    crash left unapplied is applied by the outbox before its events go out, at start-up, and before every
+//!    `active_streams` (the resumer asks every few seconds).
 //!
-//! The outbox is the commits themselves: `published: false` until every event is acknowledged, ordered by a global
-//! position taken from a counter document (`$inc`) after the stream's head was read. A stream's next commit can only
-//! be written after its previous one is visible, so positions grow along every stream and the relay, which reads
-//! every unpublished commit rather than resuming after a position, never misses one.
+//! Commits waiting from many entities are written together, in one insert and one update per collection
+//! (`group`), with the stream heads known to the writer rather than read before each commit.
+//!
+//! The outbox is the commits themselves: `published: false` until every event is acknowledged, ordered by positions
+//! each process takes from its clock, past the stream's last one (`group::Positions`), so positions grow along every
+//! stream and the relay, which reads every unpublished commit rather than resuming after a position, never misses
+//! one.
 //!
 //! Values are read leniently: a server may return a small 64-bit integer as a 32-bit one (documents are read through
 //! serde, whose integer types accept either), and the stand-in server the tests run on returns a boolean set by `$set`

@@ -186,11 +186,26 @@ impl SalesStore for EmbeddedStore {
             let keep = |o: &Order| q.status.is_none_or(|s| o.status == s);
             let id = |v: redb::AccessGuard<'_, &str>| v.value().to_string();
             match (&q.user_id, q.status) {
-                (Some(user), _) => {
+                (Some(user), Some(_)) => {
                     let index = txn.open_table(ORDERS_BY_USER).map_err(db_err)?;
                     let range = index.range((user.as_str(), "")..=(user.as_str(), "~")).map_err(db_err)?;
                     let ids = range.map(|row| row.map(|(_, v)| id(v)).map_err(db_err));
                     page_of_orders(&orders, ids, keep, q.page, q.limit)
+                }
+                // Every order of the user: the index counts them, and only the page's are read.
+                (Some(user), None) => {
+                    let index = txn.open_table(ORDERS_BY_USER).map_err(db_err)?;
+                    let mine = || index.range((user.as_str(), "")..=(user.as_str(), "~")).map_err(db_err);
+                    let start = (q.page.saturating_sub(1) as usize).saturating_mul(q.limit as usize);
+                    let mut items = Vec::new();
+                    for row in mine()?.skip(start).take(q.limit as usize) {
+                        let (_, v) = row.map_err(db_err)?;
+                        if let Some(doc) = orders.get(v.value()).map_err(db_err)? {
+                            items.push(decode(doc.value())?);
+                        }
+                    }
+                    let total = mine()?.count() as u64;
+                    Ok(Page { items, page: q.page, limit: q.limit, total, total_is_exact: true })
                 }
                 (None, Some(_)) => {
                     let index = txn.open_table(ORDERS_BY_TIME).map_err(db_err)?;
