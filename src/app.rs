@@ -218,8 +218,8 @@ impl Application {
         let watchers = hub.watchers();
         let remembered = Arc::new(Remembered::new(store.clone()));
         let stored = StoredNotifications::default();
-        let notifier = Notifier::pusher(store.clone(), remembered.clone(), hub.clone(), stored.clone());
-        let keeper = Notifier::keeper(store.clone(), remembered.clone(), hub.clone(), stored);
+        let notifier = Notifier::new(store.clone(), remembered.clone(), hub.clone(), stored.clone(), false);
+        let keeper = Notifier::new(store.clone(), remembered.clone(), hub.clone(), stored, true);
         let emailer = Emailer {
             sales: remembered,
             users: store.clone(),

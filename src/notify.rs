@@ -260,24 +260,16 @@ fn order_status(event: &EventRecord) -> Result<Option<(OrderStatus, Option<&str>
 }
 
 impl Notifier {
-    /// The sink of every process: pushes to the sockets open here.
-    pub fn pusher(
+    /// The sink of every process (`keeps: false`): pushes to the sockets open here, storing only what it pushes.
+    /// The sink of one process per event (`keeps: true`): stores every notification, and pushes it here too.
+    pub fn new(
         notifications: Arc<dyn NotificationStore>,
         sales: Arc<Remembered>,
         hub: NotificationHub,
         stored: StoredNotifications,
+        keeps: bool,
     ) -> Self {
-        Self { notifications, sales, hub, stored, keeps: false }
-    }
-
-    /// The sink of one process per event: stores every notification (and pushes it here too).
-    pub fn keeper(
-        notifications: Arc<dyn NotificationStore>,
-        sales: Arc<Remembered>,
-        hub: NotificationHub,
-        stored: StoredNotifications,
-    ) -> Self {
-        Self { notifications, sales, hub, stored, keeps: true }
+        Self { notifications, sales, hub, stored, keeps }
     }
 
     async fn notify(
