@@ -100,6 +100,9 @@ impl MongoStore {
         }));
         let client = Client::with_options(options).map_err(|e| StoreError::Unavailable(redact(uri, &e.to_string())))?;
         let store = Self { db: client.database(database), journal: Default::default() };
+        // This process's tag in the outbox positions it gives (`group::Positions`).
+        let tag = store.take_numbers("outbox-writers", 1).await.map_err(|e| redact_err(uri, e))?;
+        store.journal.positions.set_tag(tag);
         store.create_indexes().await.map_err(|e| redact_err(uri, e))?;
         store.repair().await.map_err(|e| redact_err(uri, e))?;
         Ok(store)

@@ -94,23 +94,52 @@ impl Applied {
     }
 }
 
-/// The outbox positions this process gives events: the time in milliseconds times 2^16, plus a count within the
-/// millisecond, and always past the position this process gave last and past the stream's last event's. So each
-/// stream's events are in position order whichever process wrote them (a stream's next writer read its last
-/// position when it recovered it, or reads it with the head), and the outbox hands different streams out roughly
-/// in the order they were written, with no shared counter to update on each commit. (Numbers from the counter that
-/// positions once came from are all far below these.)
+/// The outbox positions this process gives events: `(milliseconds since 2024 << 22) | (tag << 12) | count`, the tag
+/// this process's own (taken once from a counter when it connects, modulo 1,024, so processes running at once do
+/// not share one) and the count within the millisecond; always past the position this process gave last and past
+/// the stream's last event's. So positions are unique across processes, each stream's events are in position order
+/// whichever process wrote them (a stream's next writer learnt its last position with its head), and the outbox
+/// hands different streams out roughly in the order they were written, with no shared counter to update on each
+/// commit. (Numbers from the counter that positions once came from are all far below these.)
 #[derive(Default)]
-pub(super) struct Positions(Mutex<u64>);
+pub(super) struct Positions {
+    tag: std::sync::atomic::AtomicU64,
+    /// The millisecond of the last position given, and the next count in it.
+    last: Mutex<(u64, u64)>,
+}
+
+const COUNT_BITS: u32 = 12;
+const TAG_BITS: u32 = 10;
+/// 2024-01-01T00:00:00Z: 2^41 milliseconds from it fit beside the tag and the count in a signed 64-bit number.
+const EPOCH_MS: i64 = 1_704_067_200_000;
 
 impl Positions {
+    pub fn set_tag(&self, tag: u64) {
+        self.tag.store(tag % (1 << TAG_BITS), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn compose(&self, ms: u64, count: u64) -> u64 {
+        let tag = self.tag.load(std::sync::atomic::Ordering::Relaxed);
+        (ms << (TAG_BITS + COUNT_BITS)) | (tag << COUNT_BITS) | count
+    }
+
     /// The first of `n` consecutive positions after `floor`.
-    pub fn take(&self, n: u64, floor: u64) -> u64 {
-        let now = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0) << 16;
-        let mut last = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let first = (*last + 1).max(now).max(floor + 1);
-        *last = first + n.max(1) - 1;
-        first
+    pub fn take(&self, n: u64, floor: u64) -> Result<u64, StoreError> {
+        let n = n.max(1);
+        if n > 1 << COUNT_BITS {
+            return Err(StoreError::Corrupt(format!("a commit of {n} events (at most {})", 1 << COUNT_BITS)));
+        }
+        let now = u64::try_from(chrono::Utc::now().timestamp_millis() - EPOCH_MS).unwrap_or(0);
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let (mut ms, mut count) = if now > last.0 { (now, 0) } else { *last };
+        if self.compose(ms, count) <= floor {
+            (ms, count) = ((floor >> (TAG_BITS + COUNT_BITS)) + 1, 0);
+        }
+        if count + n > 1 << COUNT_BITS {
+            (ms, count) = (ms + 1, 0);
+        }
+        *last = (ms, count + n);
+        Ok(self.compose(ms, count))
     }
 }
 
@@ -219,9 +248,11 @@ impl MongoStore {
         ::metrics::histogram!(crate::telemetry::metrics::STORE_GROUP_COMMIT_WRITES, "store" => "mongodb")
             .record(batch.len() as f64);
         // 1. Heads: read only those this process does not know at the expected sequence.
-        let unknown = batch
-            .iter()
-            .filter(|w| self.journal.heads.get(&w.commit.stream).is_none_or(|h| h.seq != w.commit.expected_seq));
+        // (A commit without events inserts nothing the unique index could refuse, so its head is always read.)
+        let unknown = batch.iter().filter(|w| {
+            w.commit.events.is_empty()
+                || self.journal.heads.get(&w.commit.stream).is_none_or(|h| h.seq != w.commit.expected_seq)
+        });
         let reads = futures_util::future::join_all(
             unknown.map(|w| async { (w.commit.stream.clone(), self.head_and_position(&w.commit.stream).await) }),
         )
@@ -296,7 +327,7 @@ impl MongoStore {
         for entry in entries.iter_mut() {
             let commit = entry.waiting.commit.clone();
             let n = commit.events.len() as u64;
-            let first = self.journal.positions.take(n, entry.floor);
+            let first = self.journal.positions.take(n, entry.floor)?;
             if n > 0 {
                 entry.last_position = Some(first + n - 1);
             }
@@ -377,6 +408,10 @@ impl MongoStore {
             .run_command(doc! {"update": collection, "updates": updates.clone(), "ordered": false})
             .await
             .map_err(store_err)?;
+        if let Ok(error) = answer.get_document("writeConcernError") {
+            let message = error.get_str("errmsg").unwrap_or("write concern not met");
+            return Err(StoreError::Unavailable(format!("{collection}: {message}")));
+        }
         let errors = answer.get_array("writeErrors").map(|a| a.to_vec()).unwrap_or_default();
         let mut again = Vec::new();
         for error in errors {
@@ -396,11 +431,28 @@ impl MongoStore {
         if again.is_empty() {
             return Ok(());
         }
-        self.db
+        let answer = self
+            .db
             .run_command(doc! {"update": collection, "updates": again, "ordered": false})
             .await
-            .map(drop)
-            .map_err(store_err)
+            .map_err(store_err)?;
+        written(collection, &answer)
+    }
+}
+
+/// An `update` command's answer as an outcome: any write error, or a write concern not met, fails it.
+fn written(collection: &str, answer: &Document) -> Result<(), StoreError> {
+    let error = answer.get_document("writeConcernError").ok().or_else(|| {
+        match answer.get_array("writeErrors").ok().and_then(|errors| errors.first()) {
+            Some(Bson::Document(error)) => Some(error),
+            _ => None,
+        }
+    });
+    match error {
+        Some(error) => {
+            Err(StoreError::Unavailable(format!("{collection}: {}", error.get_str("errmsg").unwrap_or("write error"))))
+        }
+        None => Ok(()),
     }
 }
 
@@ -451,4 +503,35 @@ pub(super) fn commit_document(commit: Commit, first_position: u64) -> Result<(De
     };
     let derived = Derived { commit_id: Some(id), stream, seq, snapshot, read_model, active, replace_equal: false };
     Ok((derived, Some(to_doc(&document)?)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_grow_stay_apart_between_processes_and_pass_a_streams_last() {
+        let (a, b) = (Positions::default(), Positions::default());
+        a.set_tag(1);
+        b.set_tag(2);
+        let mut given = std::collections::BTreeSet::new();
+        let mut last = 0;
+        for _ in 0..10_000 {
+            let first = a.take(3, 0).unwrap();
+            assert!(first > last, "a process's positions grow");
+            last = first + 2;
+            for p in first..first + 3 {
+                assert!(given.insert(p), "{p} given twice");
+            }
+            let other = b.take(1, 0).unwrap();
+            assert!(given.insert(other), "{other} given by both processes");
+        }
+        // A stream last written by a process whose clock runs ahead: its next position still comes after.
+        let ahead = b.compose(u64::try_from(chrono::Utc::now().timestamp_millis() - EPOCH_MS).unwrap() + 60_000, 5);
+        let next = a.take(2, ahead).unwrap();
+        assert!(next > ahead);
+        assert!(a.take(1, 0).unwrap() > next + 1, "and later ones too");
+        assert!(a.take(5000, 0).is_err(), "a commit fits in one millisecond's counts");
+        assert!(i64::try_from(a.compose((1 << 41) - 1, 4095)).is_ok(), "positions are stored as 64-bit integers");
+    }
 }

@@ -166,10 +166,12 @@ impl MongoStore {
     /// so racing a commit still in progress is harmless). Returns how many it applied.
     pub(super) async fn repair(&self) -> Result<usize, StoreError> {
         let mut repaired = 0;
+        // Paged by position: the commits this process applied itself are passed over, not finished again.
+        let mut after = -1_i64;
         for _ in 0..REPAIR_BATCHES {
             let cursor = self
                 .coll(COMMITS)
-                .find(doc! {"applied": false})
+                .find(doc! {"applied": false, "position": {"$gt": after}})
                 .sort(doc! {"position": 1})
                 .limit(REPAIR_BATCH)
                 .projection(doc! {"events": 0})
@@ -179,6 +181,7 @@ impl MongoStore {
             let full = batch.len() as i64 == REPAIR_BATCH;
             for document in batch {
                 let c: PendingApply = from_doc(document)?;
+                after = after.max(to_i64(c.position)?);
                 if self.journal.applied.contains(&c.id) {
                     continue;
                 }
@@ -217,7 +220,7 @@ impl MongoStore {
         if actual != expected_seq {
             return Err(StoreError::Conflict { stream, expected: expected_seq, actual });
         }
-        let first = self.journal.positions.take(commit.events.len() as u64, last_position);
+        let first = self.journal.positions.take(commit.events.len() as u64, last_position)?;
         let (derived, document) = super::group::commit_document(commit, first)?;
         let Some(document) = document else { return Ok(derived) };
         match self.coll(COMMITS).insert_one(document).await {
@@ -274,6 +277,7 @@ impl MongoStore {
 struct PendingApply {
     #[serde(rename = "_id")]
     id: String,
+    position: u64,
     stream: String,
     last_seq: u64,
     #[serde(default)]
@@ -373,11 +377,17 @@ impl EventStore for MongoStore {
                 }
             }
         }
+        let newest = events.last().map_or(0, |e| e.seq);
         let from = snapshot.as_ref().map_or(0, |s| s.seq);
         events.retain(|e| e.seq > from);
-        // The head the stream's next commit will expect, known without reading it again.
+        // The head the stream's next commit will expect, known without reading it again; unless a snapshot newer
+        // than the commits read was written in between (another writer), when the head is read at the next commit.
         let seq = events.last().map_or(from, |e| e.seq);
-        self.journal.heads.set(stream, super::group::Head { seq, active: None, position });
+        if from <= newest {
+            self.journal.heads.set(stream, super::group::Head { seq, active: None, position });
+        } else {
+            self.journal.heads.forget(stream);
+        }
         Ok(History { snapshot, events })
     }
 
