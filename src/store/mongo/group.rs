@@ -194,6 +194,8 @@ struct Entry {
     /// The outbox position of the stream's last event, and of the commit's last event once numbered.
     floor: u64,
     last_position: Option<u64>,
+    /// Why its insert failed, when not for a duplicate key.
+    error: Option<StoreError>,
     derived: Option<Derived>,
     document: Option<Document>,
 }
@@ -280,7 +282,7 @@ impl MongoStore {
                 let _ = waiting.reply.send(Err(e));
                 continue;
             }
-            entries.push(Entry { waiting, floor, derived: None, document: None, last_position: None });
+            entries.push(Entry { waiting, floor, derived: None, document: None, last_position: None, error: None });
         }
         if let Err(e) = self.number_and_insert(&mut entries).await {
             for entry in entries {
@@ -294,6 +296,10 @@ impl MongoStore {
         for entry in refused {
             let c = &entry.waiting.commit;
             self.journal.heads.forget(&c.stream);
+            if let Some(error) = entry.error {
+                let _ = entry.waiting.reply.send(Err(error));
+                continue;
+            }
             let outcome = match self.head(&c.stream).await {
                 Ok(actual) => Err(StoreError::Conflict { stream: c.stream.clone(), expected: c.expected_seq, actual }),
                 Err(e) => Err(e),
@@ -341,25 +347,28 @@ impl MongoStore {
         if documents.is_empty() {
             return Ok(());
         }
-        let failed: HashSet<usize> = match self.coll(COMMITS).insert_many(documents).ordered(false).await {
-            Ok(_) => HashSet::new(),
-            Err(e) => match e.kind.as_ref() {
-                mongodb::error::ErrorKind::InsertMany(m) if m.write_concern_error.is_none() => {
-                    let errors = m.write_errors.as_deref().unwrap_or_default();
-                    if let Some(other) = errors.iter().find(|w| w.code != 11000) {
-                        return Err(StoreError::Unavailable(other.message.clone()));
+        let failed: HashMap<usize, Option<StoreError>> =
+            match self.coll(COMMITS).insert_many(documents).ordered(false).await {
+                Ok(_) => HashMap::new(),
+                Err(e) => match e.kind.as_ref() {
+                    mongodb::error::ErrorKind::InsertMany(m) if m.write_concern_error.is_none() => {
+                        // A duplicate key is a stale writer (a conflict); anything else fails that commit alone.
+                        let errors = m.write_errors.as_deref().unwrap_or_default();
+                        errors
+                            .iter()
+                            .map(|w| (w.index, (w.code != 11000).then(|| StoreError::Unavailable(w.message.clone()))))
+                            .collect()
                     }
-                    errors.iter().map(|w| w.index).collect()
-                }
-                _ => return Err(store_err(e)),
-            },
-        };
+                    _ => return Err(store_err(e)),
+                },
+            };
         // The documents' indexes count only the entries that had one.
         let mut index = 0;
         for entry in entries.iter_mut() {
             if entry.document.take().is_some() {
-                if failed.contains(&index) {
+                if let Some(error) = failed.get(&index) {
                     entry.derived = None;
+                    entry.error = error.clone();
                 }
                 index += 1;
             }
