@@ -153,9 +153,19 @@ async fn checkouts(nodes: &[Node], admin: &str, shoppers: usize, rounds: usize, 
         at(&paid, 0.5),
         at(&paid, 0.99),
     );
-    // What follows a payment (stock closed, notifications, emails) is part of an order's cost too.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let after = wire.sample(nodes);
+    // What follows a payment (stock closed, notifications, emails) is part of an order's cost too: sampled until the
+    // topics stop growing (for a second, at most 20 s).
+    let settled = Instant::now() + Duration::from_secs(20);
+    let mut after = wire.sample(nodes);
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let again = wire.sample(nodes);
+        let still = again.kafka == after.kafka;
+        after = again;
+        if still || Instant::now() >= settled {
+            break;
+        }
+    }
     let counted_after = after.nodes().await;
     print_cost(&before, &after, (&counted_before, &counted_after), paid.len());
 }

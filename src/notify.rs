@@ -31,29 +31,31 @@ const REMEMBERED: usize = 20_000;
 /// later event of the same entity reads the store only when its creation was handled before this process started.
 pub struct Remembered {
     sales: Arc<dyn SalesStore>,
-    orders: Mutex<RecentMap<String, Arc<Order>>>,
-    payments: Mutex<RecentMap<String, Arc<Payment>>>,
+    orders: Known<Order>,
+    payments: Known<Payment>,
 }
+
+/// Entities remembered by id.
+type Known<T> = Mutex<RecentMap<String, Arc<T>>>;
 
 impl Remembered {
     pub fn new(sales: Arc<dyn SalesStore>) -> Self {
         Self { sales, orders: Mutex::new(RecentMap::new(REMEMBERED)), payments: Mutex::new(RecentMap::new(REMEMBERED)) }
     }
 
-    /// Remembers the order or payment an event creates.
+    /// Remembers the order or payment an event creates (once, whichever sink of this process sees it first).
     fn learn(&self, event: &EventRecord) {
+        fn remember<T: serde::de::DeserializeOwned>(known: &Known<T>, id: &str, value: &serde_json::Value) {
+            let mut known = known.lock().unwrap_or_else(|p| p.into_inner());
+            if known.get(id).is_none() {
+                if let Ok(created) = serde_json::from_value::<T>(value.clone()) {
+                    known.insert(id.to_string(), Arc::new(created));
+                }
+            }
+        }
         match event.event_type.as_str() {
-            "order.placed" => {
-                if let Ok(order) = serde_json::from_value::<Order>(event.payload["order"].clone()) {
-                    self.orders.lock().unwrap_or_else(|p| p.into_inner()).insert(order.id.clone(), Arc::new(order));
-                }
-            }
-            "payment.requested" => {
-                if let Ok(payment) = serde_json::from_value::<Payment>(event.payload["payment"].clone()) {
-                    let mut payments = self.payments.lock().unwrap_or_else(|p| p.into_inner());
-                    payments.insert(payment.id.clone(), Arc::new(payment));
-                }
-            }
+            "order.placed" => remember(&self.orders, entity_id(event), &event.payload["order"]),
+            "payment.requested" => remember(&self.payments, entity_id(event), &event.payload["payment"]),
             _ => {}
         }
     }

@@ -162,9 +162,11 @@ fn unique(name: &str) -> Option<IndexOptions> {
     Some(IndexOptions::builder().unique(true).name(name.to_string()).build())
 }
 
-/// Whether the error is a unique index refusing a write (code 11000).
+/// The server's code for a unique index refusing a write.
+const DUPLICATE_KEY: i32 = 11000;
+
+/// Whether the error is a unique index refusing a write ([`DUPLICATE_KEY`]).
 fn is_duplicate(e: &mongodb::error::Error) -> bool {
-    const DUPLICATE_KEY: i32 = 11000;
     match e.kind.as_ref() {
         ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == DUPLICATE_KEY,
         ErrorKind::Command(c) => c.code == DUPLICATE_KEY,
@@ -260,27 +262,6 @@ async fn find_page<T: DeserializeOwned>(
     };
     let (total, items) = tokio::try_join!(count, items)?;
     Ok(Page { items, page, limit, total, total_is_exact: true })
-}
-
-/// Writes `document` (which holds its `_id`) unless the stored one was derived from a later stream sequence
-/// (`field`), or from the same one when `replace_equal` is false. Repeating it changes nothing.
-async fn put_if_newer(
-    coll: &Collection<Document>,
-    document: Document,
-    field: &str,
-    seq: u64,
-    replace_equal: bool,
-) -> Result<(), StoreError> {
-    let id = document.get("_id").cloned().ok_or_else(|| StoreError::Corrupt("document without _id".into()))?;
-    let older = if replace_equal { "$lte" } else { "$lt" };
-    let filter = doc! {"_id": id, field: {older: to_i64(seq)?}};
-    match coll.replace_one(filter.clone(), document.clone()).upsert(true).await {
-        Ok(_) => Ok(()),
-        // The document exists and is not older (the upsert's insert hit its `_id`), or it was created by a
-        // concurrent write between the match and the insert: replacing it if it is older settles both.
-        Err(e) if is_duplicate(&e) => coll.replace_one(filter, document).await.map(drop).map_err(store_err),
-        Err(e) => Err(store_err(e)),
-    }
 }
 
 #[cfg(test)]

@@ -24,7 +24,9 @@ use mongodb::bson::{doc, Bson, Document};
 use tokio::sync::oneshot;
 
 use super::journal::{CommitDoc, Derived, StoredReadModel};
-use super::{catalog, sales, store_err, to_doc, to_i64, MongoStore, ACTIVE, COMMITS, SNAPSHOTS, STREAM_SEQ};
+use super::{
+    catalog, sales, store_err, to_doc, to_i64, MongoStore, ACTIVE, COMMITS, DUPLICATE_KEY, SNAPSHOTS, STREAM_SEQ,
+};
 use crate::store::{Commit, StoreError};
 
 /// How long a writer that starts waits for more commits before its first batch (later batches take what queued
@@ -190,14 +192,19 @@ pub(super) struct Waiting {
 
 /// A commit on its way: checked, numbered, then written.
 struct Entry {
-    waiting: Waiting,
+    reply: oneshot::Sender<Result<(), StoreError>>,
+    stream: String,
+    expected_seq: u64,
+    /// Until numbered: then its document goes to the insert, and what it derives stays in `derived`.
+    commit: Option<Commit>,
     /// The outbox position of the stream's last event, and of the commit's last event once numbered.
     floor: u64,
     last_position: Option<u64>,
+    /// Whether it has a commit document (a commit without events has none).
+    has_document: bool,
     /// Why its insert failed, when not for a duplicate key.
     error: Option<StoreError>,
     derived: Option<Derived>,
-    document: Option<Document>,
 }
 
 impl MongoStore {
@@ -251,60 +258,71 @@ impl MongoStore {
             .record(batch.len() as f64);
         // 1. Heads: read only those this process does not know at the expected sequence.
         // (A commit without events inserts nothing the unique index could refuse, so its head is always read.)
-        let unknown = batch.iter().filter(|w| {
-            w.commit.events.is_empty()
-                || self.journal.heads.get(&w.commit.stream).is_none_or(|h| h.seq != w.commit.expected_seq)
-        });
+        let known: Vec<Option<Head>> = batch.iter().map(|w| self.journal.heads.get(&w.commit.stream)).collect();
+        // (A commit without events inserts nothing the unique index could refuse, so its head is always read.)
+        let unknown = batch
+            .iter()
+            .zip(&known)
+            .filter(|(w, head)| w.commit.events.is_empty() || head.is_none_or(|h| h.seq != w.commit.expected_seq));
         let reads = futures_util::future::join_all(
-            unknown.map(|w| async { (w.commit.stream.clone(), self.head_and_position(&w.commit.stream).await) }),
+            unknown.map(|(w, _)| async { (w.commit.stream.clone(), self.head_and_position(&w.commit.stream).await) }),
         )
         .await;
         let mut entries = Vec::with_capacity(batch.len());
-        for waiting in batch {
-            let read = reads.iter().find(|(s, _)| *s == waiting.commit.stream).map(|(_, r)| r.clone());
-            let known = || self.journal.heads.get(&waiting.commit.stream).map_or(0, |h| h.position);
+        for (Waiting { commit, reply }, known) in batch.into_iter().zip(known) {
+            let read = reads.iter().find(|(s, _)| *s == commit.stream).map(|(_, r)| r.clone());
             let (actual, floor) = match read {
-                None => (waiting.commit.expected_seq, known()),
+                None => (commit.expected_seq, known.map_or(0, |h| h.position)),
                 Some(Ok(read)) => read,
                 Some(Err(e)) => {
-                    let _ = waiting.reply.send(Err(e));
+                    let _ = reply.send(Err(e));
                     continue;
                 }
             };
-            if actual != waiting.commit.expected_seq {
-                let c = &waiting.commit;
-                let conflict = StoreError::Conflict { stream: c.stream.clone(), expected: c.expected_seq, actual };
-                self.journal.heads.set(&c.stream, Head { seq: actual, active: None, position: floor });
-                let _ = waiting.reply.send(Err(conflict));
+            if actual != commit.expected_seq {
+                let conflict =
+                    StoreError::Conflict { stream: commit.stream.clone(), expected: commit.expected_seq, actual };
+                self.journal.heads.set(&commit.stream, Head { seq: actual, active: None, position: floor });
+                let _ = reply.send(Err(conflict));
                 continue;
             }
-            if let Err(e) = check_sequence(&waiting.commit) {
-                let _ = waiting.reply.send(Err(e));
+            if let Err(e) = check_sequence(&commit) {
+                let _ = reply.send(Err(e));
                 continue;
             }
-            entries.push(Entry { waiting, floor, derived: None, document: None, last_position: None, error: None });
+            entries.push(Entry {
+                reply,
+                stream: commit.stream.clone(),
+                expected_seq: commit.expected_seq,
+                commit: Some(commit),
+                floor,
+                last_position: None,
+                has_document: false,
+                error: None,
+                derived: None,
+            });
         }
         if let Err(e) = self.number_and_insert(&mut entries).await {
             for entry in entries {
-                self.journal.heads.forget(&entry.waiting.commit.stream);
-                let _ = entry.waiting.reply.send(Err(e.clone()));
+                self.journal.heads.forget(&entry.stream);
+                let _ = entry.reply.send(Err(e.clone()));
             }
             return;
         }
         // 4. Derived documents of the commits inserted.
         let (inserted, refused): (Vec<Entry>, Vec<Entry>) = entries.into_iter().partition(|e| e.derived.is_some());
         for entry in refused {
-            let c = &entry.waiting.commit;
-            self.journal.heads.forget(&c.stream);
-            if let Some(error) = entry.error {
-                let _ = entry.waiting.reply.send(Err(error));
-                continue;
-            }
-            let outcome = match self.head(&c.stream).await {
-                Ok(actual) => Err(StoreError::Conflict { stream: c.stream.clone(), expected: c.expected_seq, actual }),
-                Err(e) => Err(e),
+            self.journal.heads.forget(&entry.stream);
+            let outcome = match entry.error {
+                Some(error) => Err(error),
+                None => match self.head(&entry.stream).await {
+                    Ok(actual) => {
+                        Err(StoreError::Conflict { stream: entry.stream, expected: entry.expected_seq, actual })
+                    }
+                    Err(e) => Err(e),
+                },
             };
-            let _ = entry.waiting.reply.send(outcome);
+            let _ = entry.reply.send(outcome);
         }
         let derived: Vec<&Derived> = inserted.iter().filter_map(|e| e.derived.as_ref()).collect();
         match self.apply_all(&derived).await {
@@ -314,13 +332,13 @@ impl MongoStore {
                     let d = entry.derived.as_ref().expect("inserted");
                     let position = entry.last_position.unwrap_or(entry.floor);
                     self.journal.heads.set(&d.stream, Head { seq: d.seq, active: Some(d.active), position });
-                    let _ = entry.waiting.reply.send(Ok(()));
+                    let _ = entry.reply.send(Ok(()));
                 }
             }
             Err(e) => {
                 for entry in inserted {
-                    self.journal.heads.forget(&entry.waiting.commit.stream);
-                    let _ = entry.waiting.reply.send(Err(e.clone()));
+                    self.journal.heads.forget(&entry.stream);
+                    let _ = entry.reply.send(Err(e.clone()));
                 }
             }
         }
@@ -331,7 +349,7 @@ impl MongoStore {
     async fn number_and_insert(&self, entries: &mut [Entry]) -> Result<(), StoreError> {
         let mut documents = Vec::new();
         for entry in entries.iter_mut() {
-            let commit = entry.waiting.commit.clone();
+            let Some(commit) = entry.commit.take() else { continue };
             let n = commit.events.len() as u64;
             let first = self.journal.positions.take(n, entry.floor)?;
             if n > 0 {
@@ -340,7 +358,7 @@ impl MongoStore {
             let (derived, document) = commit_document(commit, first)?;
             entry.derived = Some(derived);
             if let Some(document) = document {
-                entry.document = Some(document.clone());
+                entry.has_document = true;
                 documents.push(document);
             }
         }
@@ -356,7 +374,9 @@ impl MongoStore {
                         let errors = m.write_errors.as_deref().unwrap_or_default();
                         errors
                             .iter()
-                            .map(|w| (w.index, (w.code != 11000).then(|| StoreError::Unavailable(w.message.clone()))))
+                            .map(|w| {
+                                (w.index, (w.code != DUPLICATE_KEY).then(|| StoreError::Unavailable(w.message.clone())))
+                            })
                             .collect()
                     }
                     _ => return Err(store_err(e)),
@@ -365,7 +385,7 @@ impl MongoStore {
         // The documents' indexes count only the entries that had one.
         let mut index = 0;
         for entry in entries.iter_mut() {
-            if entry.document.take().is_some() {
+            if entry.has_document {
                 if let Some(error) = failed.get(&index) {
                     entry.derived = None;
                     entry.error = error.clone();
@@ -378,7 +398,7 @@ impl MongoStore {
 
     /// Writes the derived documents of `derived`, one `update` per collection, each statement a version-guarded
     /// upsert; an upsert that met a document created concurrently is tried again as a plain replacement.
-    async fn apply_all(&self, derived: &[&Derived]) -> Result<(), StoreError> {
+    pub(super) async fn apply_all(&self, derived: &[&Derived]) -> Result<(), StoreError> {
         let mut by_collection: HashMap<&'static str, Vec<Document>> = HashMap::new();
         for d in derived {
             let older = if d.replace_equal { "$lte" } else { "$lt" };
@@ -427,7 +447,7 @@ impl MongoStore {
             let Bson::Document(error) = error else { continue };
             let code = error.get_i32("code").map(i64::from).or_else(|_| error.get_i64("code")).unwrap_or(0);
             let index = error.get_i32("index").map(i64::from).or_else(|_| error.get_i64("index")).unwrap_or(-1);
-            if code != 11000 {
+            if code != i64::from(DUPLICATE_KEY) {
                 let message = error.get_str("errmsg").unwrap_or("write error");
                 return Err(StoreError::Unavailable(format!("{collection}: {message}")));
             }

@@ -9,8 +9,7 @@ use mongodb::IndexModel;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    catalog, collect, from_doc, index, is_duplicate, put_if_newer, sales, store_err, to_doc, to_i64, unique,
-    MongoStore, ACTIVE, COMMITS, SNAPSHOTS, STREAM_SEQ,
+    collect, from_doc, index, is_duplicate, store_err, to_i64, unique, MongoStore, ACTIVE, COMMITS, SNAPSHOTS,
 };
 use crate::domain::coupon::Coupon;
 use crate::domain::order::Order;
@@ -125,35 +124,10 @@ impl MongoStore {
         Ok(last.map(from_doc::<Head>).transpose()?.map_or((0, 0), |h| (h.last_seq, h.last_position)))
     }
 
-    async fn apply(&self, d: Derived) -> Result<(), StoreError> {
-        let read_model = async {
-            let Some(model) = &d.read_model else { return Ok(()) };
-            let (collection, mut document) = match model {
-                StoredReadModel::Product(p) => (super::PRODUCTS, catalog::product_document(p)?),
-                StoredReadModel::Order(o) => (super::ORDERS, sales::order_document(o)?),
-                StoredReadModel::Payment(p) => (super::PAYMENTS, sales::payment_document(p)?),
-                StoredReadModel::Coupon(c) => (super::COUPONS, sales::coupon_document(c)?),
-            };
-            document.insert(STREAM_SEQ, to_i64(d.seq)?);
-            put_if_newer(&self.coll(collection), document, STREAM_SEQ, d.seq, d.replace_equal).await
-        };
-        let snapshot = async {
-            let Some(s) = &d.snapshot else { return Ok(()) };
-            let mut document = to_doc(s)?;
-            document.insert("_id", &d.stream);
-            put_if_newer(&self.coll(SNAPSHOTS), document, "seq", s.seq, d.replace_equal).await
-        };
-        let active = async {
-            let document = doc! {"_id": &d.stream, STREAM_SEQ: to_i64(d.seq)?, "active": d.active};
-            put_if_newer(&self.coll(ACTIVE), document, STREAM_SEQ, d.seq, d.replace_equal).await
-        };
-        tokio::try_join!(read_model, snapshot, active).map(drop)
-    }
-
     /// Writes what a commit derives, then marks its commit document applied and drops the copies it held.
     async fn finish(&self, derived: Derived) -> Result<(), StoreError> {
-        let commit_id = derived.commit_id.clone();
-        self.apply(derived).await?;
+        self.apply_all(&[&derived]).await?;
+        let commit_id = derived.commit_id;
         let Some(id) = commit_id else { return Ok(()) };
         self.coll(COMMITS)
             .update_one(doc! {"_id": id}, doc! {"$set": {"applied": true}, "$unset": {"snapshot": "", "readModel": ""}})
